@@ -1,0 +1,460 @@
+"""The wire protocol shared by the master, the workers and the client.
+
+Everything that touches a socket or JSON lives here: framing (one JSON
+object per TCP connection, read until EOF, size-capped), the message shapes
+of the spec with their field types, the constructors for each message, and
+the small TCP / UDP servers both roles run. master.py and worker.py never
+call json or recv themselves.
+"""
+import json
+import logging
+import os
+import socket
+import threading
+import time
+
+LOG = logging.getLogger("helper")
+
+# A message larger than this is refused: no legitimate message comes close
+# (the largest is a task listing a few thousand paths), and the cap keeps a
+# misbehaving peer from making us buffer without bound.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+RECV_CHUNK = 64 * 1024
+# How long a peer may take to deliver one message before we give up on it.
+READ_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5.0
+# How often blocking accept/recv loops wake to notice a stop request; only
+# affects how quickly threads exit, never how quickly messages are handled.
+STOP_POLL_INTERVAL = 0.2
+LISTEN_BACKLOG = 128
+MAX_DATAGRAM = 64 * 1024
+
+
+def _env_float(name, default):
+    """Read a positive float setting from the environment (for tests)."""
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        LOG.warning("ignoring %s=%r: not a number", name, value)
+        return default
+    return number if number > 0 else default
+
+
+# The spec: a heartbeat every 2 s; a worker that misses more than 5 in a row
+# is dead. Tests may shorten the interval with MAPREDUCE_HEARTBEAT_INTERVAL.
+HEARTBEAT_INTERVAL = _env_float("MAPREDUCE_HEARTBEAT_INTERVAL", 2.0)
+MISSED_HEARTBEATS_LIMIT = 5
+
+
+class ProtocolError(Exception):
+    """A message that is not one the protocol allows, with the reason."""
+
+
+class MessageTooLarge(ProtocolError):
+    """A message over MAX_MESSAGE_BYTES."""
+
+
+# Field name -> expected type, per message type. The spec's fields are
+# required; OPTIONAL_FIELDS are our additive extensions, checked only when
+# present. bool is refused where int is expected (json true is not a port).
+STR, INT, STR_LIST, DICT, NUM, BOOL = "string", "int", "list of strings", "object", "number", "bool"
+
+_WORKER_IDENTITY = {"worker_host": STR, "worker_port": INT, "worker_pid": INT}
+
+REQUIRED_FIELDS = {
+    "register": _WORKER_IDENTITY,
+    "register_ack": _WORKER_IDENTITY,
+    "new_master_job": {
+        "input_directory": STR,
+        "output_directory": STR,
+        "mapper_executable": STR,
+        "reducer_executable": STR,
+        "num_mappers": INT,
+        "num_reducers": INT,
+    },
+    "new_worker_job": {"input_files": STR_LIST, "executable": STR,
+                       "output_directory": STR, "worker_pid": INT},
+    "new_sort_job": {"input_files": STR_LIST, "output_file": STR, "worker_pid": INT},
+    "status": {"status": STR, "worker_pid": INT},
+    "heartbeat": {"worker_pid": INT},
+    "shutdown": {},
+    # Extensions between our client and our master only (never to workers).
+    "job_status": {"job_id": INT},
+}
+
+OPTIONAL_FIELDS = {
+    "new_master_job": {
+        "input_file": STR, "input_base_name": STR,
+        "split_size": INT, "record_size": INT, "combiner_executable": STR,
+        "partitioner": STR, "task_timeout": NUM, "env": DICT,
+        "output_base_name": STR, "max_attempts": INT, "speculative": BOOL,
+    },
+    "new_worker_job": {"timeout": NUM, "context": DICT, "combiner_executable": STR},
+    "new_sort_job": {"timeout": NUM},
+    "status": {"output_files": STR_LIST, "output_file": STR, "exit_code": INT,
+               "error": STR, "stderr_tail": STR, "input_file": STR,
+               "counters": DICT, "task_status": STR},
+    "job_status": {"after_version": INT, "wait": NUM},
+}
+
+# Status values on the wire. "finished" is the spec's; "failed" is ours.
+FINISHED = "finished"
+FAILED = "failed"
+
+
+def _has_type(value, kind):
+    if kind == STR:
+        return isinstance(value, str)
+    if kind == INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == NUM:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == BOOL:
+        return isinstance(value, bool)
+    if kind == STR_LIST:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == DICT:
+        return isinstance(value, dict)
+    raise AssertionError(kind)
+
+
+def validate(message):
+    """Check a decoded message's type and fields; raise ProtocolError if wrong."""
+    if not isinstance(message, dict):
+        raise ProtocolError(f"expected a JSON object, got {type(message).__name__}")
+    kind = message.get("message_type")
+    if not isinstance(kind, str):
+        raise ProtocolError("missing or non-string 'message_type'")
+    if kind not in REQUIRED_FIELDS:
+        raise ProtocolError(f"unknown message_type {kind!r}")
+    for field, expected in REQUIRED_FIELDS[kind].items():
+        if field not in message:
+            raise ProtocolError(f"{kind}: missing field {field!r}")
+        if not _has_type(message[field], expected):
+            raise ProtocolError(f"{kind}: field {field!r} should be a {expected}, "
+                                f"got {message[field]!r:.80}")
+    for field, expected in OPTIONAL_FIELDS.get(kind, {}).items():
+        if field in message and not _has_type(message[field], expected):
+            raise ProtocolError(f"{kind}: field {field!r} should be a {expected}, "
+                                f"got {message[field]!r:.80}")
+    if kind == "status" and "output_files" not in message and "output_file" not in message:
+        raise ProtocolError("status: needs 'output_files' or 'output_file'")
+    return message
+
+
+def encode(message):
+    """Serialise a message as compact single-line JSON bytes."""
+    return json.dumps(message, separators=(",", ":")).encode("utf-8")
+
+
+def decode(data):
+    """Parse and validate one message from raw bytes."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageTooLarge(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        message = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ProtocolError(f"malformed JSON: {error}") from None
+    return validate(message)
+
+
+def read_until_eof(sock, limit=MAX_MESSAGE_BYTES):
+    """Read a connection to EOF; raise MessageTooLarge past `limit` bytes."""
+    chunks, size = [], 0
+    while True:
+        chunk = sock.recv(RECV_CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise MessageTooLarge(f"message exceeds {limit} bytes")
+        chunks.append(chunk)
+
+
+def recv_message(sock):
+    """Read one message from a connection; None if the peer sent nothing."""
+    data = read_until_eof(sock)
+    if not data.strip():
+        return None
+    return decode(data)
+
+
+def send_message(host, port, message, timeout=CONNECT_TIMEOUT):
+    """Connect, send one message, close: the spec's one-message-per-connection."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(encode(message))
+
+
+def request(host, port, message, timeout=CONNECT_TIMEOUT, reply_timeout=READ_TIMEOUT):
+    """Send a message, half-close, and read the reply on the same connection.
+
+    Used only between our client and our master (see README, "Extensions").
+    """
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(encode(message))
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(reply_timeout)
+        data = read_until_eof(sock)
+    if not data:
+        raise ProtocolError("the master closed the connection without a reply")
+    try:
+        reply = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ProtocolError(f"malformed reply: {error}") from None
+    if not isinstance(reply, dict):
+        raise ProtocolError("reply is not a JSON object")
+    return reply
+
+
+def send_with_retry(host, port, message, deadline_seconds, pause=0.05):
+    """Send, retrying refused connections until the deadline; True if sent."""
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        try:
+            send_message(host, port, message)
+            return True
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                LOG.warning("could not send %s to %s:%s: %s",
+                            message.get("message_type"), host, port, error)
+                return False
+            time.sleep(pause)
+
+
+# --- message constructors: the only place message dicts are spelled out ---
+
+def register(host, port, pid):
+    return {"message_type": "register", "worker_host": host,
+            "worker_port": port, "worker_pid": pid}
+
+
+def register_ack(host, port, pid):
+    return {"message_type": "register_ack", "worker_host": host,
+            "worker_port": port, "worker_pid": pid}
+
+
+def new_master_job(input_directory, output_directory, mapper_executable,
+                   reducer_executable, num_mappers, num_reducers, **extensions):
+    message = {"message_type": "new_master_job",
+               "input_directory": input_directory,
+               "output_directory": output_directory,
+               "mapper_executable": mapper_executable,
+               "reducer_executable": reducer_executable,
+               "num_mappers": num_mappers, "num_reducers": num_reducers}
+    message.update({k: v for k, v in extensions.items() if v is not None})
+    return message
+
+
+def new_worker_job(input_files, executable, output_directory, pid, **extensions):
+    message = {"message_type": "new_worker_job", "input_files": list(input_files),
+               "executable": executable, "output_directory": output_directory,
+               "worker_pid": pid}
+    message.update({k: v for k, v in extensions.items() if v is not None})
+    return message
+
+
+def new_sort_job(input_files, output_file, pid, **extensions):
+    message = {"message_type": "new_sort_job", "input_files": list(input_files),
+               "output_file": output_file, "worker_pid": pid}
+    message.update({k: v for k, v in extensions.items() if v is not None})
+    return message
+
+
+def status_files(output_files, pid, status=FINISHED, **extensions):
+    """A map/reduce task's status: the spec's `output_files` list."""
+    message = {"message_type": "status", "output_files": list(output_files),
+               "status": status, "worker_pid": pid}
+    message.update({k: v for k, v in extensions.items() if v is not None})
+    return message
+
+
+def status_file(output_file, pid, status=FINISHED, **extensions):
+    """A sort task's status: the spec's single `output_file`."""
+    message = {"message_type": "status", "output_file": output_file,
+               "status": status, "worker_pid": pid}
+    message.update({k: v for k, v in extensions.items() if v is not None})
+    return message
+
+
+def heartbeat(pid):
+    return {"message_type": "heartbeat", "worker_pid": pid}
+
+
+def shutdown():
+    return {"message_type": "shutdown"}
+
+
+def job_status(job_id, after_version=None, wait=None):
+    message = {"message_type": "job_status", "job_id": job_id}
+    if after_version is not None:
+        message["after_version"] = after_version
+    if wait is not None:
+        message["wait"] = wait
+    return message
+
+
+def output_path(output_directory, input_file):
+    """Name a task's output: output_directory + '/' + the input's basename.
+
+    Normalised so that `var/job-0/mapper-output/` and `./var/job-0/...` both
+    give `var/job-0/mapper-output/NAME`, the form other masters parse.
+    """
+    return os.path.join(os.path.normpath(output_directory), os.path.basename(input_file))
+
+
+def normalize_path(path):
+    """The canonical form of a path received on the wire."""
+    return os.path.normpath(path)
+
+
+def parse_address(text, default_host="localhost"):
+    """Parse PORT or HOST:PORT into (host, port); raise ValueError if bad."""
+    host, _, port_text = text.rpartition(":")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return (host or default_host), port
+
+
+# --- servers ---------------------------------------------------------------
+
+class MessageServer:
+    """A TCP server: one thread per connection, one message per connection.
+
+    `handler(message)` is called for every valid message; if it returns a
+    dict, that dict is written back on the connection (our client's
+    extension). Empty connections are ignored silently; bad messages are
+    logged with the reason and dropped; the server always goes on.
+    """
+
+    def __init__(self, host, port, handler, name):
+        self.handler = handler
+        self.name = name
+        self.stopping = threading.Event()
+        self.sock = socket.create_server((host, port), backlog=LISTEN_BACKLOG)
+        self.sock.settimeout(STOP_POLL_INTERVAL)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, name=f"{name}-tcp", daemon=True)
+        self.connections = set()
+        self.lock = threading.Lock()
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def serve(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self.stopping.is_set():
+                    break
+                LOG.exception("%s: accept failed", self.name)
+                continue
+            thread = threading.Thread(target=self.handle_connection, args=(conn,),
+                                      name=f"{self.name}-conn", daemon=True)
+            with self.lock:
+                self.connections.add(thread)
+            thread.start()
+        self.sock.close()
+
+    def handle_connection(self, conn):
+        try:
+            with conn:
+                conn.settimeout(READ_TIMEOUT)
+                self.process(conn)
+        finally:
+            with self.lock:
+                self.connections.discard(threading.current_thread())
+
+    def process(self, conn):
+        try:
+            message = recv_message(conn)
+        except (ProtocolError, OSError) as error:
+            LOG.warning("%s: dropped a message: %s", self.name, error)
+            return
+        if message is None:
+            return
+        try:
+            reply = self.handler(message)
+        except Exception:  # one bad message must never stop the server
+            LOG.exception("%s: error handling %s", self.name, message.get("message_type"))
+            return
+        if reply is not None:
+            try:
+                conn.sendall(encode(reply))
+            except OSError:
+                pass  # the sender did not wait for a reply; that is allowed
+
+    def stop(self, join_timeout=2.0):
+        self.stopping.set()
+        self.thread.join(join_timeout)
+        with self.lock:
+            pending = list(self.connections)
+        for thread in pending:
+            thread.join(join_timeout)
+
+
+class HeartbeatListener:
+    """A UDP server for heartbeats: each valid one is passed to `on_heartbeat`."""
+
+    def __init__(self, host, port, on_heartbeat, name):
+        self.on_heartbeat = on_heartbeat
+        self.name = name
+        self.stopping = threading.Event()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.sock.settimeout(STOP_POLL_INTERVAL)
+        self.thread = threading.Thread(target=self.serve, name=f"{name}-udp", daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def serve(self):
+        while not self.stopping.is_set():
+            try:
+                data, _ = self.sock.recvfrom(MAX_DATAGRAM)
+            except socket.timeout:
+                continue
+            except OSError:
+                if self.stopping.is_set():
+                    break
+                continue
+            self.process(data)
+        self.sock.close()
+
+    def process(self, data):
+        try:
+            message = decode(data)
+        except ProtocolError as error:
+            LOG.warning("%s: dropped a datagram: %s", self.name, error)
+            return
+        if message["message_type"] != "heartbeat":
+            LOG.warning("%s: dropped a %s on the heartbeat port",
+                        self.name, message["message_type"])
+            return
+        self.on_heartbeat(message["worker_pid"])
+
+    def stop(self, join_timeout=2.0):
+        self.stopping.set()
+        self.thread.join(join_timeout)
+
+
+def send_heartbeat(sock, host, port, pid):
+    """Send one heartbeat datagram on an existing UDP socket."""
+    sock.sendto(encode(heartbeat(pid)), (host, port))
+
+
+def configure_logging(name, level=None):
+    """Log to stderr with timestamps; level from MAPREDUCE_LOG_LEVEL."""
+    level = level or os.environ.get("MAPREDUCE_LOG_LEVEL", "INFO")
+    logging.basicConfig(level=level,
+                        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s")
+    logging.getLogger("sh").setLevel(logging.WARNING)  # it logs every process start

@@ -1,0 +1,603 @@
+"""The MapReduce master.
+
+    python3 master.py PORT [--host ADDR]
+
+One owner for mutable state: the master thread. The TCP listener (a short
+thread per message), the UDP heartbeat listener, the ticker and background
+grouping threads never touch workers, jobs or tasks: they post events on
+`Master.events`, which the master thread runs one at a time, in order.
+Client status queries are answered by the JobBoard, which holds copies under
+its own lock.
+"""
+import argparse
+import collections
+import logging
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+
+import helper
+from mrlib import grouping, runner
+from mrlib.job import FAILED, GROUP, MAP, MERGE, REDUCE, SUCCEEDED, Job, task_key
+from mrlib.jobspec import DEFAULT_TASK_TIMEOUT, JobRejected, JobSpec
+
+LOG = logging.getLogger("master")
+
+VAR_DIRECTORY = "var"
+# How often to look for dead workers and overrunning tasks. Detection takes
+# MISSED_HEARTBEATS_LIMIT heartbeat intervals anyway; this only adds jitter.
+TICK_INTERVAL = 0.5
+# A worker binds before registering, but a slow one gets this long to accept
+# its register_ack.
+ACK_RETRY_SECONDS = 3.0
+# Our worker kills a program at the job's task_timeout; the master's own
+# check waits this much longer, for workers that do not enforce it.
+TIMEOUT_GRACE = 10.0
+# How long a client waits for the master to accept or reject its job.
+SUBMIT_REPLY_TIMEOUT = 10.0
+# The longest a status query may hold its connection waiting for news.
+MAX_STATUS_WAIT = 30.0
+SHUTDOWN_SEND_TIMEOUT = 1.0
+
+
+class WorkerRecord:
+    """What the master knows of one worker. Never removed, only marked dead."""
+
+    def __init__(self, pid, host, port, order):
+        self.pid = pid
+        self.host = host
+        self.port = port
+        self.order = order
+        self.acked = False
+        self.dead = False
+        self.last_seen = time.monotonic()
+        self.tasks = set()  # keys of tasks of the current job assigned to it
+
+    @property
+    def state(self):
+        if self.dead:
+            return "dead"
+        return "busy" if self.tasks else "ready"
+
+    def __str__(self):
+        return f"worker {self.pid} ({self.host}:{self.port})"
+
+
+class WorkerRegistry:
+    """All workers ever registered, by pid."""
+
+    def __init__(self):
+        self.by_pid = {}
+        self.registrations = 0
+        self.unknown_warned = set()
+
+    def add(self, pid, host, port):
+        self.registrations += 1
+        record = WorkerRecord(pid, host, port, self.registrations)
+        self.by_pid[pid] = record
+        return record
+
+    def get(self, pid):
+        return self.by_pid.get(pid)
+
+    def live(self):
+        return [w for w in self.by_pid.values() if w.acked and not w.dead]
+
+    def at_address(self, host, port):
+        return [w for w in self.live() if (w.host, w.port) == (host, port)]
+
+    def choose(self, avoid=()):
+        """The least loaded live worker, preferring ones not in `avoid`."""
+        candidates = sorted(self.live(), key=lambda w: (len(w.tasks), w.order))
+        preferred = [w for w in candidates if w.pid not in avoid]
+        return (preferred or candidates or [None])[0]
+
+    def overdue(self, now, limit):
+        return [w for w in self.live() if now - w.last_seen > limit]
+
+    def release_all(self):
+        for worker in self.by_pid.values():
+            worker.tasks.clear()
+
+
+class Reply:
+    """A one-shot slot a connection thread waits on for the master's answer."""
+
+    def __init__(self):
+        self.ready = threading.Event()
+        self.value = None
+
+    def set(self, value):
+        self.value = value
+        self.ready.set()
+
+    def wait(self, timeout):
+        self.ready.wait(timeout)
+        return self.value
+
+
+class JobBoard:
+    """Snapshots of every job for client queries; its own lock, no master state."""
+
+    def __init__(self):
+        self.changed = threading.Condition()
+        self.snapshots = {}
+        self.version = 0
+
+    def publish(self, job):
+        snapshot = job.snapshot()
+        with self.changed:
+            self.version += 1
+            snapshot["version"] = self.version
+            self.snapshots[job.id] = snapshot
+            self.changed.notify_all()
+
+    def query(self, message):
+        """Answer job_status, waiting up to `wait` s for a version > after_version."""
+        job_id = message["job_id"]
+        after = message.get("after_version", -1)
+        wait = min(max(message.get("wait", 0), 0), MAX_STATUS_WAIT)
+        with self.changed:
+            self.changed.wait_for(
+                lambda: self.snapshots.get(job_id, {}).get("version", -1) > after, timeout=wait)
+            snapshot = self.snapshots.get(job_id)
+        if snapshot is None:
+            return {"message_type": "job_status_reply", "job_id": job_id, "state": "unknown",
+                    "error": f"no job {job_id}"}
+        return dict(snapshot)
+
+
+class Master:
+    """Accepts jobs, tracks workers, and drives each job through its phases."""
+
+    def __init__(self, port, host="localhost"):
+        recreate_directory(VAR_DIRECTORY)
+        self.events = queue.Queue()
+        self.stopping = threading.Event()
+        self.workers = WorkerRegistry()
+        self.waiting = collections.deque()
+        self.current = None
+        self.next_job_id = 0
+        self.board = JobBoard()
+        self.guard = runner.ProgramGuard()
+        self.server = helper.MessageServer(host, port, self.receive, "master")
+        self.heartbeats = helper.HeartbeatListener(host, port - 1, self.receive_heartbeat,
+                                                   "master")
+        self.ticker = threading.Thread(target=self.tick_loop, name="ticker", daemon=True)
+        self.handlers = {
+            "register": self.on_register,
+            "new_master_job": self.on_new_job,
+            "status": self.on_status,
+            "shutdown": self.on_shutdown,
+        }
+
+    # --- other threads: only post events ----------------------------------
+
+    def post(self, function, *args):
+        self.events.put((function, args))
+
+    def receive(self, message):
+        """Called on a connection thread for every valid message."""
+        kind = message["message_type"]
+        if kind == "job_status":
+            return self.board.query(message)
+        if kind == "new_master_job":
+            reply = Reply()
+            self.post(self.on_new_job, message, reply)
+            return reply.wait(SUBMIT_REPLY_TIMEOUT)
+        if kind not in self.handlers:
+            LOG.warning("dropped a %s message: the master does not take it", kind)
+            return None
+        self.post(self.handlers[kind], message)
+        return None
+
+    def receive_heartbeat(self, pid):
+        self.post(self.on_heartbeat, pid)
+
+    def tick_loop(self):
+        while not self.stopping.wait(TICK_INTERVAL):
+            self.post(self.on_tick)
+
+    # --- the master thread -------------------------------------------------
+
+    def run(self):
+        self.server.start()
+        self.heartbeats.start()
+        self.ticker.start()
+        LOG.info("listening on TCP %s and UDP %s", self.server.port, self.server.port - 1)
+        while not self.stopping.is_set():
+            function, args = self.events.get()
+            try:
+                function(*args)
+            except Exception:  # a bug in one handler must not stop the master
+                LOG.exception("error in %s", getattr(function, "__name__", function))
+        self.close()
+
+    def close(self):
+        self.server.stop()
+        self.heartbeats.stop()
+        self.guard.close()
+        self.ticker.join(1.0)
+
+    def on_shutdown(self, message=None):
+        LOG.info("shutting down: telling %d worker(s)", len(self.workers.by_pid))
+        senders = [threading.Thread(target=_send_quietly, args=(w.host, w.port, helper.shutdown()),
+                                    daemon=True) for w in self.workers.by_pid.values()]
+        for thread in senders:
+            thread.start()
+        for thread in senders:
+            thread.join(SHUTDOWN_SEND_TIMEOUT + 0.5)
+        self.stopping.set()
+
+    # --- workers -----------------------------------------------------------
+
+    def on_register(self, message):
+        pid, host, port = message["worker_pid"], message["worker_host"], message["worker_port"]
+        for old in self.workers.at_address(host, port):
+            if old.pid != pid:
+                self.declare_dead(old, f"replaced by worker {pid} on the same port")
+        known = self.workers.get(pid)
+        if known is not None and known.acked and not known.dead \
+                and (known.host, known.port) == (host, port):
+            self.send_ack(known)  # a repeated register: acknowledge again, keep its tasks
+            return
+        if known is not None:
+            self.declare_dead(known, "registered again")
+        self.send_ack(self.workers.add(pid, host, port))
+
+    def send_ack(self, record):
+        ack = helper.register_ack(record.host, record.port, record.pid)
+        try:
+            helper.send_message(record.host, record.port, ack)
+        except OSError:
+            threading.Thread(target=self.retry_ack, args=(record, ack), daemon=True).start()
+            return
+        self.on_ack_result(record, True)
+
+    def retry_ack(self, record, ack):
+        delivered = helper.send_with_retry(record.host, record.port, ack, ACK_RETRY_SECONDS)
+        self.post(self.on_ack_result, record, delivered)
+
+    def on_ack_result(self, record, delivered):
+        if not delivered:
+            LOG.error("%s never accepted register_ack; not registered", record)
+            record.dead = True
+            return
+        first = not record.acked
+        record.acked = True
+        record.last_seen = time.monotonic()
+        if first:
+            LOG.info("registered %s", record)
+            if self.current is not None:
+                self.current.note(f"worker {record.pid} registered")
+        self.start_next_job()
+        self.dispatch()
+
+    def on_heartbeat(self, pid):
+        worker = self.workers.get(pid)
+        if worker is None:
+            if pid not in self.workers.unknown_warned:
+                self.workers.unknown_warned.add(pid)
+                LOG.warning("heartbeat from unregistered pid %s dropped", pid)
+            return
+        worker.last_seen = time.monotonic()
+        if worker.dead and worker.acked:
+            worker.dead = False
+            LOG.info("%s is heartbeating again: taken back as ready", worker)
+            self.note(f"worker {pid} heartbeating again, taken back")
+            self.start_next_job()
+            self.dispatch()
+
+    def on_tick(self):
+        now = time.monotonic()
+        limit = helper.MISSED_HEARTBEATS_LIMIT * helper.HEARTBEAT_INTERVAL
+        lost = self.workers.overdue(now, limit)
+        for worker in lost:
+            self.declare_dead(worker, f"no heartbeat for {now - worker.last_seen:.1f} s")
+        self.check_timeouts(now)
+        if lost:
+            self.dispatch()
+
+    def declare_dead(self, worker, reason):
+        """Mark a worker dead and put its unfinished tasks back to pending."""
+        if worker.dead:
+            return
+        worker.dead = True
+        LOG.warning("%s is dead: %s", worker, reason)
+        self.note(f"worker {worker.pid} dead ({reason})")
+        job = self.current
+        for key in sorted(worker.tasks):
+            task = job.tasks.get(key) if job else None
+            if task is not None and not task.done and task.worker == worker.pid:
+                task.worker = None
+                LOG.info("job %d: %s will be reassigned", job.id, task.name)
+                self.note(f"{task.name} reassigned from dead worker {worker.pid}")
+        worker.tasks.clear()
+        if job is not None:
+            self.board.publish(job)
+
+    def note(self, text):
+        if self.current is not None:
+            self.current.note(text)
+
+    # --- jobs --------------------------------------------------------------
+
+    def on_new_job(self, message, reply=None):
+        reply = reply or Reply()
+        try:
+            spec = JobSpec.from_message(message)
+        except JobRejected as rejection:
+            LOG.error("rejected a job: %s", rejection)
+            reply.set({"message_type": "job_rejected", "error": str(rejection)})
+            return
+        job = Job(self.next_job_id, spec, VAR_DIRECTORY)
+        try:
+            job.make_directories()
+        except OSError as error:
+            LOG.error("rejected a job: cannot create %s: %s", job.directory, error)
+            reply.set({"message_type": "job_rejected", "error": f"cannot create directories: {error}"})
+            return
+        self.next_job_id += 1
+        self.waiting.append(job)
+        self.board.publish(job)
+        LOG.info("job %d accepted: %s -> %s (%d queued)", job.id, spec.input_directory,
+                 spec.output_directory, len(self.waiting))
+        reply.set({"message_type": "job_accepted", "job_id": job.id})
+        self.start_next_job()
+
+    def start_next_job(self):
+        if self.current is not None or not self.waiting or not self.workers.live():
+            return
+        job = self.current = self.waiting.popleft()
+        LOG.info("job %d started", job.id)
+        try:
+            tasks = job.map_tasks()
+        except OSError as error:
+            self.fail_job(job, f"cannot list the input: {error}")
+            return
+        if not tasks:
+            self.start_group(job)
+            return
+        self.begin_phase(job, MAP, tasks)
+
+    def begin_phase(self, job, phase, tasks):
+        job.begin_phase(phase, tasks)
+        LOG.info("job %d: %s phase, %d task(s)", job.id, phase, len(tasks))
+        self.board.publish(job)
+        self.dispatch()
+
+    def start_group(self, job):
+        if job.spec.num_reducers == 0:
+            self.finish_job(job)
+            return
+        if not job.map_outputs:
+            self.start_merge(job)
+            return
+        self.begin_phase(job, GROUP, job.sort_tasks(len(self.workers.live())))
+
+    def start_merge(self, job):
+        sorted_paths = job.sorted_outputs() if job.phase == GROUP else []
+        job.begin_phase(MERGE, [])
+        LOG.info("job %d: merging %d sorted file(s) into %d partition(s)",
+                 job.id, len(sorted_paths), job.spec.num_reducers)
+        self.board.publish(job)
+        threading.Thread(target=self.merge, args=(job, sorted_paths),
+                         name=f"merge-{job.id}", daemon=True).start()
+
+    def merge(self, job, sorted_paths):
+        """On a background thread: build grouper-output/input_*."""
+        try:
+            grouping.merge_and_partition(sorted_paths, job.grouper_dir, job.spec.num_reducers,
+                                         job.spec.partitioner, self.guard)
+            error = None
+        except (OSError, runner.TaskFailed) as failure:
+            error = f"grouping failed: {failure}"
+        self.post(self.on_merged, job, error)
+
+    def on_merged(self, job, error):
+        if job is not self.current:
+            return
+        if error:
+            self.fail_job(job, error)
+            return
+        self.begin_phase(job, REDUCE, job.reduce_tasks())
+
+    def advance(self, job):
+        """Called when every task of the current phase is done."""
+        if job.phase == MAP:
+            self.start_group(job)
+        elif job.phase == GROUP:
+            self.start_merge(job)
+        elif job.phase == REDUCE:
+            self.finish_job(job)
+
+    def finish_job(self, job):
+        try:
+            job.publish_outputs()
+        except OSError as error:
+            self.fail_job(job, f"cannot write the output to {job.spec.output_directory}: {error}")
+            return
+        job.end(SUCCEEDED)
+        LOG.info("job %d succeeded: %d file(s) in %s (%.2f s)", job.id, len(job.outputs),
+                 job.spec.output_directory, job.timings["total"])
+        if job.counters:
+            LOG.info("job %d counters: %s", job.id, job.counters)
+        self.end_job(job)
+
+    def fail_job(self, job, reason):
+        job.end(FAILED, reason)
+        LOG.error("job %d failed: %s (intermediate files kept in %s)", job.id, reason,
+                  job.directory)
+        self.end_job(job)
+
+    def end_job(self, job):
+        self.board.publish(job)
+        self.current = None
+        self.workers.release_all()
+        self.start_next_job()
+
+    # --- tasks -------------------------------------------------------------
+
+    def dispatch(self):
+        """Send every pending task of the current phase to a live worker."""
+        job = self.current
+        if job is None:
+            return
+        for task in job.pending_tasks():
+            while True:
+                worker = self.workers.choose(avoid=task.failed_on)
+                if worker is None:
+                    return
+                if self.send_task(job, task, worker):
+                    break
+
+    def task_extensions(self, job):
+        """Optional fields for task messages: only what differs from the spec's job."""
+        timeout = job.spec.task_timeout
+        return {"timeout": timeout if timeout != DEFAULT_TASK_TIMEOUT else None,
+                "combiner_executable": job.spec.combiner_executable}
+
+    def send_task(self, job, task, worker):
+        message = task.message(worker.pid, self.task_extensions(job))
+        if task.kind == "sort":
+            message.pop("combiner_executable", None)
+        try:
+            helper.send_message(worker.host, worker.port, message)
+        except OSError as error:
+            self.declare_dead(worker, f"unreachable: {error}")
+            return False
+        task.worker = worker.pid
+        task.started = time.monotonic()
+        worker.tasks.add(task.key)
+        LOG.debug("job %d: %s sent to %s", job.id, task.name, worker)
+        return True
+
+    def on_status(self, message):
+        pid = message["worker_pid"]
+        worker = self.workers.get(pid)
+        if worker is None:
+            LOG.warning("status from unknown pid %s dropped", pid)
+            return
+        outputs = message.get("output_files") or [message.get("output_file", "")]
+        job = self.current
+        task = job.tasks.get(task_key(outputs)) if job is not None else None
+        if task is None:
+            LOG.info("status from %s matches no current task (stale?): %s", worker,
+                     ", ".join(outputs[:3]))
+            return
+        if message["status"] == helper.FINISHED:
+            self.task_finished(job, task, worker, message)
+        elif message["status"] == helper.FAILED:
+            if task.done or task.worker != pid:
+                LOG.info("ignored a stale failure of %s from %s", task.name, worker)
+                return
+            self.attempt_failed(job, task, _failure_text(message))
+        else:
+            LOG.warning("status %r from %s dropped: expected finished or failed",
+                        message["status"], worker)
+
+    def task_finished(self, job, task, worker, message):
+        if task.done:
+            LOG.info("job %d: duplicate finish of %s from %s ignored", job.id, task.name, worker)
+            return
+        task.done = True
+        task.finished_by = worker.pid
+        self.release(task)
+        worker.tasks.discard(task.key)
+        if worker.dead:
+            self.note(f"{task.name}: late result from dead worker {worker.pid} accepted")
+        if isinstance(message.get("counters"), dict):
+            job.add_counters(message["counters"])
+        self.board.publish(job)
+        if job.phase_complete():
+            self.advance(job)
+
+    def release(self, task):
+        """Forget which worker holds a task."""
+        holder = self.workers.get(task.worker) if task.worker is not None else None
+        if holder is not None:
+            holder.tasks.discard(task.key)
+        task.worker = None
+
+    def attempt_failed(self, job, task, reason):
+        failed_pid = task.worker
+        self.release(task)
+        task.failures += 1
+        task.failed_on.add(failed_pid)
+        text = (f"{task.name} (input {task.describe_inputs()}) failed on worker {failed_pid}, "
+                f"attempt {task.failures} of {job.spec.max_attempts}: {reason}")
+        LOG.error("job %d: %s", job.id, text)
+        job.note(text)
+        if task.failures >= job.spec.max_attempts:
+            self.fail_job(job, text)
+            return
+        self.board.publish(job)
+        self.dispatch()
+
+    def check_timeouts(self, now):
+        job = self.current
+        if job is None:
+            return
+        limit = job.spec.task_timeout + TIMEOUT_GRACE
+        for task in job.running_tasks():
+            if now - task.started > limit:
+                self.attempt_failed(job, task, f"no result after {job.spec.task_timeout:g} s")
+                if job is not self.current:
+                    return
+
+
+def _failure_text(message):
+    parts = [message.get("error") or "failed"]
+    if message.get("input_file"):
+        parts.append(f"input {message['input_file']}")
+    if message.get("exit_code") is not None:
+        parts.append(f"exit code {message['exit_code']}")
+    text = "; ".join(parts)
+    if message.get("stderr_tail"):
+        text += f"; stderr tail: {message['stderr_tail'].strip()[-500:]!r}"
+    return text
+
+
+def _send_quietly(host, port, message):
+    try:
+        helper.send_message(host, port, message, timeout=SHUTDOWN_SEND_TIMEOUT)
+    except OSError:
+        pass
+
+
+def recreate_directory(path):
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Run the MapReduce master.")
+    parser.add_argument("port", type=int, help="TCP port for messages; heartbeats use PORT-1")
+    parser.add_argument("--host", default="localhost",
+                        help="address to bind (default: localhost; 0.0.0.0 for all)")
+    args = parser.parse_args(argv)
+    if not 1 < args.port < 65536:
+        parser.error(f"port {args.port} out of range")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    helper.configure_logging("master")
+    try:
+        master = Master(args.port, args.host)
+    except OSError as error:
+        LOG.error("cannot start: %s", error)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: master.post(master.on_shutdown))
+    signal.signal(signal.SIGINT, lambda *_: master.post(master.on_shutdown))
+    master.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

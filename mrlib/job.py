@@ -1,0 +1,216 @@
+"""A job's tasks, phases and files, as the master tracks them.
+
+Only the master thread touches these objects (see master.py). A task is
+addressed everywhere by the paths it outputs, because that is all a status
+message from any implementation's worker carries.
+"""
+import collections
+import os
+import shutil
+import time
+
+import helper
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+MAP, GROUP, MERGE, REDUCE, DONE = "map", "group", "merge", "reduce", "done"
+SORT = "sort"  # the kind of the group phase's tasks
+EVENT_HISTORY = 50
+
+
+def task_key(paths):
+    """The identity of a task: the normalised set of files it outputs."""
+    return tuple(sorted(helper.normalize_path(p) for p in paths))
+
+
+class Task:
+    """One unit of work: a map, sort or reduce over some input files."""
+
+    def __init__(self, kind, number, inputs, outputs, executable=None,
+                 output_directory=None, context=None):
+        self.kind = kind
+        self.number = number
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.executable = executable
+        self.output_directory = output_directory
+        self.context = context
+        self.key = task_key(outputs)
+        self.worker = None      # pid of the worker believed to be running it
+        self.started = None     # monotonic time of the current attempt
+        self.done = False
+        self.failures = 0       # attempts that failed (worker deaths do not count)
+        self.failed_on = set()  # pids it failed on, avoided when retrying
+        self.finished_by = None
+
+    @property
+    def name(self):
+        return f"{self.kind} task {self.number}"
+
+    def describe_inputs(self):
+        shown = ", ".join(self.inputs[:3])
+        return shown + (f" (+{len(self.inputs) - 3} more)" if len(self.inputs) > 3 else "")
+
+    def message(self, pid, extensions):
+        """The wire message assigning this task to worker `pid`."""
+        if self.kind == SORT:
+            return helper.new_sort_job(self.inputs, self.outputs[0], pid,
+                                       timeout=extensions.get("timeout"))
+        return helper.new_worker_job(self.inputs, self.executable, self.output_directory, pid,
+                                     context=self.context, **extensions)
+
+
+class Job:
+    """A submitted job: its directories, current phase and that phase's tasks."""
+
+    def __init__(self, job_id, spec, root):
+        self.id = job_id
+        self.spec = spec
+        self.directory = os.path.join(root, f"job-{job_id}")
+        self.mapper_dir = os.path.join(self.directory, "mapper-output")
+        self.grouper_dir = os.path.join(self.directory, "grouper-output")
+        self.reducer_dir = os.path.join(self.directory, "reducer-output")
+        self.state = QUEUED
+        self.phase = QUEUED
+        self.tasks = {}
+        self.map_outputs = []
+        self.outputs = []
+        self.error = None
+        self.events = collections.deque(maxlen=EVENT_HISTORY)
+        self.counters = {}
+        self.timings = {}
+        self.phase_started = None
+        self.submitted = time.monotonic()
+
+    def make_directories(self):
+        for directory in (self.mapper_dir, self.grouper_dir, self.reducer_dir):
+            os.makedirs(directory, exist_ok=True)
+
+    def note(self, text):
+        """Remember a notable event (death, reassignment, retry) for the client."""
+        self.events.append(text)
+
+    # --- phases ------------------------------------------------------------
+
+    def begin_phase(self, phase, tasks):
+        now = time.monotonic()
+        if self.phase_started is not None and self.phase not in (QUEUED, DONE):
+            self.timings[self.phase] = round(now - self.phase_started, 3)
+        self.state = RUNNING
+        self.phase = phase
+        self.phase_started = now
+        self.tasks = {task.key: task for task in tasks}
+
+    def end(self, state, error=None):
+        self.begin_phase(DONE, [])
+        self.timings["total"] = round(time.monotonic() - self.submitted, 3)
+        self.state = state
+        self.error = error
+
+    def map_tasks(self):
+        files = self.spec.input_files()
+        count = min(self.spec.num_mappers, len(files))
+        tasks = []
+        for number in range(count):
+            share = files[number::count]
+            outputs = [helper.output_path(self.mapper_dir, f) for f in share]
+            tasks.append(Task(MAP, number, share, outputs, self.spec.mapper_executable,
+                              self.mapper_dir, self.map_context(number)))
+        # Input order, not task order: map-only output is concatenated in it.
+        self.map_outputs = [helper.output_path(self.mapper_dir, f) for f in files]
+        return tasks
+
+    def map_context(self, number):
+        if not self.spec.env:
+            return None
+        return {"env": dict(self.spec.env, mapreduce_task_partition=str(number))}
+
+    def sort_tasks(self, live_workers):
+        files = self.map_outputs
+        count = max(1, min(live_workers, len(files)))
+        return [Task(SORT, number, files[number::count],
+                     [os.path.join(self.grouper_dir, f"sorted_{number}")])
+                for number in range(count)]
+
+    def sorted_outputs(self):
+        return [task.outputs[0] for task in sorted(self.tasks.values(), key=lambda t: t.number)]
+
+    def reduce_tasks(self):
+        tasks = []
+        for number in range(self.spec.num_reducers):
+            source = os.path.join(self.grouper_dir, f"input_{number}")
+            tasks.append(Task(REDUCE, number, [source],
+                              [helper.output_path(self.reducer_dir, source)],
+                              self.spec.reducer_executable, self.reducer_dir))
+        return tasks
+
+    # --- progress ----------------------------------------------------------
+
+    def pending_tasks(self):
+        return [t for t in sorted(self.tasks.values(), key=lambda t: t.number)
+                if not t.done and t.worker is None]
+
+    def running_tasks(self):
+        return [t for t in self.tasks.values() if not t.done and t.worker is not None]
+
+    def phase_complete(self):
+        return all(task.done for task in self.tasks.values())
+
+    def add_counters(self, counters):
+        for group, values in counters.items():
+            if not isinstance(values, dict):
+                continue
+            totals = self.counters.setdefault(str(group), {})
+            for name, amount in values.items():
+                if isinstance(amount, int) and not isinstance(amount, bool):
+                    totals[str(name)] = totals.get(str(name), 0) + amount
+
+    # --- wrap-up -----------------------------------------------------------
+
+    def final_sources(self):
+        """The files that make up the job's output, in order."""
+        if self.spec.num_reducers == 0:
+            return self.map_outputs
+        return [task.outputs[0] for task in sorted(self.tasks.values(), key=lambda t: t.number)]
+
+    def output_names(self, count):
+        base = self.spec.output_base_name
+        if base is None:
+            return None
+        width = max(2, len(str(count - 1)))
+        return [f"{base}_{number:0{width}d}" for number in range(count)]
+
+    def publish_outputs(self):
+        """Hard-link (or copy) the final files into output_directory."""
+        sources = self.final_sources()
+        names = self.output_names(len(sources)) or [os.path.basename(s) for s in sources]
+        os.makedirs(self.spec.output_directory, exist_ok=True)
+        self.outputs = []
+        for source, name in zip(sources, names):
+            destination = os.path.join(self.spec.output_directory, name)
+            link_or_copy(source, destination)
+            self.outputs.append(destination)
+
+    def snapshot(self):
+        """What a client may see of this job (see helper.job_status)."""
+        done = sum(1 for t in self.tasks.values() if t.done)
+        return {"message_type": "job_status_reply", "job_id": self.id, "state": self.state,
+                "phase": self.phase, "tasks_done": done, "tasks_total": len(self.tasks),
+                "output_directory": self.spec.output_directory, "outputs": list(self.outputs),
+                "job_directory": self.directory, "error": self.error,
+                "events": list(self.events), "counters": self.counters,
+                "timings": dict(self.timings)}
+
+
+def link_or_copy(source, destination):
+    """Put `source` at `destination` atomically, sharing its data if possible."""
+    tmp = os.path.join(os.path.dirname(destination) or ".",
+                       f".{os.path.basename(destination)}.tmp-{os.getpid()}")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, destination)

@@ -1,0 +1,130 @@
+"""What a job asks for, checked: paths exist, programs run, counts make sense.
+
+A `new_master_job` message that passed helper.validate (field types) becomes
+a JobSpec here, or a JobRejected naming the first problem. The client runs
+the same checks before sending, and the sequential mode runs jobs from it.
+"""
+import dataclasses
+import os
+import re
+
+DEFAULT_TASK_TIMEOUT = 600.0  # seconds; a task running longer is a failed attempt
+DEFAULT_MAX_ATTEMPTS = 4      # Hadoop's default: a task may fail 3 times and still pass
+PARTITIONERS = ("range", "hash")
+
+
+class JobRejected(Exception):
+    """A job that cannot run, with the reason in one line."""
+
+
+@dataclasses.dataclass
+class JobSpec:
+    input_directory: str
+    output_directory: str
+    mapper_executable: str
+    reducer_executable: str
+    num_mappers: int
+    num_reducers: int
+    input_file: str = None
+    input_base_name: str = None
+    split_size: int = None
+    record_size: int = None
+    combiner_executable: str = None
+    partitioner: str = "range"
+    task_timeout: float = DEFAULT_TASK_TIMEOUT
+    env: dict = dataclasses.field(default_factory=dict)
+    output_base_name: str = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    speculative: bool = False
+
+    @classmethod
+    def from_message(cls, message):
+        """Build and check a spec from a validated new_master_job message."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        spec = cls(**{k: v for k, v in message.items() if k in fields and v is not None})
+        spec.check()
+        return spec
+
+    def check(self):
+        """Raise JobRejected with the first thing wrong with this job."""
+        if self.num_mappers < 1:
+            raise JobRejected(f"num_mappers must be at least 1, got {self.num_mappers}")
+        if self.num_reducers < 0:
+            raise JobRejected(f"num_reducers must be 0 (map only) or more, got {self.num_reducers}")
+        check_executable("mapper_executable", self.mapper_executable)
+        if self.num_reducers > 0:
+            check_executable("reducer_executable", self.reducer_executable)
+        if self.combiner_executable:
+            check_executable("combiner_executable", self.combiner_executable)
+        self.check_inputs()
+        self.check_options()
+        if os.path.exists(self.output_directory) and not os.path.isdir(self.output_directory):
+            raise JobRejected(f"output_directory {self.output_directory} exists and is not a directory")
+
+    def check_inputs(self):
+        if self.input_file is not None:
+            if not os.path.isfile(self.input_file):
+                raise JobRejected(f"input_file {self.input_file} is not a file")
+            return
+        if self.input_base_name is not None:
+            if not base_name_files(self.input_base_name):
+                raise JobRejected(f"no input files start with {self.input_base_name}")
+            return
+        if not os.path.isdir(self.input_directory):
+            raise JobRejected(f"input_directory {self.input_directory} is not a directory")
+
+    def check_options(self):
+        if self.split_size is not None and self.split_size < 1:
+            raise JobRejected(f"split_size must be at least 1 byte, got {self.split_size}")
+        if self.record_size is not None and self.record_size < 1:
+            raise JobRejected(f"record_size must be at least 1 byte, got {self.record_size}")
+        if self.partitioner not in PARTITIONERS:
+            raise JobRejected(f"partitioner must be one of {', '.join(PARTITIONERS)}, "
+                              f"got {self.partitioner!r}")
+        if self.task_timeout <= 0:
+            raise JobRejected(f"task_timeout must be positive, got {self.task_timeout}")
+        if self.max_attempts < 1:
+            raise JobRejected(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
+            raise JobRejected("env must map names to string values")
+
+    def input_files(self):
+        """The job's input files, in the order their outputs are concatenated."""
+        if self.input_file is not None:
+            return [self.input_file]
+        if self.input_base_name is not None:
+            return base_name_files(self.input_base_name)
+        return directory_files(self.input_directory)
+
+
+def check_executable(field, path):
+    if not os.path.exists(path):
+        raise JobRejected(f"{field} {path} does not exist")
+    if not os.path.isfile(path):
+        raise JobRejected(f"{field} {path} is not a file")
+    if not os.access(path, os.X_OK):
+        raise JobRejected(f"{field} {path} is not executable (chmod +x it)")
+
+
+def directory_files(directory):
+    """Regular, non-hidden files of a directory, sorted by name (as `input/*`)."""
+    names = sorted(n for n in os.listdir(directory) if not n.startswith("."))
+    return [os.path.join(directory, n) for n in names
+            if os.path.isfile(os.path.join(directory, n))]
+
+
+def _natural_key(name):
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+            for part in re.split(r"(\d+)", name)]
+
+
+def base_name_files(base_name):
+    """Files named base_name* in name order, numbers compared as numbers."""
+    directory, prefix = os.path.split(base_name)
+    directory = directory or "."
+    if not os.path.isdir(directory) or not prefix:
+        return []
+    names = [n for n in os.listdir(directory)
+             if n.startswith(prefix) and os.path.isfile(os.path.join(directory, n))]
+    names.sort(key=_natural_key)
+    return [os.path.join(directory, n) for n in names]

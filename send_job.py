@@ -1,0 +1,191 @@
+"""Submit a job to the master, and optionally wait for it.
+
+    python3 send_job.py 6000                 # the sample word count, as the spec's starter
+    python3 send_job.py 6000 --wait          # ... and follow it to the end
+    python3 send_job.py 6000 --input input/big --mappers 8 --reducers 4 --wait
+    python3 send_job.py 6000 --status 3      # one job's state
+    python3 send_job.py 6000 --shutdown      # stop the master and its workers
+
+Exit codes: 0 done (or submitted), 1 the job failed or the master could not
+be reached, 2 the job is invalid (checked here before sending).
+"""
+import argparse
+import os
+import sys
+
+import helper
+from mrlib.jobspec import JobRejected, JobSpec
+
+DEFAULT_INPUT = "input/sample1"
+DEFAULT_OUTPUT = "output"
+DEFAULT_MAPPER = "exec/word_count/map.py"
+DEFAULT_REDUCER = "exec/word_count/reduce.py"
+# How long one status query may wait on the master for news.
+STATUS_WAIT = 10.0
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Submit a MapReduce job.")
+    parser.add_argument("master", help="the master's TCP port, or HOST:PORT")
+    parser.add_argument("--input", default=DEFAULT_INPUT,
+                        help=f"input directory (default: {DEFAULT_INPUT})")
+    parser.add_argument("--input-file", help="a single input file instead of a directory")
+    parser.add_argument("--input-base", help="a base name: every file starting with it, "
+                                             "in name order (input/book_ -> book_0, book_1 ...)")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT,
+                        help=f"output directory (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--mapper", default=DEFAULT_MAPPER, help="map executable")
+    parser.add_argument("--reducer", default=DEFAULT_REDUCER, help="reduce executable")
+    parser.add_argument("--combiner", help="combiner executable, run over each map output")
+    parser.add_argument("--mappers", type=int, default=4, help="number of map tasks (default 4)")
+    parser.add_argument("--reducers", type=int, default=2,
+                        help="number of reduce tasks (default 2; 0 = map only)")
+    parser.add_argument("--split-size", type=int, help="cut inputs into splits of this many bytes")
+    parser.add_argument("--record-size", type=int,
+                        help="fixed-size binary records of this many bytes (cuts fall between)")
+    parser.add_argument("--partitioner", choices=("range", "hash"), default=None,
+                        help="range (ordered output, default) or hash of the key")
+    parser.add_argument("--timeout", type=float, help="per-task time limit in seconds")
+    parser.add_argument("--max-attempts", type=int, help="attempts per task before the job fails")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment variable for the programs (repeatable)")
+    parser.add_argument("--output-base", help="name outputs BASE_00, BASE_01 ... ")
+    parser.add_argument("--speculative", action="store_true", default=None,
+                        help="run backup copies of slow tasks near the end of a phase")
+    parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    parser.add_argument("--quiet", action="store_true", help="with --wait: only the result")
+    parser.add_argument("--status", type=int, metavar="JOB_ID", help="print a job's state")
+    parser.add_argument("--shutdown", action="store_true", help="shut the cluster down")
+    args = parser.parse_args(argv)
+    try:
+        args.host, args.port = helper.parse_address(args.master)
+    except ValueError as error:
+        parser.error(f"bad master address {args.master!r}: {error}")
+    return args
+
+
+def _resolve(path, local):
+    """Send absolute paths to a local master, so its working directory doesn't matter."""
+    if path is None or not local:
+        return path
+    return os.path.abspath(path)
+
+
+def parse_env(pairs):
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise JobRejected(f"--env wants NAME=VALUE, got {pair!r}")
+        env[name] = value
+    return env
+
+
+def build_job(args):
+    """The new_master_job message for these arguments; JobRejected if invalid."""
+    local = args.host in LOCAL_HOSTS
+    input_directory = args.input
+    if args.input_file:
+        input_directory = os.path.dirname(args.input_file) or "."
+    elif args.input_base:
+        input_directory = os.path.dirname(args.input_base) or "."
+    message = helper.new_master_job(
+        _resolve(input_directory, local), _resolve(args.output, local),
+        _resolve(args.mapper, local), _resolve(args.reducer, local),
+        args.mappers, args.reducers,
+        input_file=_resolve(args.input_file, local),
+        input_base_name=_resolve(args.input_base, local) if args.input_base else None,
+        split_size=args.split_size, record_size=args.record_size,
+        combiner_executable=_resolve(args.combiner, local), partitioner=args.partitioner,
+        task_timeout=args.timeout, max_attempts=args.max_attempts,
+        env=parse_env(args.env) or None, output_base_name=args.output_base,
+        speculative=args.speculative)
+    if args.input_base and args.input_base.endswith(os.sep):
+        raise JobRejected(f"--input-base {args.input_base} names a directory; use --input")
+    helper.validate(message)
+    if local:
+        JobSpec.from_message(message)  # the master's own checks, before sending
+    return message
+
+
+def describe(status):
+    line = f"job {status['job_id']}: {status.get('state')}"
+    if status.get("state") == "running":
+        line += f", {status.get('phase')} phase, {status.get('tasks_done')}/" \
+                f"{status.get('tasks_total')} tasks done"
+    return line
+
+
+def follow(args, job_id, quiet):
+    """Print progress until the job ends; return the exit code."""
+    version, seen_events = -1, 0
+    while True:
+        status = helper.request(args.host, args.port,
+                                helper.job_status(job_id, version, STATUS_WAIT),
+                                reply_timeout=STATUS_WAIT + helper.READ_TIMEOUT)
+        version = status.get("version", version)
+        events = status.get("events") or []
+        if not quiet:
+            for event in events[seen_events:] if len(events) >= seen_events else events:
+                print(f"job {job_id}: {event}", flush=True)
+            print(describe(status), flush=True)
+        seen_events = len(events)
+        if status.get("state") in ("succeeded", "failed", "unknown"):
+            return summarize(status)
+
+
+def summarize(status):
+    if status.get("state") == "succeeded":
+        print(f"job {status['job_id']} succeeded: {len(status.get('outputs', []))} file(s) in "
+              f"{status.get('output_directory')}")
+        for group, counters in sorted((status.get("counters") or {}).items()):
+            for name, amount in sorted(counters.items()):
+                print(f"  counter {group}.{name} = {amount}")
+        if status.get("timings"):
+            timings = ", ".join(f"{k} {v:.2f}s" for k, v in status["timings"].items())
+            print(f"  timings: {timings}")
+        return 0
+    print(f"job {status.get('job_id')} {status.get('state')}: {status.get('error')}",
+          file=sys.stderr)
+    if status.get("job_directory"):
+        print(f"  intermediate files kept in {status['job_directory']}", file=sys.stderr)
+    return 1
+
+
+def submit(args):
+    try:
+        message = build_job(args)
+    except (JobRejected, helper.ProtocolError) as error:
+        print(f"send_job: invalid job: {error}", file=sys.stderr)
+        return 2
+    reply = helper.request(args.host, args.port, message)
+    if reply.get("message_type") == "job_rejected":
+        print(f"send_job: the master rejected the job: {reply.get('error')}", file=sys.stderr)
+        return 2
+    job_id = reply.get("job_id")
+    print(f"job {job_id} submitted to {args.host}:{args.port}", flush=True)
+    if args.wait:
+        return follow(args, job_id, args.quiet)
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        if args.shutdown:
+            helper.send_message(args.host, args.port, helper.shutdown())
+            return 0
+        if args.status is not None:
+            status = helper.request(args.host, args.port, helper.job_status(args.status))
+            print(describe(status))
+            return 0 if status.get("state") != "unknown" else 1
+        return submit(args)
+    except (OSError, helper.ProtocolError) as error:
+        print(f"send_job: cannot talk to the master at {args.host}:{args.port}: {error}",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""A MapReduce worker: registers with the master, heartbeats, runs tasks.
+
+    python3 worker.py MASTER_PORT WORKER_PORT
+    python3 worker.py MASTER_HOST:MASTER_PORT WORKER_PORT --host 0.0.0.0 --advertise HOST
+
+Threads: the TCP listener (one short thread per incoming message) only
+validates and queues; `slots` executor threads run queued tasks in arrival
+order; a heartbeat thread starts after `register_ack`. Mutable state is the
+task queue (a queue.Queue, thread-safe by itself) and the stop event.
+"""
+import argparse
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+
+import helper
+from mrlib import runner
+
+LOG = logging.getLogger("worker")
+
+# How long to keep trying to reach the master at start-up: long enough for a
+# master that is still starting, short enough that a typo'd port fails fast.
+REGISTER_DEADLINE = 30.0
+# How long to keep retrying a status the master refused (it may be busy).
+STATUS_DEADLINE = 10.0
+
+
+class Task:
+    """One map/reduce (`new_worker_job`) or sort (`new_sort_job`) message."""
+
+    def __init__(self, message):
+        self.message = message
+        self.kind = message["message_type"]
+
+    def describe(self):
+        if self.kind == "new_sort_job":
+            return f"sort -> {self.message['output_file']}"
+        files = self.message["input_files"]
+        return f"{os.path.basename(self.message['executable'])} over {len(files)} file(s)"
+
+
+class Worker:
+    """Registers with the master, heartbeats, and runs the tasks it is sent."""
+
+    def __init__(self, master_host, master_port, port, host="localhost",
+                 advertise=None, slots=1):
+        self.master = (master_host, master_port)
+        self.pid = os.getpid()
+        self.stopping = threading.Event()
+        self.tasks = queue.Queue()
+        self.guard = runner.ProgramGuard()
+        self.server = helper.MessageServer(host, port, self.handle, "worker")
+        self.host = advertise or host
+        self.port = self.server.port
+        self.heartbeat_thread = None
+        self.executors = [threading.Thread(target=self.execute_loop, name=f"executor-{n}",
+                                           daemon=True) for n in range(slots)]
+        self.handlers = {
+            "register_ack": self.on_register_ack,
+            "new_worker_job": self.on_task,
+            "new_sort_job": self.on_task,
+            "shutdown": self.on_shutdown,
+        }
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def run(self):
+        """Listen first, then register; return once shut down."""
+        self.server.start()
+        for thread in self.executors:
+            thread.start()
+        LOG.info("listening on %s:%s, registering with %s:%s",
+                 self.host, self.port, *self.master)
+        if not helper.send_with_retry(*self.master, helper.register(self.host, self.port, self.pid),
+                                      REGISTER_DEADLINE, pause=0.2):
+            LOG.error("could not reach the master at %s:%s", *self.master)
+            self.stop()
+            return 1
+        self.stopping.wait()
+        self.close()
+        return 0
+
+    def stop(self):
+        self.stopping.set()
+
+    def close(self):
+        """Kill running programs, then stop every thread."""
+        self.guard.close()
+        self.server.stop()
+        for _ in self.executors:
+            self.tasks.put(None)
+        for thread in self.executors:
+            thread.join(1.0)
+        if self.heartbeat_thread is not None:
+            self.heartbeat_thread.join(1.0)
+
+    # --- messages ----------------------------------------------------------
+
+    def handle(self, message):
+        handler = self.handlers.get(message["message_type"])
+        if handler is None:
+            LOG.warning("ignored a %s message: workers do not take it", message["message_type"])
+            return None
+        if "worker_pid" in message and message["worker_pid"] != self.pid:
+            LOG.warning("ignored a %s for pid %s (this worker is %s)",
+                        message["message_type"], message["worker_pid"], self.pid)
+            return None
+        handler(message)
+        return None
+
+    def on_register_ack(self, message):
+        if self.heartbeat_thread is not None:
+            return
+        LOG.info("registered with the master")
+        self.heartbeat_thread = threading.Thread(target=self.heartbeat_loop,
+                                                 name="heartbeat", daemon=True)
+        self.heartbeat_thread.start()
+
+    def on_task(self, message):
+        task = Task(message)
+        LOG.info("queued %s", task.describe())
+        self.tasks.put(task)
+
+    def on_shutdown(self, message):
+        LOG.info("shutting down")
+        self.guard.kill_all()
+        self.stop()
+
+    # --- threads -----------------------------------------------------------
+
+    def heartbeat_loop(self):
+        master_host, master_port = self.master
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            while not self.stopping.is_set():
+                try:
+                    helper.send_heartbeat(sock, master_host, master_port - 1, self.pid)
+                except OSError as error:
+                    LOG.warning("heartbeat not sent: %s", error)
+                self.stopping.wait(helper.HEARTBEAT_INTERVAL)
+
+    def execute_loop(self):
+        while not self.stopping.is_set():
+            task = self.tasks.get()
+            if task is None or self.stopping.is_set():
+                return
+            status = self.execute(task)
+            if self.stopping.is_set():
+                return
+            if not helper.send_with_retry(*self.master, status, STATUS_DEADLINE, pause=0.2):
+                LOG.error("status for %s could not be delivered", task.describe())
+
+    def execute(self, task):
+        """Run a task; return the status message to send."""
+        if task.kind == "new_sort_job":
+            return self.execute_sort(task.message)
+        return self.execute_programs(task.message)
+
+    def execute_sort(self, message):
+        output = helper.normalize_path(message["output_file"])
+        try:
+            runner.sort_files(message["input_files"], output,
+                              timeout=message.get("timeout"), guard=self.guard)
+        except runner.TaskFailed as failure:
+            LOG.error("sort into %s failed: %s", output, failure)
+            return helper.status_file(output, self.pid, helper.FAILED, **_failure_fields(failure))
+        LOG.info("sorted %d file(s) into %s", len(message["input_files"]), output)
+        return helper.status_file(output, self.pid)
+
+    def execute_programs(self, message):
+        outputs = [helper.output_path(message["output_directory"], path)
+                   for path in message["input_files"]]
+        context = TaskContext(message.get("context"))
+        report = runner.Report()
+        for input_file, output in zip(message["input_files"], outputs):
+            try:
+                report.merge(runner.run_program(
+                    message["executable"], input_file, output,
+                    env=context.environment(input_file), timeout=message.get("timeout"),
+                    guard=self.guard))
+            except runner.TaskFailed as failure:
+                LOG.error("task failed: %s", failure)
+                return helper.status_files(outputs, self.pid, helper.FAILED,
+                                           **_failure_fields(failure))
+        LOG.info("finished %s", Task(message).describe())
+        return helper.status_files(outputs, self.pid, counters=report.counters or None)
+
+
+class TaskContext:
+    """The environment a program runs in: ours, plus what the master sent.
+
+    `context` (our extension of new_worker_job) may carry `env`, variables
+    for every file, and `files`, variables per input file.
+    """
+
+    def __init__(self, context):
+        context = context if isinstance(context, dict) else {}
+        self.common = _string_dict(context.get("env"))
+        files = context.get("files")
+        self.per_file = files if isinstance(files, dict) else {}
+
+    def environment(self, input_file):
+        env = dict(os.environ)
+        env.update(self.common)
+        env.update(_string_dict(self.per_file.get(input_file)))
+        return env
+
+
+def _string_dict(value):
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _failure_fields(failure):
+    return {"exit_code": failure.exit_code, "error": failure.reason,
+            "stderr_tail": failure.stderr_tail or None, "input_file": failure.input_file}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Run a MapReduce worker.")
+    parser.add_argument("master", help="the master's TCP port, or HOST:PORT")
+    parser.add_argument("port", type=int, help="the TCP port this worker listens on")
+    parser.add_argument("--host", default="localhost",
+                        help="address to bind (default: localhost; 0.0.0.0 for all)")
+    parser.add_argument("--advertise", default=None,
+                        help="host name the master should use to reach this worker "
+                             "(default: the --host value)")
+    parser.add_argument("--slots", type=int, default=1,
+                        help="tasks run at the same time (default: 1)")
+    parser.add_argument("--workdir", default=None,
+                        help="directory to resolve the master's relative paths from")
+    args = parser.parse_args(argv)
+    try:
+        args.master_host, args.master_port = helper.parse_address(args.master)
+    except ValueError as error:
+        parser.error(f"bad master address {args.master!r}: {error}")
+    if args.slots < 1:
+        parser.error("--slots must be at least 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    helper.configure_logging("worker")
+    if args.workdir:
+        os.chdir(args.workdir)
+    try:
+        worker = Worker(args.master_host, args.master_port, args.port, args.host,
+                        args.advertise, args.slots)
+    except OSError as error:
+        LOG.error("cannot listen on %s:%s: %s", args.host, args.port, error)
+        return 1
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop())
+    return worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
