@@ -83,6 +83,7 @@ REQUIRED_FIELDS = {
     "shutdown": {},
     # Extensions between our client and our master only (never to workers).
     "job_status": {"job_id": INT},
+    "cluster_status": {},
 }
 
 OPTIONAL_FIELDS = {
@@ -294,6 +295,10 @@ def job_status(job_id, after_version=None, wait=None):
     if wait is not None:
         message["wait"] = wait
     return message
+
+
+def cluster_status():
+    return {"message_type": "cluster_status"}
 
 
 def output_path(output_directory, input_file):

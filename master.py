@@ -185,9 +185,10 @@ class Master:
         kind = message["message_type"]
         if kind == "job_status":
             return self.board.query(message)
-        if kind == "new_master_job":
+        if kind in ("new_master_job", "cluster_status"):
             reply = Reply()
-            self.post(self.on_new_job, message, reply)
+            handler = self.on_new_job if kind == "new_master_job" else self.on_cluster_status
+            self.post(handler, message, reply)
             return reply.wait(SUBMIT_REPLY_TIMEOUT)
         if kind not in self.handlers:
             LOG.warning("dropped a %s message: the master does not take it", kind)
@@ -222,6 +223,14 @@ class Master:
         self.heartbeats.stop()
         self.guard.close()
         self.ticker.join(1.0)
+
+    def on_cluster_status(self, message, reply):
+        workers = [{"pid": w.pid, "host": w.host, "port": w.port, "state": w.state,
+                    "tasks": len(w.tasks)}
+                   for w in sorted(self.workers.by_pid.values(), key=lambda w: w.order) if w.acked]
+        reply.set({"message_type": "cluster_status_reply", "workers": workers,
+                   "current_job": self.current.id if self.current else None,
+                   "queued_jobs": [job.id for job in self.waiting]})
 
     def on_shutdown(self, message=None):
         LOG.info("shutting down: telling %d worker(s)", len(self.workers.by_pid))

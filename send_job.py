@@ -16,10 +16,12 @@ import sys
 import helper
 from mrlib.jobspec import JobRejected, JobSpec
 
-DEFAULT_INPUT = "input/sample1"
+# The sample job's files, found beside this script wherever it is run from.
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_INPUT = os.path.relpath(os.path.join(HERE, "input", "sample1"))
 DEFAULT_OUTPUT = "output"
-DEFAULT_MAPPER = "exec/word_count/map.py"
-DEFAULT_REDUCER = "exec/word_count/reduce.py"
+DEFAULT_MAPPER = os.path.relpath(os.path.join(HERE, "exec", "word_count", "map.py"))
+DEFAULT_REDUCER = os.path.relpath(os.path.join(HERE, "exec", "word_count", "reduce.py"))
 # How long one status query may wait on the master for news.
 STATUS_WAIT = 10.0
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -56,6 +58,7 @@ def parse_args(argv):
     parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
     parser.add_argument("--quiet", action="store_true", help="with --wait: only the result")
     parser.add_argument("--status", type=int, metavar="JOB_ID", help="print a job's state")
+    parser.add_argument("--workers", action="store_true", help="list the workers and their states")
     parser.add_argument("--shutdown", action="store_true", help="shut the cluster down")
     args = parser.parse_args(argv)
     try:
@@ -175,6 +178,12 @@ def main(argv=None):
     try:
         if args.shutdown:
             helper.send_message(args.host, args.port, helper.shutdown())
+            return 0
+        if args.workers:
+            reply = helper.request(args.host, args.port, helper.cluster_status())
+            for worker in reply.get("workers", []):
+                print(f"worker {worker['pid']} {worker['host']}:{worker['port']} "
+                      f"{worker['state']} ({worker['tasks']} task(s))")
             return 0
         if args.status is not None:
             status = helper.request(args.host, args.port, helper.job_status(args.status))

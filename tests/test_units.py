@@ -1,0 +1,126 @@
+"""Unit tests for the pure logic: protocol validation and key-range cuts."""
+import random
+
+import pytest
+
+import helper
+from mrlib import grouping
+from mrlib.jobspec import base_name_files
+
+
+def sorted_lines(rng, count, alphabet=b"ab\t\x01\x09 z", max_len=6):
+    lines = []
+    for _ in range(count):
+        length = rng.randint(0, max_len)
+        lines.append(bytes(rng.choice(alphabet) for _ in range(length)))
+    return sorted(line.replace(b"\n", b"") + b"\n" for line in lines)
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_range_partitions_keep_every_key_in_one_file(tmp_path, seed, parts):
+    """Cuts never split a key, even with tabs, control bytes and tab-less lines."""
+    rng = random.Random(seed)
+    lines = sorted_lines(rng, rng.randint(0, 300))
+    merged = tmp_path / "merged"
+    merged.write_bytes(b"".join(lines))
+    outputs = [str(tmp_path / f"input_{n}") for n in range(parts)]
+    grouping.write_range_partitions(str(merged), outputs)
+    contents = [open(p, "rb").read() for p in outputs]
+    assert b"".join(contents) == merged.read_bytes()
+    owner = {}
+    for number, data in enumerate(contents):
+        for line in data.splitlines(keepends=True):
+            assert owner.setdefault(grouping.key_of(line), number) == number
+
+
+def test_range_partitions_are_balanced(tmp_path):
+    """With many distinct keys, partitions are close to equal in size."""
+    lines = sorted(b"key%06d\t1\n" % n for n in range(20000))
+    merged = tmp_path / "merged"
+    merged.write_bytes(b"".join(lines))
+    outputs = [str(tmp_path / f"input_{n}") for n in range(4)]
+    grouping.write_range_partitions(str(merged), outputs)
+    sizes = [len(open(p, "rb").read()) for p in outputs]
+    assert max(sizes) - min(sizes) <= 2 * len(lines[0])
+
+
+def test_one_huge_key_leaves_other_partitions_empty(tmp_path):
+    """A single key holds together even when it is larger than a partition."""
+    merged = tmp_path / "merged"
+    merged.write_bytes(b"same\t1\n" * 1000)
+    outputs = [str(tmp_path / f"input_{n}") for n in range(3)]
+    grouping.write_range_partitions(str(merged), outputs)
+    assert [len(open(p, "rb").read()) for p in outputs] == [7000, 0, 0]
+
+
+@pytest.mark.parametrize("previous,following,safe", [
+    (b"apple\t1", b"banana\t1", True),
+    (b"a\t1", b"a\t2", False),          # same key
+    (b"a", b"a\t1", False),             # same key, one line without a tab
+    (b"ab\t1", b"abc\t1", True),        # different keys sharing a prefix
+    (b"a", b"a\x01", False),            # "a\t..." may still follow
+    (b"a\x01", b"a\x02", False),        # ... and here too
+    (b"a\x01", b"b", True),
+])
+def test_safe_cut_rule(previous, following, safe):
+    """The cut rule refuses every place where a key could straddle the cut."""
+    assert grouping.is_safe_cut(previous + b"\n", following + b"\n") is safe
+
+
+def test_hash_partition_is_stable():
+    """Hash partitioning uses md5, the same in every process and run."""
+    assert grouping.hash_partition(b"hello", 7) == int("5d41402abc4b2a76", 16) % 7
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"{not json", "malformed JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b'{"message_type": "nope"}', "unknown message_type"),
+    (b'{"worker_pid": 1}', "missing or non-string 'message_type'"),
+    (b'{"message_type": "heartbeat"}', "missing field 'worker_pid'"),
+    (b'{"message_type": "heartbeat", "worker_pid": "1"}', "should be a int"),
+    (b'{"message_type": "heartbeat", "worker_pid": true}', "should be a int"),
+    (b'{"message_type": "status", "status": "finished", "worker_pid": 1}', "needs 'output_files'"),
+    (b'{"message_type": "new_sort_job", "input_files": [1], "output_file": "x", "worker_pid": 1}',
+     "should be a list of strings"),
+    (b"\xff\xfe", "malformed JSON"),
+])
+def test_decode_rejects_bad_messages(data, reason):
+    """Each kind of bad message is refused with a reason naming the problem."""
+    with pytest.raises(helper.ProtocolError, match=reason.replace("(", r"\(").replace("[", r"\[")):
+        helper.decode(data)
+
+
+def test_decode_accepts_spec_messages():
+    """Messages built by the constructors round-trip through the codec."""
+    for message in (helper.register("localhost", 6001, 42), helper.heartbeat(42),
+                    helper.new_worker_job(["a"], "/bin/cat", "var/job-0/mapper-output", 42),
+                    helper.new_sort_job(["a"], "out", 42), helper.status_file("out", 42),
+                    helper.status_files(["x"], 42), helper.shutdown()):
+        assert helper.decode(helper.encode(message)) == message
+        assert b"\n" not in helper.encode(message)
+
+
+def test_oversized_message_is_refused():
+    """A message past the size cap is refused before parsing."""
+    with pytest.raises(helper.MessageTooLarge):
+        helper.decode(b" " * (helper.MAX_MESSAGE_BYTES + 1))
+
+
+@pytest.mark.parametrize("directory,name,expected", [
+    ("var/job-0/mapper-output", "in/file_001.txt", "var/job-0/mapper-output/file_001.txt"),
+    ("var/job-0/mapper-output/", "in/f", "var/job-0/mapper-output/f"),
+    ("./var//job-0/mapper-output", "/abs/in/f", "var/job-0/mapper-output/f"),
+])
+def test_output_path_has_the_spec_form(directory, name, expected):
+    """Output names keep the input's basename and have no ./ or //."""
+    assert helper.output_path(directory, name) == expected
+
+
+def test_base_name_files_in_natural_order(tmp_path):
+    """book_ takes book_0, book_1 … book_10 in numeric order, and nothing else."""
+    for name in ["book_10", "book_2", "book_0", "book_1", "other", "book"]:
+        (tmp_path / name).write_bytes(b"")
+    found = [p.rsplit("/", 1)[1] for p in base_name_files(str(tmp_path / "book_"))]
+    assert found == ["book_0", "book_1", "book_2", "book_10"]
