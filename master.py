@@ -513,11 +513,20 @@ class Master:
         if task.done:
             LOG.info("job %d: duplicate finish of %s from %s ignored", job.id, task.name, worker)
             return
+        missing = [path for path in task.outputs if not os.path.isfile(path)]
+        if missing:
+            if task.worker == worker.pid:
+                self.attempt_failed(job, task, f"reported finished but {missing[0]} is missing")
+            else:
+                LOG.warning("ignored a finish of %s from %s: %s is missing",
+                            task.name, worker, missing[0])
+            return
         task.done = True
         task.finished_by = worker.pid
         self.release(task)
         worker.tasks.discard(task.key)
         if worker.dead:
+            LOG.info("job %d: accepted a late result of %s from dead %s", job.id, task.name, worker)
             self.note(f"{task.name}: late result from dead worker {worker.pid} accepted")
         if isinstance(message.get("counters"), dict):
             job.add_counters(message["counters"])

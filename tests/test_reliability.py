@@ -1,0 +1,363 @@
+"""Workers die at any moment, in any phase; every job still ends correctly."""
+import os
+import re
+import signal
+import stat
+import threading
+import time
+
+import pytest
+
+import helper
+from conftest import (PYTHON, REPO, WORD_COUNT, assert_matches_sequential, partition_files,
+                      session_members, wait_until, write_files)
+
+# Fast failure detection for most tests: death after 5 x 0.2 s of silence.
+FAST = {"MAPREDUCE_HEARTBEAT_INTERVAL": "0.2"}
+MAPPER, REDUCER = WORD_COUNT
+
+
+def script(path, text):
+    """Write an executable script and return its path."""
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def slow(path, real, seconds):
+    """A program that waits, then runs `real` (so a task is caught mid-run)."""
+    return script(path, f"#!/bin/sh\nsleep {seconds}\nexec {real}\n")
+
+
+def slow_sort_path(directory, seconds):
+    """A PATH whose `sort` waits first: makes the group phase slow on a worker."""
+    directory.mkdir(exist_ok=True)
+    slow(directory / "sort", '/usr/bin/sort "$@"', seconds)
+    return f"{directory}:{os.environ['PATH']}"
+
+
+def corpus(directory, files=6, words=400):
+    contents = {f"part{n}": b" ".join(b"w%d" % ((n * 7 + i) % 53) for i in range(words)) + b"\n"
+                for n in range(files)}
+    return write_files(directory, contents)
+
+
+def job_status(cluster, job_id=0):
+    return helper.request("localhost", cluster.port, helper.job_status(job_id))
+
+
+def in_phase(cluster, phase, job_id=0):
+    return job_status(cluster, job_id).get("phase") == phase
+
+
+def busy_worker(cluster, processes):
+    """A started worker process that the master says holds a task, or None."""
+    busy = {w["pid"] for w in cluster.cluster_status()["workers"] if w["tasks"]}
+    return next((p for p in processes if p.pid in busy and p.poll() is None), None)
+
+
+def kill_busy_worker_in(cluster, processes, phase):
+    """Wait for `phase`, then SIGKILL a worker that is running a task in it."""
+    victim = wait_until(lambda: in_phase(cluster, phase) and busy_worker(cluster, processes),
+                        timeout=60, interval=0.02, what=f"a busy worker in the {phase} phase")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(5)
+    return victim
+
+
+def finish(cluster, client, output, inputs, reducers=2):
+    stdout, stderr = client.communicate(timeout=120)
+    assert client.returncode == 0, stdout.decode() + stderr.decode() + cluster.master_log()[-3000:]
+    assert_matches_sequential(partition_files(output), inputs, MAPPER, REDUCER, reducers)
+    return stdout.decode()
+
+
+@pytest.fixture
+def fast_cluster(make_cluster):
+    return make_cluster(FAST)
+
+
+@pytest.mark.parametrize("phase", ["map", "group", "reduce"])
+def test_worker_killed_in_each_phase(fast_cluster, tmp_path, phase):
+    """A worker SIGKILLed mid-map, mid-sort or mid-reduce: its task is redone elsewhere."""
+    inputs = corpus(tmp_path / "in")
+    mapper = slow(tmp_path / "map.sh", MAPPER, 1) if phase == "map" else MAPPER
+    reducer = slow(tmp_path / "reduce.sh", REDUCER, 1) if phase == "reduce" else REDUCER
+    if phase == "group":
+        fast_cluster.env["PATH"] = slow_sort_path(tmp_path / "bin", 1)
+    workers = fast_cluster.start_workers(3)
+    output = tmp_path / "out"
+    client = fast_cluster.send_job_async("--input", inputs, "--output", output, "--mapper", mapper,
+                                         "--reducer", reducer, "--wait")
+    victim = kill_busy_worker_in(fast_cluster, workers, phase)
+    text = finish(fast_cluster, client, output, inputs)
+    assert f"worker {victim.pid} dead" in text
+    assert re.search(rf"(map|sort|reduce) task \d+ reassigned from dead worker {victim.pid}", text)
+
+
+def test_all_but_one_worker_killed(fast_cluster, tmp_path):
+    """With every worker but one killed mid-map, the last one finishes the job."""
+    inputs = corpus(tmp_path / "in", files=8)
+    mapper = slow(tmp_path / "map.sh", MAPPER, 0.5)
+    workers = fast_cluster.start_workers(3)
+    output = tmp_path / "out"
+    client = fast_cluster.send_job_async("--input", inputs, "--output", output, "--mapper", mapper,
+                                         "--mappers", 8, "--wait")
+    wait_until(lambda: in_phase(fast_cluster, "map"), what="the map phase")
+    for victim in workers[:2]:
+        victim.send_signal(signal.SIGKILL)
+    finish(fast_cluster, client, output, inputs)
+
+
+def test_every_worker_killed_then_a_fresh_one(fast_cluster, tmp_path):
+    """With no worker left the job waits; a newly registered worker picks it up."""
+    inputs = corpus(tmp_path / "in")
+    mapper = slow(tmp_path / "map.sh", MAPPER, 1)
+    workers = fast_cluster.start_workers(2)
+    output = tmp_path / "out"
+    client = fast_cluster.send_job_async("--input", inputs, "--output", output, "--mapper", mapper,
+                                         "--wait")
+    wait_until(lambda: busy_worker(fast_cluster, workers), what="a busy worker")
+    for victim in workers:
+        victim.send_signal(signal.SIGKILL)
+    wait_until(lambda: all(w["state"] == "dead" for w in fast_cluster.cluster_status()["workers"]),
+               what="every worker to be declared dead")
+    assert client.poll() is None
+    fast_cluster.start_worker()
+    finish(fast_cluster, client, output, inputs)
+
+
+def test_worker_restarted_on_the_same_port(fast_cluster, tmp_path):
+    """A worker killed and restarted on its port replaces the dead one at once."""
+    inputs = corpus(tmp_path / "in")
+    mapper = slow(tmp_path / "map.sh", MAPPER, 1)
+    workers = fast_cluster.start_workers(2)
+    output = tmp_path / "out"
+    client = fast_cluster.send_job_async("--input", inputs, "--output", output, "--mapper", mapper,
+                                         "--wait")
+    victim = kill_busy_worker_in(fast_cluster, workers, "map")
+    fast_cluster.start_worker(port=victim.worker_port)
+    finish(fast_cluster, client, output, inputs)
+
+
+CRASHING_PROGRAM = """#!{python}
+# Kill this program's own worker at random, then wait to be reaped with it.
+import os, random, signal, sys, time
+if random.random() < {probability}:
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(30)
+os.execv({real!r}, [{real!r}])
+"""
+
+
+class Supervisor:
+    """Keeps `count` workers running: restarts each one that dies."""
+
+    def __init__(self, cluster, count):
+        self.cluster = cluster
+        self.workers = cluster.start_workers(count)
+        self.restarts = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+        self.thread.start()
+
+    def loop(self):
+        while not self.stopping.wait(0.1):
+            for index, process in enumerate(self.workers):
+                if process.poll() is not None:
+                    self.workers[index] = self.cluster.start_worker(wait=False)
+                    self.restarts += 1
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(5)
+
+
+def test_crash_programs_kill_their_workers(fast_cluster, tmp_path):
+    """In the spirit of 6.824's crash test: programs kill their own workers at random."""
+    inputs = corpus(tmp_path / "in", files=10)
+    crash_map = script(tmp_path / "crash_map.py", CRASHING_PROGRAM.format(
+        python=PYTHON, probability=0.3, real=str(MAPPER)))
+    crash_reduce = script(tmp_path / "crash_reduce.py", CRASHING_PROGRAM.format(
+        python=PYTHON, probability=0.3, real=str(REDUCER)))
+    supervisor = Supervisor(fast_cluster, 3)
+    try:
+        for number in range(3):
+            output = tmp_path / f"out{number}"
+            result = fast_cluster.send_job("--input", inputs, "--output", output,
+                                           "--mapper", crash_map, "--reducer", crash_reduce,
+                                           "--mappers", 6, "--reducers", 3, "--wait")
+            assert result.returncode == 0, result.stderr.decode() + fast_cluster.master_log()[-3000:]
+            outputs = partition_files(output)
+            assert_matches_sequential(outputs, inputs, MAPPER, REDUCER, 3)
+    finally:
+        supervisor.stop()
+    assert supervisor.restarts > 0
+
+
+class FakeWorker:
+    """A scripted worker over raw sockets: it takes tasks and answers when told."""
+
+    def __init__(self, cluster):
+        import socket
+        self.cluster = cluster
+        self.sock = socket.create_server(("localhost", 0))
+        self.sock.settimeout(10)
+        self.port = self.sock.getsockname()[1]
+        self.pid = 4_000_000 + self.port  # no real process has it
+        self.beating = threading.Event()
+        self.beating.set()
+        self.thread = threading.Thread(target=self.heartbeat_loop, daemon=True)
+
+    def register(self):
+        helper.send_message("localhost", self.cluster.port,
+                            helper.register("localhost", self.port, self.pid))
+        assert self.receive()["message_type"] == "register_ack"
+        self.thread.start()
+
+    def heartbeat_loop(self):
+        import socket
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            while self.beating.is_set():
+                helper.send_heartbeat(udp, "localhost", self.cluster.port - 1, self.pid)
+                time.sleep(0.1)
+
+    def receive(self):
+        conn, _ = self.sock.accept()
+        with conn:
+            return helper.recv_message(conn)
+
+    def run_task(self, message):
+        """Do a map task for real, in the master's working directory."""
+        import subprocess
+        outputs = []
+        for path in message["input_files"]:
+            target = self.cluster.workdir / helper.output_path(message["output_directory"], path)
+            with open(path, "rb") as stdin, open(target, "wb") as stdout:
+                subprocess.run([message["executable"]], stdin=stdin, stdout=stdout, check=True)
+            outputs.append(helper.output_path(message["output_directory"], path))
+        return outputs
+
+    def close(self):
+        self.beating.clear()
+        self.sock.close()
+
+
+def test_stale_finished_from_a_dead_worker(fast_cluster, tmp_path):
+    """A finished from a worker declared dead, after reassignment, does not corrupt the job."""
+    inputs = corpus(tmp_path / "in", files=2)
+    fake = FakeWorker(fast_cluster)
+    fake.register()
+    try:
+        output = tmp_path / "out"
+        client = fast_cluster.send_job_async("--input", inputs, "--output", output,
+                                             "--mappers", 2, "--wait")
+        tasks = [fake.receive(), fake.receive()]
+        assert all(t["message_type"] == "new_worker_job" for t in tasks)
+        fake.beating.clear()  # falls silent: the master must declare it dead
+        wait_until(lambda: fast_cluster.worker_state(fake.pid) == "dead", what="the fake's death")
+        stale = fake.run_task(tasks[0])
+        helper.send_message("localhost", fast_cluster.port, helper.status_files(stale, fake.pid))
+        fast_cluster.wait_for_log(f"accepted a late result of map task 0 from dead worker {fake.pid}")
+        helper.send_message("localhost", fast_cluster.port, helper.status_files(stale, fake.pid))
+        fast_cluster.wait_for_log("duplicate finish of map task 0")
+        fast_cluster.start_worker()
+        finish(fast_cluster, client, output, inputs)
+        assert fast_cluster.master_log().count("map task 0 sent") <= 1
+    finally:
+        fake.close()
+
+
+def test_wrongly_declared_dead_worker_is_taken_back(fast_cluster, tmp_path):
+    """A worker paused past the limit is declared dead, then taken back when it beats again."""
+    worker = fast_cluster.start_worker()
+    worker.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: fast_cluster.worker_state(worker.pid) == "dead", what="death")
+    finally:
+        worker.send_signal(signal.SIGCONT)
+    wait_until(lambda: fast_cluster.worker_state(worker.pid) == "ready", what="revival")
+    inputs = corpus(tmp_path / "in")
+    output = tmp_path / "out"
+    finish(fast_cluster, fast_cluster.send_job_async("--input", inputs, "--output", output,
+                                                     "--wait"), output, inputs)
+    assert "taken back as ready" in fast_cluster.master_log()
+
+
+def test_failing_program_fails_the_job_after_four_attempts(fast_cluster, tmp_path):
+    """A program that always exits non-zero fails its job, named; the next job runs."""
+    inputs = corpus(tmp_path / "in", files=2)
+    broken = script(tmp_path / "broken.sh", "#!/bin/sh\necho 'cannot parse record 17' >&2\nexit 3\n")
+    fast_cluster.start_workers(2)
+    failing = fast_cluster.send_job_async("--input", inputs, "--output", tmp_path / "bad",
+                                          "--mapper", broken, "--mappers", 1, "--wait")
+    good = fast_cluster.send_job_async("--input", inputs, "--output", tmp_path / "good", "--wait")
+    stdout, stderr = failing.communicate(timeout=60)
+    text = stdout.decode() + stderr.decode()
+    assert failing.returncode == 1
+    assert "attempt 4 of 4" in text and "attempt 5" not in text
+    for detail in ("map task 0", "part0", "exit code 3", "cannot parse record 17"):
+        assert detail in text
+    assert (fast_cluster.workdir / "var" / "job-0").is_dir()
+    assert "job 0 failed" in fast_cluster.master_log()
+    finish(fast_cluster, good, tmp_path / "good", inputs)
+
+
+def test_hanging_program_is_ended_by_the_time_limit(fast_cluster, tmp_path):
+    """A program that never ends is killed at the job's time limit and counts as failed."""
+    inputs = corpus(tmp_path / "in", files=1)
+    hang = script(tmp_path / "hang.sh", "#!/bin/sh\nsleep 1000\n")
+    fast_cluster.start_workers(2)
+    result = fast_cluster.send_job("--input", inputs, "--output", tmp_path / "out",
+                                   "--mapper", hang, "--timeout", 0.5, "--max-attempts", 2,
+                                   "--wait")
+    text = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 1
+    assert "timed out after 0.5 s" in text and "attempt 2 of 2" in text
+
+
+def processes_running(marker):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if marker in handle.read():
+                        found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def test_programs_die_with_their_worker(fast_cluster, tmp_path):
+    """SIGKILL a worker: its program and the program's own children stop too."""
+    marker = b"1000.%d" % os.getpid()
+    stuck = script(tmp_path / "stuck.sh", f"#!/bin/sh\nsleep {marker.decode()} &\nsleep {marker.decode()}\n")
+    inputs = corpus(tmp_path / "in", files=1)
+    worker = fast_cluster.start_worker()
+    client = fast_cluster.send_job_async("--input", inputs, "--output", tmp_path / "out",
+                                         "--mapper", stuck, "--wait")
+    wait_until(lambda: len(processes_running(marker)) == 2, what="the program to start")
+    worker.send_signal(signal.SIGKILL)
+    wait_until(lambda: not processes_running(marker), timeout=5, what="the programs to die")
+    client.kill()
+    client.wait()
+
+
+def test_recovery_with_the_spec_timings(make_cluster, tmp_path):
+    """With the spec's 2 s heartbeats, a killed worker's task is reassigned after ~10 s."""
+    cluster = make_cluster({"MAPREDUCE_HEARTBEAT_INTERVAL": "2"})
+    inputs = corpus(tmp_path / "in")
+    mapper = slow(tmp_path / "map.sh", MAPPER, 1)
+    workers = cluster.start_workers(2)
+    output = tmp_path / "out"
+    client = cluster.send_job_async("--input", inputs, "--output", output, "--mapper", mapper,
+                                    "--wait")
+    victim = kill_busy_worker_in(cluster, workers, "map")
+    killed = time.monotonic()
+    cluster.wait_for_log(f"worker {victim.pid} (localhost:{victim.worker_port}) is dead",
+                         timeout=20)
+    detected = time.monotonic() - killed
+    finish(cluster, client, output, inputs)
+    limit = helper.MISSED_HEARTBEATS_LIMIT * 2
+    assert limit - 2 <= detected <= limit + 3
