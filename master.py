@@ -21,8 +21,8 @@ import threading
 import time
 
 import helper
-from mrlib import grouping, runner
-from mrlib.job import FAILED, GROUP, MAP, MERGE, REDUCE, SUCCEEDED, Job, task_key
+from mrlib import grouping, runner, splits
+from mrlib.job import FAILED, GROUP, MAP, MERGE, REDUCE, SPLIT, SUCCEEDED, Job, task_key
 from mrlib.jobspec import DEFAULT_TASK_TIMEOUT, JobRejected, JobSpec
 
 LOG = logging.getLogger("master")
@@ -363,8 +363,22 @@ class Master:
             return
         job = self.current = self.waiting.popleft()
         LOG.info("job %d started", job.id)
+        if job.spec.split_size:
+            job.begin_phase(SPLIT, [])
+            self.board.publish(job)
+            self.in_background(job, self.make_splits, self.start_map)
+            return
+        self.start_map(job, None)
+
+    def make_splits(self, job):
+        """On a background thread: cut the input into split files."""
+        spec = job.spec
+        planned = splits.plan(spec.input_files(), spec.split_size, spec.record_size)
+        return splits.materialize(planned, job.splits_dir)
+
+    def start_map(self, job, made_splits):
         try:
-            tasks = job.map_tasks()
+            tasks = job.map_tasks(made_splits)
         except OSError as error:
             self.fail_job(job, f"cannot list the input: {error}")
             return
@@ -372,6 +386,29 @@ class Master:
             self.start_group(job)
             return
         self.begin_phase(job, MAP, tasks)
+
+    def in_background(self, job, work, then):
+        """Run work(job) off the master thread; then(job, result) back on it.
+
+        If work raises, or the job stopped being current meanwhile, the job
+        fails (or the result is dropped) instead.
+        """
+        def run():
+            try:
+                result, error = work(job), None
+            except (OSError, runner.TaskFailed, splits.TooManySplits) as failure:
+                result, error = None, f"{work.__name__.replace('_', ' ')} failed: {failure}"
+            self.post(self.after_background, job, then, result, error)
+
+        threading.Thread(target=run, name=f"{work.__name__}-{job.id}", daemon=True).start()
+
+    def after_background(self, job, then, result, error):
+        if job is not self.current:
+            return
+        if error:
+            self.fail_job(job, error)
+            return
+        then(job, result)
 
     def begin_phase(self, job, phase, tasks):
         job.begin_phase(phase, tasks)
@@ -394,25 +431,14 @@ class Master:
         LOG.info("job %d: merging %d sorted file(s) into %d partition(s)",
                  job.id, len(sorted_paths), job.spec.num_reducers)
         self.board.publish(job)
-        threading.Thread(target=self.merge, args=(job, sorted_paths),
-                         name=f"merge-{job.id}", daemon=True).start()
+        self.in_background(job, lambda job: self.merge(job, sorted_paths), self.start_reduce)
 
     def merge(self, job, sorted_paths):
         """On a background thread: build grouper-output/input_*."""
-        try:
-            grouping.merge_and_partition(sorted_paths, job.grouper_dir, job.spec.num_reducers,
-                                         job.spec.partitioner, self.guard)
-            error = None
-        except (OSError, runner.TaskFailed) as failure:
-            error = f"grouping failed: {failure}"
-        self.post(self.on_merged, job, error)
+        grouping.merge_and_partition(sorted_paths, job.grouper_dir, job.spec.num_reducers,
+                                     job.spec.partitioner, self.guard)
 
-    def on_merged(self, job, error):
-        if job is not self.current:
-            return
-        if error:
-            self.fail_job(job, error)
-            return
+    def start_reduce(self, job, _):
         self.begin_phase(job, REDUCE, job.reduce_tasks())
 
     def advance(self, job):
@@ -464,16 +490,16 @@ class Master:
                 if self.send_task(job, task, worker):
                     break
 
-    def task_extensions(self, job):
+    def task_extensions(self, job, task):
         """Optional fields for task messages: only what differs from the spec's job."""
         timeout = job.spec.task_timeout
-        return {"timeout": timeout if timeout != DEFAULT_TASK_TIMEOUT else None,
-                "combiner_executable": job.spec.combiner_executable}
+        extensions = {"timeout": timeout if timeout != DEFAULT_TASK_TIMEOUT else None}
+        if task.kind == MAP:
+            extensions["combiner_executable"] = job.spec.combiner_executable
+        return extensions
 
     def send_task(self, job, task, worker):
-        message = task.message(worker.pid, self.task_extensions(job))
-        if task.kind == "sort":
-            message.pop("combiner_executable", None)
+        message = task.message(worker.pid, self.task_extensions(job, task))
         try:
             helper.send_message(worker.host, worker.port, message)
         except OSError as error:
@@ -530,6 +556,8 @@ class Master:
             self.note(f"{task.name}: late result from dead worker {worker.pid} accepted")
         if isinstance(message.get("counters"), dict):
             job.add_counters(message["counters"])
+        if message.get("task_status"):
+            LOG.info("job %d: %s says: %s", job.id, task.name, message["task_status"])
         self.board.publish(job)
         if job.phase_complete():
             self.advance(job)

@@ -15,6 +15,9 @@ import sys
 
 import helper
 from mrlib.jobspec import JobRejected, JobSpec
+from mrlib.runner import TaskFailed
+from mrlib.sequential import SequentialRun
+from mrlib.splits import TooManySplits
 
 # The sample job's files, found beside this script wherever it is run from.
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -29,7 +32,8 @@ LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="Submit a MapReduce job.")
-    parser.add_argument("master", help="the master's TCP port, or HOST:PORT")
+    parser.add_argument("master", nargs="?",
+                        help="the master's TCP port, or HOST:PORT (not with --sequential)")
     parser.add_argument("--input", default=DEFAULT_INPUT,
                         help=f"input directory (default: {DEFAULT_INPUT})")
     parser.add_argument("--input-file", help="a single input file instead of a directory")
@@ -55,12 +59,19 @@ def parse_args(argv):
     parser.add_argument("--output-base", help="name outputs BASE_00, BASE_01 ... ")
     parser.add_argument("--speculative", action="store_true", default=None,
                         help="run backup copies of slow tasks near the end of a phase")
+    parser.add_argument("--sequential", action="store_true",
+                        help="run the job here, in one process, with no master or workers")
     parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
     parser.add_argument("--quiet", action="store_true", help="with --wait: only the result")
     parser.add_argument("--status", type=int, metavar="JOB_ID", help="print a job's state")
     parser.add_argument("--workers", action="store_true", help="list the workers and their states")
     parser.add_argument("--shutdown", action="store_true", help="shut the cluster down")
     args = parser.parse_args(argv)
+    args.host, args.port = "localhost", None
+    if args.sequential:
+        return args
+    if args.master is None:
+        parser.error("give the master's port (or --sequential)")
     try:
         args.host, args.port = helper.parse_address(args.master)
     except ValueError as error:
@@ -156,6 +167,21 @@ def summarize(status):
     return 1
 
 
+def run_sequential(args):
+    """Run the job in this process; print what --wait would; return the exit code."""
+    try:
+        spec = JobSpec.from_message(build_job(args))
+    except (JobRejected, helper.ProtocolError) as error:
+        print(f"send_job: invalid job: {error}", file=sys.stderr)
+        return 2
+    try:
+        job = SequentialRun(spec).run()
+    except (OSError, TaskFailed, TooManySplits) as error:
+        print(f"sequential job failed: {error}", file=sys.stderr)
+        return 1
+    return summarize(job.snapshot())
+
+
 def submit(args):
     try:
         message = build_job(args)
@@ -175,6 +201,8 @@ def submit(args):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.sequential:
+        return run_sequential(args)
     try:
         if args.shutdown:
             helper.send_message(args.host, args.port, helper.shutdown())

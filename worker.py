@@ -173,12 +173,13 @@ class Worker:
     def execute_programs(self, message):
         outputs = [helper.output_path(message["output_directory"], path)
                    for path in message["input_files"]]
-        context = TaskContext(message.get("context"))
+        context = runner.TaskContext(message.get("context"))
         report = runner.Report()
         for input_file, output in zip(message["input_files"], outputs):
             try:
-                report.merge(runner.run_program(
+                report.merge(runner.run_task_program(
                     message["executable"], input_file, output,
+                    combiner=message.get("combiner_executable"),
                     env=context.environment(input_file), timeout=message.get("timeout"),
                     guard=self.guard))
             except runner.TaskFailed as failure:
@@ -186,33 +187,8 @@ class Worker:
                 return helper.status_files(outputs, self.pid, helper.FAILED,
                                            **_failure_fields(failure))
         LOG.info("finished %s", Task(message).describe())
-        return helper.status_files(outputs, self.pid, counters=report.counters or None)
-
-
-class TaskContext:
-    """The environment a program runs in: ours, plus what the master sent.
-
-    `context` (our extension of new_worker_job) may carry `env`, variables
-    for every file, and `files`, variables per input file.
-    """
-
-    def __init__(self, context):
-        context = context if isinstance(context, dict) else {}
-        self.common = _string_dict(context.get("env"))
-        files = context.get("files")
-        self.per_file = files if isinstance(files, dict) else {}
-
-    def environment(self, input_file):
-        env = dict(os.environ)
-        env.update(self.common)
-        env.update(_string_dict(self.per_file.get(input_file)))
-        return env
-
-
-def _string_dict(value):
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): str(v) for k, v in value.items()}
+        return helper.status_files(outputs, self.pid, counters=report.counters or None,
+                                   task_status=report.status)
 
 
 def _failure_fields(failure):

@@ -143,13 +143,17 @@ def partition_paths(directory, parts):
 def merge_and_partition(sorted_paths, directory, parts, partitioner="range", guard=None):
     """Merge sorted files and write `parts` reducer inputs into `directory`."""
     outputs = partition_paths(directory, parts)
-    merged = os.path.join(directory, "merged")
-    runner.sort_files(sorted_paths, merged, merge=True, guard=guard)
+    if len(sorted_paths) == 1:
+        merged, scratch = sorted_paths[0], None  # already one sorted stream
+    else:
+        merged = scratch = os.path.join(directory, "merged")
+        runner.sort_files(sorted_paths, merged, merge=True, guard=guard)
     try:
         if partitioner == "hash":
             write_hash_partitions(merged, outputs)
         else:
             write_range_partitions(merged, outputs)
     finally:
-        os.unlink(merged)
+        if scratch:
+            os.unlink(scratch)
     return outputs

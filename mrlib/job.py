@@ -12,7 +12,7 @@ import time
 import helper
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-MAP, GROUP, MERGE, REDUCE, DONE = "map", "group", "merge", "reduce", "done"
+SPLIT, MAP, GROUP, MERGE, REDUCE, DONE = "split", "map", "group", "merge", "reduce", "done"
 SORT = "sort"  # the kind of the group phase's tasks
 EVENT_HISTORY = 50
 
@@ -53,8 +53,7 @@ class Task:
     def message(self, pid, extensions):
         """The wire message assigning this task to worker `pid`."""
         if self.kind == SORT:
-            return helper.new_sort_job(self.inputs, self.outputs[0], pid,
-                                       timeout=extensions.get("timeout"))
+            return helper.new_sort_job(self.inputs, self.outputs[0], pid, **extensions)
         return helper.new_worker_job(self.inputs, self.executable, self.output_directory, pid,
                                      context=self.context, **extensions)
 
@@ -68,6 +67,7 @@ class Job:
         self.directory = os.path.join(root, f"job-{job_id}")
         self.mapper_dir = os.path.join(self.directory, "mapper-output")
         self.grouper_dir = os.path.join(self.directory, "grouper-output")
+        self.splits_dir = os.path.join(self.directory, "splits")
         self.reducer_dir = os.path.join(self.directory, "reducer-output")
         self.state = QUEUED
         self.phase = QUEUED
@@ -106,23 +106,32 @@ class Job:
         self.state = state
         self.error = error
 
-    def map_tasks(self):
-        files = self.spec.input_files()
-        count = min(self.spec.num_mappers, len(files))
-        tasks = []
-        for number in range(count):
-            share = files[number::count]
-            outputs = [helper.output_path(self.mapper_dir, f) for f in share]
-            tasks.append(Task(MAP, number, share, outputs, self.spec.mapper_executable,
-                              self.mapper_dir, self.map_context(number)))
+    def map_tasks(self, splits=None):
+        """One task per split if the job has splits; else files dealt round robin."""
+        if splits is not None:
+            groups = [[split] for split in splits]
+        else:
+            files = [WholeFile(path, index) for index, path in enumerate(self.spec.input_files())]
+            count = min(self.spec.num_mappers, len(files))
+            groups = [files[n::count] for n in range(count)]
+        tasks = [self.map_task(number, group) for number, group in enumerate(groups)]
         # Input order, not task order: map-only output is concatenated in it.
-        self.map_outputs = [helper.output_path(self.mapper_dir, f) for f in files]
+        ordered = sorted((part for group in groups for part in group), key=lambda p: p.index)
+        self.map_outputs = [helper.output_path(self.mapper_dir, p.path) for p in ordered]
         return tasks
 
-    def map_context(self, number):
-        if not self.spec.env:
+    def map_task(self, number, parts):
+        paths = [part.path for part in parts]
+        outputs = [helper.output_path(self.mapper_dir, path) for path in paths]
+        return Task(MAP, number, paths, outputs, self.spec.mapper_executable,
+                    self.mapper_dir, self.map_context(number, parts))
+
+    def map_context(self, number, parts):
+        """Our extension: what each program reads, sent only to jobs that use extensions."""
+        if not self.spec.uses_extensions():
             return None
-        return {"env": dict(self.spec.env, mapreduce_task_partition=str(number))}
+        return {"env": dict(self.spec.env),
+                "files": {part.path: part.environment(number) for part in parts}}
 
     def sort_tasks(self, live_workers):
         files = self.map_outputs
@@ -138,9 +147,12 @@ class Job:
         tasks = []
         for number in range(self.spec.num_reducers):
             source = os.path.join(self.grouper_dir, f"input_{number}")
+            context = None
+            if self.spec.uses_extensions():
+                context = {"env": dict(self.spec.env, mapreduce_task_partition=str(number))}
             tasks.append(Task(REDUCE, number, [source],
                               [helper.output_path(self.reducer_dir, source)],
-                              self.spec.reducer_executable, self.reducer_dir))
+                              self.spec.reducer_executable, self.reducer_dir, context))
         return tasks
 
     # --- progress ----------------------------------------------------------
@@ -199,6 +211,19 @@ class Job:
                 "job_directory": self.directory, "error": self.error,
                 "events": list(self.events), "counters": self.counters,
                 "timings": dict(self.timings)}
+
+
+class WholeFile:
+    """An input file processed whole (no split_size): the spec's behaviour."""
+
+    def __init__(self, path, index):
+        self.path = path
+        self.index = index
+
+    def environment(self, task_number):
+        return {"mapreduce_map_input_file": self.path, "mapreduce_map_input_start": "0",
+                "mapreduce_map_input_length": str(os.path.getsize(self.path)),
+                "mapreduce_task_partition": str(task_number)}
 
 
 def link_or_copy(source, destination):

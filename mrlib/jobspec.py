@@ -88,6 +88,11 @@ class JobSpec:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
             raise JobRejected("env must map names to string values")
 
+    def uses_extensions(self):
+        """True if tasks need our optional fields (context), i.e. not a plain spec job."""
+        return bool(self.env or self.split_size or self.record_size or self.input_file
+                    or self.input_base_name)
+
     def input_files(self):
         """The job's input files, in the order their outputs are concatenated."""
         if self.input_file is not None:
@@ -113,7 +118,7 @@ def directory_files(directory):
             if os.path.isfile(os.path.join(directory, n))]
 
 
-def _natural_key(name):
+def natural_key(name):
     return [(0, int(part), "") if part.isdigit() else (1, 0, part)
             for part in re.split(r"(\d+)", name)]
 
@@ -126,5 +131,5 @@ def base_name_files(base_name):
         return []
     names = [n for n in os.listdir(directory)
              if n.startswith(prefix) and os.path.isfile(os.path.join(directory, n))]
-    names.sort(key=_natural_key)
+    names.sort(key=natural_key)
     return [os.path.join(directory, n) for n in names]

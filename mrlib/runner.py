@@ -277,6 +277,27 @@ def run_program(executable, input_path, output_path, env=None, timeout=None, gua
         _discard(tmp)
 
 
+def run_map_with_combiner(executable, combiner, input_path, output_path, env=None,
+                          timeout=None, guard=None):
+    """Map, sort the map's output, and run the combiner over it into output_path."""
+    mapped, ordered = temp_path(output_path), temp_path(output_path)
+    try:
+        report = run_program(executable, input_path, mapped, env, timeout, guard)
+        sort_files([mapped], ordered, timeout=timeout, guard=guard, env=env)
+        report.merge(run_program(combiner, ordered, output_path, env, timeout, guard))
+        return report
+    finally:
+        _discard(mapped)
+        _discard(ordered)
+
+
+def run_task_program(executable, input_path, output_path, combiner=None, **options):
+    """Run one input of a map or reduce task, through the combiner if there is one."""
+    if combiner:
+        return run_map_with_combiner(executable, combiner, input_path, output_path, **options)
+    return run_program(executable, input_path, output_path, **options)
+
+
 def sort_files(input_paths, output_path, merge=False, timeout=None, guard=None, env=None):
     """Sort (or merge already sorted) files bytewise into output_path.
 
@@ -317,3 +338,34 @@ def _write_files0(directory, paths):
         for path in paths:
             handle.write(os.fsencode(path) + b"\0")
     return name
+
+
+class TaskContext:
+    """The environment a program runs in: ours, plus what the task is about.
+
+    `context` (our extension of new_worker_job) may carry `env`, variables
+    for every file, and `files`, variables per input file. Without it, the
+    program still learns its input file, as the whole file.
+    """
+
+    def __init__(self, context):
+        context = context if isinstance(context, dict) else {}
+        self.common = _string_dict(context.get("env"))
+        files = context.get("files")
+        self.per_file = files if isinstance(files, dict) else {}
+
+    def environment(self, input_file):
+        env = dict(os.environ)
+        env.update(self.common)
+        described = _string_dict(self.per_file.get(input_file))
+        if not described:
+            described = {"mapreduce_map_input_file": input_file,
+                         "mapreduce_map_input_start": "0"}
+        env.update(described)
+        return env
+
+
+def _string_dict(value):
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}

@@ -1,0 +1,69 @@
+"""Join a job's output files into one file, in order.
+
+    python3 collect.py output/count count_all     # count_00, count_01 ... -> count_all
+    python3 collect.py output all.txt             # output/input_0, input_1 ... -> all.txt
+    python3 collect.py output all.txt --merge     # hash-partitioned output: merge by key
+
+With the default range partitioning the partitions hold consecutive key
+ranges, so joining them in partition order gives key order; a map-only job's
+files join in split order. Hash-partitioned partitions are each sorted but
+interleave, so --merge merges them (LC_ALL=C sort -m) instead.
+"""
+import argparse
+import os
+import re
+import sys
+
+from mrlib import grouping, runner
+from mrlib.jobspec import base_name_files, natural_key
+
+PARTITION_NAME = re.compile(r"input_(\d+)$")
+
+
+def partition_files(source):
+    """The files to join: BASE_NN files for a base name, else a directory's outputs."""
+    if os.path.isdir(source):
+        names = os.listdir(source)
+        numbered = [n for n in names if PARTITION_NAME.match(n)]
+        if numbered:
+            numbered.sort(key=lambda n: int(PARTITION_NAME.match(n).group(1)))
+            return [os.path.join(source, n) for n in numbered]
+        names = sorted((n for n in names if not n.startswith(".")), key=natural_key)
+        return [os.path.join(source, n) for n in names if os.path.isfile(os.path.join(source, n))]
+    return base_name_files(source + "_")
+
+
+def concatenate(paths, destination):
+    tmp = runner.temp_path(destination)
+    with open(tmp, "wb") as out:
+        for path in paths:
+            with open(path, "rb") as source:
+                grouping.copy_range(source, out, 0, os.fstat(source.fileno()).st_size)
+    os.replace(tmp, destination)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Join a job's outputs into one ordered file.")
+    parser.add_argument("source", help="an output directory, or a base name (output/count)")
+    parser.add_argument("destination", help="the file to write")
+    parser.add_argument("--merge", action="store_true",
+                        help="merge sorted partitions by key (for hash partitioning)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    paths = partition_files(args.source)
+    if not paths:
+        print(f"collect: no output files found for {args.source}", file=sys.stderr)
+        return 2
+    try:
+        if args.merge:
+            runner.sort_files(paths, os.path.abspath(args.destination), merge=True)
+        else:
+            concatenate(paths, args.destination)
+    except (OSError, runner.TaskFailed) as error:
+        print(f"collect: {error}", file=sys.stderr)
+        return 1
+    print(f"collected {len(paths)} file(s) into {args.destination}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

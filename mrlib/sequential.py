@@ -1,0 +1,73 @@
+"""Run a job in this process, with no master or workers: the reference run.
+
+It goes through the same steps with the same code as the cluster: the same
+splits, the same program runner (and combiner), one sort of all map output,
+the same key-range (or hash) partitioning, one reduce per partition, and the
+same output names. So its output files are byte-identical to a cluster run's,
+and its wall time is the baseline every benchmark compares against.
+"""
+import os
+import shutil
+import tempfile
+
+from mrlib import grouping, runner, splits
+from mrlib.job import GROUP, MAP, REDUCE, SUCCEEDED, Job
+
+
+class SequentialRun:
+    """One job, run step by step in a scratch directory beside its output."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        parent = os.path.dirname(os.path.abspath(spec.output_directory))
+        os.makedirs(parent, exist_ok=True)
+        # Beside the output, so the final hard links need no copy.
+        self.scratch = tempfile.mkdtemp(prefix=".mapreduce-sequential-", dir=parent)
+        self.job = Job(0, spec, self.scratch)
+        self.counters = runner.Report()
+
+    def run(self):
+        """Run every phase; return the ended job (outputs, counters, timings)."""
+        try:
+            self.job.make_directories()
+            self.job.begin_phase(MAP, [])
+            self.map()
+            if self.spec.num_reducers > 0:
+                self.job.begin_phase(GROUP, [])
+                self.group()
+                self.job.begin_phase(REDUCE, [])
+                self.reduce()
+            self.job.publish_outputs()
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        self.job.counters = self.counters.counters
+        self.job.end(SUCCEEDED)
+        return self.job
+
+    def map(self):
+        made = None
+        if self.spec.split_size:
+            planned = splits.plan(self.spec.input_files(), self.spec.split_size,
+                                  self.spec.record_size)
+            made = splits.materialize(planned, self.job.splits_dir)
+        for task in self.job.map_tasks(made):
+            self.run_task(task, combiner=self.spec.combiner_executable)
+
+    def group(self):
+        ordered = os.path.join(self.job.grouper_dir, "sorted_0")
+        runner.sort_files(self.job.map_outputs, ordered)
+        grouping.merge_and_partition([ordered], self.job.grouper_dir, self.spec.num_reducers,
+                                     self.spec.partitioner)
+
+    def reduce(self):
+        tasks = self.job.reduce_tasks()
+        self.job.tasks = {task.key: task for task in tasks}
+        for task in tasks:
+            self.run_task(task)
+
+    def run_task(self, task, combiner=None):
+        context = runner.TaskContext(task.context)
+        for path, output in zip(task.inputs, task.outputs):
+            self.counters.merge(runner.run_task_program(
+                task.executable, path, output, combiner=combiner,
+                env=context.environment(path), timeout=self.spec.task_timeout))
