@@ -93,11 +93,12 @@ OPTIONAL_FIELDS = {
         "partitioner": STR, "task_timeout": NUM, "env": DICT,
         "output_base_name": STR, "max_attempts": INT, "speculative": BOOL,
     },
-    "new_worker_job": {"timeout": NUM, "context": DICT, "combiner_executable": STR},
-    "new_sort_job": {"timeout": NUM},
+    "new_worker_job": {"timeout": NUM, "context": DICT, "combiner_executable": STR,
+                       "sort_output": BOOL},
+    "new_sort_job": {"timeout": NUM, "presorted": BOOL},
     "status": {"output_files": STR_LIST, "output_file": STR, "exit_code": INT,
                "error": STR, "stderr_tail": STR, "input_file": STR,
-               "counters": DICT, "task_status": STR},
+               "counters": DICT, "task_status": STR, "sorted": BOOL},
     "job_status": {"after_version": INT, "wait": NUM},
 }
 
@@ -143,6 +144,9 @@ def validate(message):
                                 f"got {message[field]!r:.80}")
     if kind == "status" and "output_files" not in message and "output_file" not in message:
         raise ProtocolError("status: needs 'output_files' or 'output_file'")
+    port = message.get("worker_port")
+    if kind in ("register", "register_ack") and not 0 < port < 65536:
+        raise ProtocolError(f"{kind}: field 'worker_port' out of range 1..65535: {port}")
     return message
 
 

@@ -22,7 +22,8 @@ import time
 
 import helper
 from mrlib import grouping, runner, splits
-from mrlib.job import FAILED, GROUP, MAP, MERGE, REDUCE, SPLIT, SUCCEEDED, Job, task_key
+from mrlib.job import (FAILED, GROUP, MAP, MERGE, REDUCE, SORT, SPLIT, SUCCEEDED, Job,
+                       task_key)
 from mrlib.jobspec import DEFAULT_TASK_TIMEOUT, JobRejected, JobSpec
 
 LOG = logging.getLogger("master")
@@ -262,6 +263,10 @@ class Master:
         ack = helper.register_ack(record.host, record.port, record.pid)
         try:
             helper.send_message(record.host, record.port, ack)
+        except ValueError as error:  # e.g. a host name no resolver accepts
+            LOG.error("cannot acknowledge %s: %s", record, error)
+            record.dead = True
+            return
         except OSError:
             threading.Thread(target=self.retry_ack, args=(record, ack), daemon=True).start()
             return
@@ -453,7 +458,7 @@ class Master:
     def finish_job(self, job):
         try:
             job.publish_outputs()
-        except OSError as error:
+        except (OSError, ValueError) as error:
             self.fail_job(job, f"cannot write the output to {job.spec.output_directory}: {error}")
             return
         job.end(SUCCEEDED)
@@ -496,6 +501,11 @@ class Master:
         extensions = {"timeout": timeout if timeout != DEFAULT_TASK_TIMEOUT else None}
         if task.kind == MAP:
             extensions["combiner_executable"] = job.spec.combiner_executable
+            # Ask for map-side sorting: the group phase then only merges.
+            extensions["sort_output"] = True if job.spec.num_reducers > 0 else None
+        elif task.kind == SORT:
+            # Only where our workers said they sorted: another worker ignores sort_output.
+            extensions["presorted"] = True if job.all_sorted(task.inputs) else None
         return extensions
 
     def send_task(self, job, task, worker):
@@ -554,6 +564,8 @@ class Master:
         if worker.dead:
             LOG.info("job %d: accepted a late result of %s from dead %s", job.id, task.name, worker)
             self.note(f"{task.name}: late result from dead worker {worker.pid} accepted")
+        if task.kind == MAP:
+            job.record_sorted(task.outputs, message.get("sorted") is True)
         if isinstance(message.get("counters"), dict):
             job.add_counters(message["counters"])
         if message.get("task_status"):

@@ -154,15 +154,27 @@ class Worker:
                 LOG.error("status for %s could not be delivered", task.describe())
 
     def execute(self, task):
-        """Run a task; return the status message to send."""
-        if task.kind == "new_sort_job":
-            return self.execute_sort(task.message)
-        return self.execute_programs(task.message)
+        """Run a task; return the status message to send. Never raises."""
+        try:
+            if task.kind == "new_sort_job":
+                return self.execute_sort(task.message)
+            return self.execute_programs(task.message)
+        except Exception as error:  # a bug or an odd input must not end this thread
+            LOG.exception("task %s failed unexpectedly", task.describe())
+            failure = runner.TaskFailed(f"worker error: {error!r}")
+            if task.kind == "new_sort_job":
+                return helper.status_file(task.message["output_file"], self.pid, helper.FAILED,
+                                          **_failure_fields(failure))
+            outputs = [helper.output_path(task.message["output_directory"], path)
+                       for path in task.message["input_files"]]
+            return helper.status_files(outputs, self.pid, helper.FAILED,
+                                       **_failure_fields(failure))
 
     def execute_sort(self, message):
         output = helper.normalize_path(message["output_file"])
         try:
             runner.sort_files(message["input_files"], output,
+                              merge=message.get("presorted") is True,
                               timeout=message.get("timeout"), guard=self.guard)
         except runner.TaskFailed as failure:
             LOG.error("sort into %s failed: %s", output, failure)
@@ -174,12 +186,13 @@ class Worker:
         outputs = [helper.output_path(message["output_directory"], path)
                    for path in message["input_files"]]
         context = runner.TaskContext(message.get("context"))
+        sort_output = message.get("sort_output") is True
         report = runner.Report()
         for input_file, output in zip(message["input_files"], outputs):
             try:
                 report.merge(runner.run_task_program(
                     message["executable"], input_file, output,
-                    combiner=message.get("combiner_executable"),
+                    combiner=message.get("combiner_executable"), sort_output=sort_output,
                     env=context.environment(input_file), timeout=message.get("timeout"),
                     guard=self.guard))
             except runner.TaskFailed as failure:
@@ -188,7 +201,7 @@ class Worker:
                                            **_failure_fields(failure))
         LOG.info("finished %s", Task(message).describe())
         return helper.status_files(outputs, self.pid, counters=report.counters or None,
-                                   task_status=report.status)
+                                   task_status=report.status, sorted=sort_output or None)
 
 
 def _failure_fields(failure):

@@ -1,25 +1,34 @@
-"""Grouping: merge sorted map output and cut it into the reducers' inputs.
+"""Grouping: cut sorted map output into the reducers' inputs.
 
 Order is bytewise (`LC_ALL=C sort` of whole lines), so the concatenation of
 the range partitions is exactly the sequential pipeline's sorted stream. A
 key is the bytes before the first tab (the whole line if it has none).
 
-Range partitions are contiguous byte ranges of the merged file, balanced by
-size, cut only where no key can appear on both sides of the cut, so every
-line of a key lands in exactly one file.
+Range partitions are separated by boundary keys: partition x holds the lines
+that sort before boundary x and at or after boundary x-1. A boundary is the
+key of some line, chosen so the partitions are balanced by size. Every line
+of a key lands in one partition provided the boundary has no byte at or below
+the tab: then a line with key K sorts before boundary B exactly when K < B,
+whatever the rest of the line, in every sorted file. So each sorted input is
+cut at the same boundaries by binary search, and the R partitions are merged
+from their pieces in parallel.
 """
+import concurrent.futures
 import hashlib
+import heapq
+import itertools
 import os
 import re
 
 from mrlib import runner
 
-BACKWARD_CHUNK = 64 * 1024
 COPY_CHUNK = 64 * 1024 * 1024
-TAB = 0x09
-# Bytes that sort at or below the tab. Whole-line order and key order agree
-# except around them: "a", "a\x01", "a\tx" sort in that order, although the
-# first and last share key "a". A cut is never placed where they could matter.
+SCAN_CHUNK = 64 * 1024
+# Lines to look past a sample point for a key usable as a boundary.
+MAX_SCAN_LINES = 64
+# Bytes that sort at or below the tab: "a", "a\x01", "a\tx" sort in that
+# order although the first and last share key "a", so a key holding one is
+# never a boundary.
 _LOW_BYTES = re.compile(rb"[\x00-\x09]")
 
 
@@ -30,63 +39,153 @@ def key_of(line):
     return line if tab < 0 else line[:tab]
 
 
-def is_safe_cut(previous, following):
-    """True if no key can have lines both at or before `previous` and at or after `following`.
-
-    Both are consecutive lines of a bytewise-sorted stream. Conservative: it
-    may refuse a cut that would have been safe, never the reverse.
-    """
-    previous, following = previous.rstrip(b"\n"), following.rstrip(b"\n")
-    if previous >= following:
-        return False
-    common = len(os.path.commonprefix([previous, following]))
-    if _LOW_BYTES.search(following, 0, common):
-        return False
-    return common < len(following) and following[common] > TAB
+def boundary_key(line):
+    """The line's key if it can separate partitions, else None."""
+    key = key_of(line)
+    if not key or _LOW_BYTES.search(key):
+        return None
+    return key
 
 
-def line_start(handle, position):
-    """Offset of the first byte of the line that contains byte `position`."""
-    end = position
-    while end > 0:
-        start = max(0, end - BACKWARD_CHUNK)
-        handle.seek(start)
-        chunk = handle.read(end - start)
-        newline = chunk.rfind(b"\n")
-        if newline >= 0:
-            return start + newline + 1
-        end = start
-    return 0
-
-
-def next_safe_cut(handle, target, size):
-    """The first safe cut offset at or after `target` in a sorted file."""
-    if target <= 0:
+def next_line_start(handle, position, size):
+    """Offset of the first line that starts at or after `position`."""
+    if position <= 0:
         return 0
-    if target >= size:
-        return size
-    handle.seek(line_start(handle, target - 1))
-    previous = handle.readline()
-    position = handle.tell()
+    handle.seek(position - 1)
     while position < size:
-        following = handle.readline()
-        if position >= target and is_safe_cut(previous, following):
-            return position
-        previous = following
-        position += len(following)
+        chunk = handle.read(SCAN_CHUNK)
+        if not chunk:
+            break
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            return position + newline
+        position += len(chunk)
     return size
 
 
-def find_cuts(path, parts):
-    """Offsets [0, c1, …, size] splitting a sorted file into `parts` key ranges."""
+def content(line):
+    """A line as sort compares it: without its newline."""
+    return line[:-1] if line.endswith(b"\n") else line
+
+
+def first_line_where(handle, size, predicate):
+    """Offset of the first line of a sorted file for which a monotone predicate holds."""
+    low, high = 0, size  # lines starting before `low` fail; the line at `high` holds (or EOF)
+    while low < high:
+        middle = next_line_start(handle, (low + high) // 2, size)
+        if middle >= high:
+            break
+        handle.seek(middle)
+        line = handle.readline()
+        if predicate(content(line)):
+            high = middle
+        else:
+            low = middle + len(line)
+    position = low
+    while position < high:
+        handle.seek(position)  # the predicate may move this handle (SortedFiles does)
+        line = handle.readline()
+        if predicate(content(line)):
+            return position
+        position += len(line)
+    return high
+
+
+def first_line_at_least(handle, size, bound):
+    """Offset of the first line that sorts at or after `bound`."""
+    return first_line_where(handle, size, lambda line: line >= bound)
+
+
+class SortedFiles:
+    """Several sorted files seen as their merge, without merging them."""
+
+    def __init__(self, paths):
+        self.handles = [open(path, "rb") for path in paths]
+        self.sizes = [os.path.getsize(path) for path in paths]
+        self.total = sum(self.sizes)
+
+    def close(self):
+        for handle in self.handles:
+            handle.close()
+
+    def bytes_before(self, bound):
+        """Bytes of all lines sorting before `bound`: where it starts in the merge."""
+        return sum(first_line_at_least(h, size, bound)
+                   for h, size in zip(self.handles, self.sizes))
+
+    def line_from(self, target):
+        """The first line of the merge starting at or after byte `target`, or None."""
+        found = []
+        for handle, size in zip(self.handles, self.sizes):
+            offset = first_line_where(handle, size,
+                                      lambda line: self.bytes_before(line) >= target)
+            if offset < size:
+                handle.seek(offset)
+                found.append(content(handle.readline()))
+        return min(found, default=None)
+
+    def lines_from(self, bound, count):
+        """Up to `count` lines of the merge from the first one >= bound."""
+        streams = []
+        for handle, size in zip(self.handles, self.sizes):
+            handle.seek(first_line_at_least(handle, size, bound))
+            lines = []
+            for _ in range(count):
+                line = handle.readline()
+                if not line:
+                    break
+                lines.append(content(line))
+            streams.append(lines)
+        return list(itertools.islice(heapq.merge(*streams), count))
+
+
+def key_near(files, target):
+    """The first boundary-worthy key at or after byte `target` of the merge."""
+    line = files.line_from(target)
+    if line is None:
+        return None
+    for candidate in files.lines_from(line, MAX_SCAN_LINES):
+        key = boundary_key(candidate)
+        if key is not None:
+            return key
+    return None
+
+
+def choose_boundaries(paths, parts):
+    """parts-1 boundary keys at the exact size quantiles of the files' merge.
+
+    The same keys whatever way the sorted data is spread over files, so a
+    cluster and a sequential run cut the same partitions.
+    """
+    files = SortedFiles(paths)
+    try:
+        if parts <= 1 or files.total == 0:
+            return []
+        return _non_decreasing([key_near(files, files.total * n // parts)
+                                for n in range(1, parts)])
+    finally:
+        files.close()
+
+
+def _non_decreasing(keys):
+    """Replace missing keys (no usable key past that point) by the previous one."""
+    result, previous = [], None
+    for key in keys:
+        previous = key if key is not None and (previous is None or key > previous) else previous
+        result.append(previous)
+    return result
+
+
+def cut_offsets(path, boundaries):
+    """[0, c1, …, size]: where each boundary falls in one sorted file."""
     size = os.path.getsize(path)
-    cuts = [0]
+    offsets = [0]
     with open(path, "rb") as handle:
-        for number in range(1, parts):
-            target = max(size * number // parts, cuts[-1])
-            cuts.append(next_safe_cut(handle, target, size))
-    cuts.append(size)
-    return cuts
+        for bound in boundaries:
+            cut = size if bound is None else first_line_at_least(handle, size, bound)
+            offsets.append(max(cut, offsets[-1]))
+    offsets.append(size)
+    return offsets
 
 
 def copy_range(source, destination, start, end):
@@ -103,15 +202,53 @@ def copy_range(source, destination, start, end):
         offset += copied
 
 
-def write_range_partitions(merged_path, output_paths):
-    """Cut a sorted file into len(output_paths) contiguous key ranges."""
-    cuts = find_cuts(merged_path, len(output_paths))
-    with open(merged_path, "rb") as source:
-        for number, path in enumerate(output_paths):
-            tmp = runner.temp_path(path)
-            with open(tmp, "wb") as destination:
-                copy_range(source, destination, cuts[number], cuts[number + 1])
-            os.replace(tmp, path)
+def copy_piece(path, start, end, destination):
+    with open(path, "rb") as source, open(destination, "wb") as out:
+        copy_range(source, out, start, end)
+
+
+def build_partition(pieces, output, guard=None):
+    """Write one partition: its pieces merged (or the single piece copied)."""
+    if len(pieces) <= 1:
+        tmp = runner.temp_path(output)
+        try:
+            if pieces:
+                copy_piece(*pieces[0], tmp)
+            else:
+                open(tmp, "wb").close()
+            os.replace(tmp, output)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    piece_paths, scratch = [], []
+    try:
+        for path, start, end in pieces:
+            if start == 0 and end == os.path.getsize(path):
+                piece_paths.append(path)
+                continue
+            scratch.append(runner.temp_path(output))
+            copy_piece(path, start, end, scratch[-1])
+            piece_paths.append(scratch[-1])
+        runner.sort_files(piece_paths, output, merge=True, guard=guard)
+    finally:
+        for piece in scratch:
+            os.unlink(piece)
+
+
+def write_range_partitions(sorted_paths, output_paths, guard=None):
+    """Cut sorted files at shared key boundaries; merge each partition, in parallel."""
+    boundaries = choose_boundaries(sorted_paths, len(output_paths))
+    offsets = {path: cut_offsets(path, boundaries) for path in sorted_paths}
+    jobs = []
+    for number, output in enumerate(output_paths):
+        pieces = [(path, cuts[number], cuts[number + 1]) for path, cuts in offsets.items()
+                  if cuts[number + 1] > cuts[number]]
+        jobs.append((pieces, output))
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for future in [pool.submit(build_partition, p, o, guard) for p, o in jobs]:
+            future.result()
 
 
 def hash_partition(key, parts):
@@ -141,18 +278,18 @@ def partition_paths(directory, parts):
 
 
 def merge_and_partition(sorted_paths, directory, parts, partitioner="range", guard=None):
-    """Merge sorted files and write `parts` reducer inputs into `directory`."""
+    """Write `parts` reducer inputs into `directory` from sorted files."""
     outputs = partition_paths(directory, parts)
+    if partitioner != "hash":
+        write_range_partitions(sorted_paths, outputs, guard)
+        return outputs
     if len(sorted_paths) == 1:
         merged, scratch = sorted_paths[0], None  # already one sorted stream
     else:
         merged = scratch = os.path.join(directory, "merged")
         runner.sort_files(sorted_paths, merged, merge=True, guard=guard)
     try:
-        if partitioner == "hash":
-            write_hash_partitions(merged, outputs)
-        else:
-            write_range_partitions(merged, outputs)
+        write_hash_partitions(merged, outputs)
     finally:
         if scratch:
             os.unlink(scratch)

@@ -18,8 +18,12 @@ EVENT_HISTORY = 50
 
 
 def task_key(paths):
-    """The identity of a task: the normalised set of files it outputs."""
-    return tuple(sorted(helper.normalize_path(p) for p in paths))
+    """The identity of a task: the set of files it outputs, however spelled.
+
+    Absolute, so `var/job-0/x`, `./var//job-0/x` and `/cwd/var/job-0/x` from
+    any implementation's worker all name the same task.
+    """
+    return tuple(sorted(os.path.abspath(p) for p in paths))
 
 
 class Task:
@@ -73,6 +77,8 @@ class Job:
         self.phase = QUEUED
         self.tasks = {}
         self.map_outputs = []
+        self.map_only_names = []
+        self.sorted_files = set()  # map outputs a worker reported as sorted
         self.outputs = []
         self.error = None
         self.events = collections.deque(maxlen=EVENT_HISTORY)
@@ -118,6 +124,9 @@ class Job:
         # Input order, not task order: map-only output is concatenated in it.
         ordered = sorted((part for group in groups for part in group), key=lambda p: p.index)
         self.map_outputs = [helper.output_path(self.mapper_dir, p.path) for p in ordered]
+        # Map-only outputs are named by position, so every sort of the names
+        # (plain or numeric) gives the job's order.
+        self.map_only_names = [f"{p.index:06d}_{os.path.basename(p.source)}" for p in ordered]
         return tasks
 
     def map_task(self, number, parts):
@@ -167,6 +176,16 @@ class Job:
     def phase_complete(self):
         return all(task.done for task in self.tasks.values())
 
+    def record_sorted(self, paths, is_sorted):
+        keys = task_key(paths)
+        if is_sorted:
+            self.sorted_files.update(keys)
+        else:
+            self.sorted_files.difference_update(keys)
+
+    def all_sorted(self, paths):
+        return bool(paths) and all(key in self.sorted_files for key in task_key(paths))
+
     def add_counters(self, counters):
         for group, values in counters.items():
             if not isinstance(values, dict):
@@ -194,7 +213,10 @@ class Job:
     def publish_outputs(self):
         """Hard-link (or copy) the final files into output_directory."""
         sources = self.final_sources()
-        names = self.output_names(len(sources)) or [os.path.basename(s) for s in sources]
+        names = self.output_names(len(sources))
+        if names is None:
+            names = (self.map_only_names if self.spec.num_reducers == 0
+                     else [os.path.basename(s) for s in sources])
         os.makedirs(self.spec.output_directory, exist_ok=True)
         self.outputs = []
         for source, name in zip(sources, names):
@@ -217,7 +239,7 @@ class WholeFile:
     """An input file processed whole (no split_size): the spec's behaviour."""
 
     def __init__(self, path, index):
-        self.path = path
+        self.path = self.source = path
         self.index = index
 
     def environment(self, task_number):

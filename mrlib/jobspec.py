@@ -10,6 +10,10 @@ import re
 
 DEFAULT_TASK_TIMEOUT = 600.0  # seconds; a task running longer is a failed attempt
 DEFAULT_MAX_ATTEMPTS = 4      # Hadoop's default: a task may fail 3 times and still pass
+MAX_TASK_TIMEOUT = 7 * 24 * 3600.0  # a week; longer is a mistake (and overflows timers)
+MAX_TASKS = 100_000  # per phase; more is a mistake (millions of files and messages)
+PATH_FIELDS = ("input_directory", "output_directory", "mapper_executable",
+               "reducer_executable", "input_file", "input_base_name", "combiner_executable")
 PARTITIONERS = ("range", "hash")
 
 
@@ -47,10 +51,16 @@ class JobSpec:
 
     def check(self):
         """Raise JobRejected with the first thing wrong with this job."""
+        for field in PATH_FIELDS:
+            value = getattr(self, field)
+            if value is not None and ("\0" in value or not value):
+                raise JobRejected(f"{field} {value!r} is not a usable path")
         if self.num_mappers < 1:
             raise JobRejected(f"num_mappers must be at least 1, got {self.num_mappers}")
         if self.num_reducers < 0:
             raise JobRejected(f"num_reducers must be 0 (map only) or more, got {self.num_reducers}")
+        if max(self.num_mappers, self.num_reducers) > MAX_TASKS:
+            raise JobRejected(f"num_mappers and num_reducers must be at most {MAX_TASKS}")
         check_executable("mapper_executable", self.mapper_executable)
         if self.num_reducers > 0:
             check_executable("reducer_executable", self.reducer_executable)
@@ -81,8 +91,9 @@ class JobSpec:
         if self.partitioner not in PARTITIONERS:
             raise JobRejected(f"partitioner must be one of {', '.join(PARTITIONERS)}, "
                               f"got {self.partitioner!r}")
-        if self.task_timeout <= 0:
-            raise JobRejected(f"task_timeout must be positive, got {self.task_timeout}")
+        if not 0 < self.task_timeout <= MAX_TASK_TIMEOUT:  # also refuses NaN
+            raise JobRejected(f"task_timeout must be between 0 and {MAX_TASK_TIMEOUT:g} "
+                              f"seconds, got {self.task_timeout}")
         if self.max_attempts < 1:
             raise JobRejected(f"max_attempts must be at least 1, got {self.max_attempts}")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):

@@ -3,8 +3,10 @@
 It goes through the same steps with the same code as the cluster: the same
 splits, the same program runner (and combiner), one sort of all map output,
 the same key-range (or hash) partitioning, one reduce per partition, and the
-same output names. So its output files are byte-identical to a cluster run's,
-and its wall time is the baseline every benchmark compares against.
+same output names. Partition boundaries are the exact size quantiles of the
+sorted data, however it is spread over files, so its output files are
+byte-identical to a cluster run's, and its wall time is the baseline every
+benchmark compares against.
 """
 import os
 import shutil

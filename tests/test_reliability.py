@@ -291,6 +291,7 @@ def test_failing_program_fails_the_job_after_four_attempts(fast_cluster, tmp_pat
     fast_cluster.start_workers(2)
     failing = fast_cluster.send_job_async("--input", inputs, "--output", tmp_path / "bad",
                                           "--mapper", broken, "--mappers", 1, "--wait")
+    fast_cluster.wait_for_log("job 0 accepted")
     good = fast_cluster.send_job_async("--input", inputs, "--output", tmp_path / "good", "--wait")
     stdout, stderr = failing.communicate(timeout=60)
     text = stdout.decode() + stderr.decode()

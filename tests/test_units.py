@@ -13,7 +13,32 @@ def sorted_lines(rng, count, alphabet=b"ab\t\x01\x09 z", max_len=6):
     for _ in range(count):
         length = rng.randint(0, max_len)
         lines.append(bytes(rng.choice(alphabet) for _ in range(length)))
-    return sorted(line.replace(b"\n", b"") + b"\n" for line in lines)
+    return c_sorted(line.replace(b"\n", b"") + b"\n" for line in lines)
+
+
+def c_sorted(lines):
+    """Lines in `LC_ALL=C sort` order: compared without their newline."""
+    return sorted(lines, key=lambda line: line[:-1])
+
+
+def partition(tmp_path, files, parts):
+    """Cut sorted files into `parts` range partitions; return their contents."""
+    tmp_path.mkdir(exist_ok=True)
+    paths = []
+    for number, lines in enumerate(files):
+        path = tmp_path / f"sorted_{number}"
+        path.write_bytes(b"".join(lines))
+        paths.append(str(path))
+    outputs = [str(tmp_path / f"input_{n}") for n in range(parts)]
+    grouping.write_range_partitions(paths, outputs)
+    return [open(p, "rb").read() for p in outputs]
+
+
+def assert_keys_in_one_partition(contents):
+    owner = {}
+    for number, data in enumerate(contents):
+        for line in data.splitlines(keepends=True):
+            assert owner.setdefault(grouping.key_of(line), number) == number, line
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -22,50 +47,63 @@ def test_range_partitions_keep_every_key_in_one_file(tmp_path, seed, parts):
     """Cuts never split a key, even with tabs, control bytes and tab-less lines."""
     rng = random.Random(seed)
     lines = sorted_lines(rng, rng.randint(0, 300))
-    merged = tmp_path / "merged"
-    merged.write_bytes(b"".join(lines))
-    outputs = [str(tmp_path / f"input_{n}") for n in range(parts)]
-    grouping.write_range_partitions(str(merged), outputs)
-    contents = [open(p, "rb").read() for p in outputs]
-    assert b"".join(contents) == merged.read_bytes()
-    owner = {}
-    for number, data in enumerate(contents):
-        for line in data.splitlines(keepends=True):
-            assert owner.setdefault(grouping.key_of(line), number) == number
+    contents = partition(tmp_path, [lines], parts)
+    assert b"".join(contents) == b"".join(lines)
+    assert_keys_in_one_partition(contents)
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("files", [2, 3])
+def test_partitions_of_several_sorted_files_merge_in_order(tmp_path, seed, files):
+    """Several sorted files cut at shared boundaries give the sorted whole, keys unsplit."""
+    rng = random.Random(seed)
+    groups = [sorted_lines(rng, rng.randint(0, 200)) for _ in range(files)]
+    contents = partition(tmp_path, groups, rng.randint(1, 6))
+    assert b"".join(contents) == b"".join(c_sorted(line for group in groups for line in group))
+    assert_keys_in_one_partition(contents)
 
 
 def test_range_partitions_are_balanced(tmp_path):
     """With many distinct keys, partitions are close to equal in size."""
     lines = sorted(b"key%06d\t1\n" % n for n in range(20000))
-    merged = tmp_path / "merged"
-    merged.write_bytes(b"".join(lines))
-    outputs = [str(tmp_path / f"input_{n}") for n in range(4)]
-    grouping.write_range_partitions(str(merged), outputs)
-    sizes = [len(open(p, "rb").read()) for p in outputs]
+    sizes = [len(data) for data in partition(tmp_path, [lines], 4)]
     assert max(sizes) - min(sizes) <= 2 * len(lines[0])
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_partitions_do_not_depend_on_how_data_is_spread_over_files(tmp_path, seed):
+    """One sorted file or the same lines over several files: the same partitions."""
+    rng = random.Random(seed)
+    lines = sorted_lines(rng, rng.randint(0, 400), alphabet=b"abcz\t \x01", max_len=8)
+    parts = rng.randint(1, 6)
+    spread = [c_sorted(lines[n::3]) for n in range(3)]
+    assert partition(tmp_path / "one", [lines], parts) == partition(tmp_path / "three", spread, parts)
+
+
+def test_several_files_are_balanced(tmp_path):
+    """Boundaries from the exact quantiles of several files balance partitions."""
+    rng = random.Random(9)
+    groups = [c_sorted(b"k%08d\t1\n" % rng.randrange(10**8) for _ in range(5000)) for _ in range(2)]
+    sizes = [len(data) for data in partition(tmp_path, groups, 4)]
+    assert max(sizes) - min(sizes) <= 2 * len(groups[0][0])
 
 
 def test_one_huge_key_leaves_other_partitions_empty(tmp_path):
     """A single key holds together even when it is larger than a partition."""
-    merged = tmp_path / "merged"
-    merged.write_bytes(b"same\t1\n" * 1000)
-    outputs = [str(tmp_path / f"input_{n}") for n in range(3)]
-    grouping.write_range_partitions(str(merged), outputs)
-    assert [len(open(p, "rb").read()) for p in outputs] == [7000, 0, 0]
+    sizes = [len(data) for data in partition(tmp_path, [[b"same\t1\n"] * 1000], 3)]
+    assert sorted(sizes) == [0, 0, 7000]
 
 
-@pytest.mark.parametrize("previous,following,safe", [
-    (b"apple\t1", b"banana\t1", True),
-    (b"a\t1", b"a\t2", False),          # same key
-    (b"a", b"a\t1", False),             # same key, one line without a tab
-    (b"ab\t1", b"abc\t1", True),        # different keys sharing a prefix
-    (b"a", b"a\x01", False),            # "a\t..." may still follow
-    (b"a\x01", b"a\x02", False),        # ... and here too
-    (b"a\x01", b"b", True),
+@pytest.mark.parametrize("line,key", [
+    (b"apple\t1\n", b"apple"),
+    (b"apple\n", b"apple"),
+    (b"\tvalue\n", None),       # empty key
+    (b"a\x01b\t1\n", None),    # a byte below the tab
+    (b"caf\xe9 x\t1\n", b"caf\xe9 x"),
 ])
-def test_safe_cut_rule(previous, following, safe):
-    """The cut rule refuses every place where a key could straddle the cut."""
-    assert grouping.is_safe_cut(previous + b"\n", following + b"\n") is safe
+def test_boundary_keys(line, key):
+    """Only keys with no byte at or below the tab can separate partitions."""
+    assert grouping.boundary_key(line) == key
 
 
 def test_hash_partition_is_stable():

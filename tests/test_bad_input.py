@@ -1,0 +1,497 @@
+"""Bad input never takes a process down.
+
+Every malformed, mistyped, oversized or misaddressed message is logged with
+its reason and dropped; every impossible job is rejected with one clear line;
+a failing program fails its job visibly. Afterwards the same master (and
+worker) still runs a real job whose output equals the sequential pipeline.
+"""
+import socket
+import stat
+import subprocess
+
+import pytest
+
+import helper
+from conftest import (JOB_TIMEOUT, WORD_COUNT, assert_matches_sequential, partition_files,
+                      wait_until, write_files)
+
+# No real process has these pids (Linux pid_max is at most 2**22).
+UNKNOWN_PID = 999_999_901
+FOREIGN_PID = 999_999_902
+LOG_TIMEOUT = 10.0
+CLIENT_TIMEOUT = 60.0
+SEND_JOB_INVALID = 2
+FAILING_EXIT_CODE = 3
+FAILING_STDERR = "failing.sh: cannot parse record 7"
+DEFAULT_MAX_ATTEMPTS = 4
+SMALL_INPUT = {
+    "part-a": b"the quick brown fox\njumps over the lazy dog\n",
+    "part-b": b"the dog barks\nthe fox runs\n",
+    "part-c": b"lazy lazy dog\n",
+}
+
+
+# --- helpers ----------------------------------------------------------------
+
+def log_size(cluster, name="master.log"):
+    return len(cluster.log(name))
+
+
+def new_lines(cluster, since, name="master.log"):
+    return cluster.log(name)[since:].splitlines()
+
+
+def wait_for_new_line(cluster, since, parts, name="master.log", what=""):
+    """Wait for a line written after offset `since` that contains every part."""
+    def find():
+        for line in new_lines(cluster, since, name):
+            if all(part in line for part in parts):
+                return line
+        return None
+    return wait_until(find, LOG_TIMEOUT, what=f"{what or parts} in {name}: "
+                                                 f"{cluster.log(name)[since:][-2000:]!r}")
+
+
+def send_udp(port, data):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(data, ("localhost", port))
+
+
+def make_script(path, body, executable=True):
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755 if executable else 0o644)
+    return path
+
+
+def good_job(tmp_path, **changes):
+    """A valid new_master_job over a small input, with fields replaced."""
+    inputs = write_files(tmp_path / "good-in", SMALL_INPUT)
+    message = helper.new_master_job(str(inputs), str(tmp_path / "good-out"),
+                                    str(WORD_COUNT[0]), str(WORD_COUNT[1]), 2, 2)
+    message.update(changes)
+    return message
+
+
+def without(message, field):
+    return {k: v for k, v in message.items() if k != field}
+
+
+def run_good_job(cluster, tmp_path, name="final"):
+    """Run a word count on the same cluster and check it against the oracle."""
+    inputs = write_files(tmp_path / f"{name}-in", SMALL_INPUT)
+    outputs = cluster.run_job(*WORD_COUNT, inputs, tmp_path / f"{name}-out", 3, 2)
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+
+
+def finish(client, timeout=CLIENT_TIMEOUT):
+    """Wait for a send_job client; kill it if it overruns. Returns (rc, text)."""
+    try:
+        stdout, stderr = client.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        client.kill()
+        stdout, stderr = client.communicate()
+    return client.returncode, stdout.decode() + stderr.decode()
+
+
+def assert_alive(cluster, *processes):
+    for process in (cluster.master, *processes):
+        assert process.poll() is None, f"pid {process.pid} exited with {process.returncode}"
+
+
+def registered_pids(cluster):
+    return sorted(w["pid"] for w in cluster.cluster_status()["workers"])
+
+
+# --- bad messages to the master --------------------------------------------
+
+def oversized():
+    return b"x" * (helper.MAX_MESSAGE_BYTES + 1)
+
+
+def exactly_at_cap():
+    """A well-formed (but unknown-type) message padded to exactly the cap."""
+    body = helper.encode({"message_type": "padded"})
+    return body + b" " * (helper.MAX_MESSAGE_BYTES - len(body))
+
+
+# (case, bytes builder taking tmp_path, substrings the master's log line must hold)
+MASTER_TCP_CASES = [
+    ("malformed JSON", lambda t: b'{"message_type": "register", ',
+     ("dropped a message", "malformed JSON")),
+    ("JSON list", lambda t: b"[1, 2, 3]",
+     ("dropped a message", "expected a JSON object, got list")),
+    ("JSON number", lambda t: b"42",
+     ("dropped a message", "expected a JSON object, got int")),
+    ("unknown message_type", lambda t: helper.encode({"message_type": "bogus"}),
+     ("dropped a message", "unknown message_type 'bogus'")),
+    ("missing message_type", lambda t: helper.encode({"worker_pid": 1}),
+     ("dropped a message", "'message_type'")),
+    ("missing field", lambda t: helper.encode(without(good_job(t), "num_reducers")),
+     ("dropped a message", "missing field 'num_reducers'")),
+    ("port as a string", lambda t: helper.encode(dict(helper.register("localhost", 1, 1),
+                                                      worker_port="6001")),
+     ("dropped a message", "field 'worker_port' should be a")),
+    ("count as a bool", lambda t: helper.encode(good_job(t, num_mappers=True)),
+     ("dropped a message", "field 'num_mappers' should be a")),
+    ("over 16 MiB", lambda t: oversized(),
+     ("dropped a message", "exceeds")),
+    ("exactly 16 MiB", lambda t: exactly_at_cap(),
+     ("dropped a message", "unknown message_type 'padded'")),
+    ("non-UTF-8", lambda t: b'{"message_type": "\xff\xfe\x80"}',
+     ("dropped a message", "malformed JSON")),
+    ("message the master does not take", lambda t: helper.encode(helper.heartbeat(UNKNOWN_PID)),
+     ("dropped a heartbeat message",)),
+    ("status from an unknown pid",
+     lambda t: helper.encode(helper.status_files([str(t / "x")], UNKNOWN_PID)),
+     (f"status from unknown pid {UNKNOWN_PID}",)),
+]
+
+MASTER_UDP_CASES = [
+    ("garbage datagram", b"\x00\x01garbage{", ("dropped a datagram", "malformed JSON")),
+    ("heartbeat from an unregistered pid", helper.encode(helper.heartbeat(UNKNOWN_PID)),
+     (f"unregistered pid {UNKNOWN_PID}",)),
+    ("register on the heartbeat port", helper.encode(helper.register("localhost", 1, 1)),
+     ("dropped a register on the heartbeat port",)),
+]
+
+
+def test_master_survives_bad_messages(cluster, tmp_path):
+    """Each bad TCP message or datagram is logged with its reason, and the same master then runs a correct job."""
+    worker = cluster.start_worker()
+    pids = registered_pids(cluster)
+    for case, build, parts in MASTER_TCP_CASES:
+        since = log_size(cluster)
+        cluster.send_raw(build(tmp_path))
+        wait_for_new_line(cluster, since, parts, what=case)
+        assert_alive(cluster, worker)
+    for case, data, parts in MASTER_UDP_CASES:
+        since = log_size(cluster)
+        send_udp(cluster.port - 1, data)
+        wait_for_new_line(cluster, since, parts, what=case)
+        assert_alive(cluster, worker)
+    assert registered_pids(cluster) == pids, "a bad register must not add a worker"
+    assert cluster.cluster_status()["queued_jobs"] == []
+    run_good_job(cluster, tmp_path)
+    assert "job 0 succeeded" in cluster.master_log(), "a bad job must not take a job id"
+    assert_alive(cluster, worker)
+
+
+@pytest.mark.parametrize("payload", [b"", b"  \n\t "], ids=["empty", "whitespace"])
+def test_empty_connection_is_silent(cluster, tmp_path, payload):
+    """A connection that carries nothing is ignored without a warning."""
+    marker = "after-the-empty-connection"
+    cluster.wait_for_log("listening on")  # the start-up line may trail the bound socket
+    since = log_size(cluster)
+    cluster.send_raw(payload)
+    cluster.cluster_status()  # a full round trip through the master after it
+    cluster.send_raw(helper.encode({"message_type": marker}))
+    wait_for_new_line(cluster, since, (marker,))
+    noise = [line for line in new_lines(cluster, since) if marker not in line]
+    assert noise == [], "an empty connection must leave no trace in the log"
+    assert_alive(cluster)
+    cluster.start_worker()
+    run_good_job(cluster, tmp_path)
+
+
+# --- bad messages to a worker -----------------------------------------------
+
+def test_worker_survives_bad_messages(cluster, tmp_path):
+    """A worker logs and drops garbage, unknown types and tasks for another pid, then still works."""
+    worker = cluster.start_worker()
+    log_name = f"worker-{worker.worker_port}.log"
+    touched = tmp_path / "foreign-task-ran"
+    toucher = make_script(tmp_path / "toucher.sh", f'cat >/dev/null; touch "{touched}"\n')
+    sorted_out = tmp_path / "foreign-sort-output"
+    an_input = write_files(tmp_path / "foreign-in", {"f": b"a b\n"}) / "f"
+    cases = [
+        ("garbage", b"\x80not json at all", ("dropped a message", "malformed JSON")),
+        ("unknown type", helper.encode({"message_type": "bogus"}),
+         ("dropped a message", "unknown message_type 'bogus'")),
+        ("task missing a field", helper.encode(without(
+            helper.new_worker_job([str(an_input)], str(toucher), str(tmp_path), worker.pid),
+            "executable")), ("dropped a message", "missing field 'executable'")),
+        ("message workers do not take", helper.encode(helper.heartbeat(worker.pid)),
+         ("heartbeat", "workers do not take it")),
+        ("map task for another pid", helper.encode(helper.new_worker_job(
+            [str(an_input)], str(toucher), str(tmp_path), FOREIGN_PID)),
+         (f"ignored a new_worker_job for pid {FOREIGN_PID}",)),
+        ("sort task for another pid", helper.encode(helper.new_sort_job(
+            [str(an_input)], str(sorted_out), FOREIGN_PID)),
+         (f"ignored a new_sort_job for pid {FOREIGN_PID}",)),
+    ]
+    for case, data, parts in cases:
+        since = log_size(cluster, log_name)
+        cluster.send_raw(data, port=worker.worker_port)
+        wait_for_new_line(cluster, since, parts, name=log_name, what=case)
+        assert_alive(cluster, worker)
+    run_good_job(cluster, tmp_path)
+    assert not touched.exists(), "a task for another pid must not run"
+    assert not sorted_out.exists(), "a sort for another pid must not run"
+    assert_alive(cluster, worker)
+
+
+# --- jobs that cannot run -----------------------------------------------------
+
+def not_executable_copy(tmp_path):
+    copy = tmp_path / "map-not-executable.py"
+    copy.write_bytes(WORD_COUNT[0].read_bytes())
+    copy.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)  # 644
+    return copy
+
+
+def rejected_jobs(tmp_path):
+    """(case, job message, substring of the reason) for jobs that cannot run."""
+    missing_dir = tmp_path / "no-such-input"
+    missing_mapper = tmp_path / "no-such-mapper.py"
+    not_executable = not_executable_copy(tmp_path)
+    return [
+        ("input directory missing", good_job(tmp_path, input_directory=str(missing_dir)),
+         f"input_directory {missing_dir} is not a directory"),
+        ("mapper missing", good_job(tmp_path, mapper_executable=str(missing_mapper)),
+         f"mapper_executable {missing_mapper} does not exist"),
+        ("mapper not executable", good_job(tmp_path, mapper_executable=str(not_executable)),
+         f"mapper_executable {not_executable} is not executable"),
+        ("num_mappers 0", good_job(tmp_path, num_mappers=0), "num_mappers must be at least 1"),
+        ("num_reducers -1", good_job(tmp_path, num_reducers=-1), "num_reducers must be"),
+    ]
+
+
+def test_rejected_jobs_leave_the_queue_alone(cluster, tmp_path):
+    """Impossible jobs are rejected with a reason, take no job id and do not disturb queued jobs."""
+    inputs = write_files(tmp_path / "queued-in", SMALL_INPUT)
+    first = cluster.send_job_async("--input", inputs, "--output", tmp_path / "out0",
+                                   "--reducers", 2, "--wait")
+    second = None
+    try:
+        cluster.wait_for_log("job 0 accepted")
+        for case, message, reason in rejected_jobs(tmp_path):
+            since = log_size(cluster)
+            reply = helper.request("localhost", cluster.port, message)
+            assert reply.get("message_type") == "job_rejected", (case, reply)
+            assert reason in reply.get("error", ""), (case, reply)
+            wait_for_new_line(cluster, since, ("rejected a job:", reason), what=case)
+            assert_alive(cluster)
+        assert cluster.cluster_status()["queued_jobs"] == [0]
+        second = cluster.send_job_async("--input", inputs, "--output", tmp_path / "out1",
+                                        "--reducers", 3, "--wait")
+        cluster.wait_for_log("job 1 accepted")
+        assert cluster.cluster_status()["queued_jobs"] == [0, 1]
+        cluster.start_worker()
+        for client, reducers, output in ((first, 2, "out0"), (second, 3, "out1")):
+            code, text = finish(client)
+            assert code == 0, text
+            assert_matches_sequential(partition_files(tmp_path / output), inputs,
+                                      *WORD_COUNT, reducers)
+    finally:
+        for client in (first, second):
+            if client is not None and client.poll() is None:
+                client.kill()
+                client.communicate()
+
+
+
+
+@pytest.mark.parametrize("case", [
+    "input directory missing", "mapper not executable",
+    "timeout nan",
+])
+def test_send_job_refuses_invalid_jobs(cluster, tmp_path, case):
+    """send_job.py exits 2 with one clear line, and nothing reaches the master's queue."""
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    arguments = {
+        "input directory missing": ("--input", tmp_path / "no-such-input"),
+        "mapper not executable": ("--input", inputs,
+                                  "--mapper", not_executable_copy(tmp_path)),
+        "timeout nan": ("--input", inputs, "--timeout", "nan"),
+    }[case]
+    result = cluster.send_job(*arguments, "--output", tmp_path / "out")
+    stderr = result.stderr.decode()
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert result.returncode == SEND_JOB_INVALID, stderr
+    assert len(lines) == 1 and "invalid job" in lines[0], stderr
+    assert str(arguments[-1]) in lines[0], stderr
+    assert result.stdout == b""
+    assert "accepted" not in cluster.master_log()
+    assert_alive(cluster)
+
+
+# --- programs that fail -------------------------------------------------------
+
+def failing_mapper(tmp_path):
+    return make_script(tmp_path / "failing.sh",
+                       f'cat >/dev/null\necho "{FAILING_STDERR}" >&2\nexit {FAILING_EXIT_CODE}\n')
+
+
+def assert_names_the_failure(text, input_file):
+    for part in ("map task 0", str(input_file), f"exit code {FAILING_EXIT_CODE}",
+                 FAILING_STDERR):
+        assert part in text, f"{part!r} not in:\n{text}"
+
+
+def test_failing_program_fails_the_job_visibly(cluster, tmp_path):
+    """A program exiting non-zero fails the job, naming task, input, exit code and stderr; the next job succeeds."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", {"only-file": b"some words here\n"})
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out",
+                              "--mapper", failing_mapper(tmp_path), "--reducer", WORD_COUNT[1],
+                              "--mappers", 1, "--reducers", 1, "--max-attempts", 1, "--wait",
+                              timeout=JOB_TIMEOUT)
+    text = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode != 0, text
+    assert "job 0 failed" in result.stderr.decode(), text
+    assert_names_the_failure(text, inputs / "only-file")
+    failure = wait_for_new_line(cluster, 0, ("job 0 failed",))
+    assert_names_the_failure(failure, inputs / "only-file")
+    assert "attempt 1 of 1" in failure
+    assert_alive(cluster)
+    run_good_job(cluster, tmp_path)
+
+
+def test_failing_task_is_retried_by_default(cluster, tmp_path):
+    """Without --max-attempts a failing task is tried 4 times before its job fails."""
+    cluster.start_workers(2)
+    inputs = write_files(tmp_path / "in", {"only-file": b"some words\n"})
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out",
+                              "--mapper", failing_mapper(tmp_path), "--reducer", WORD_COUNT[1],
+                              "--mappers", 1, "--reducers", 1, "--wait", timeout=JOB_TIMEOUT)
+    assert result.returncode != 0
+    log = cluster.master_log()
+    for attempt in range(1, DEFAULT_MAX_ATTEMPTS + 1):
+        assert f"attempt {attempt} of {DEFAULT_MAX_ATTEMPTS}" in log
+    assert "job 0 failed" in log
+    run_good_job(cluster, tmp_path)
+
+
+def test_job_queued_behind_a_failing_job_runs(cluster, tmp_path):
+    """A job waiting behind one that fails still runs and gives the sequential output."""
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    failing = cluster.send_job_async("--input", inputs, "--output", tmp_path / "out-failing",
+                                     "--mapper", failing_mapper(tmp_path),
+                                     "--max-attempts", 1, "--wait")
+    queued = None
+    try:
+        cluster.wait_for_log("job 0 accepted")
+        queued = cluster.send_job_async("--input", inputs, "--output", tmp_path / "out",
+                                        "--reducers", 2, "--wait")
+        cluster.wait_for_log("job 1 accepted")
+        cluster.start_worker()
+        failing_code, failing_text = finish(failing)
+        assert failing_code != 0, failing_text
+        queued_code, queued_text = finish(queued)
+        assert queued_code == 0, queued_text
+        assert_matches_sequential(partition_files(tmp_path / "out"), inputs, *WORD_COUNT, 2)
+        log = cluster.master_log()
+        assert log.index("job 0 failed") < log.index("job 1 succeeded")
+    finally:
+        for client in (failing, queued):
+            if client is not None and client.poll() is None:
+                client.kill()
+                client.communicate()
+
+
+# --- known bugs: kept failing until fixed ---------------------------------------
+
+NUL_OUTPUT_BUG = (
+    "mrlib/job.py Job.publish_outputs raises ValueError for an output_directory with a NUL "
+    "byte; master.py Master.finish_job catches only OSError, so the job never ends, "
+    "self.current is never cleared and every later job waits forever. JobSpec.check "
+    "should reject the path (or finish_job should fail the job).")
+END_STATES = ("succeeded", "failed")
+
+
+def job_state(cluster, job_id):
+    return helper.request("localhost", cluster.port, helper.job_status(job_id))
+
+
+def wait_for_end_or_traceback(cluster, job_id, log_name):
+    """Wait until the job ends or a traceback shows in `log_name`; return the job's status."""
+    wait_until(lambda: job_state(cluster, job_id).get("state") in END_STATES
+               or "Traceback" in cluster.log(log_name), LOG_TIMEOUT, what=f"job {job_id} to end")
+    return job_state(cluster, job_id)
+
+
+def crlf_mapper(tmp_path):
+    path = tmp_path / "crlf-map.sh"
+    path.write_bytes(b"#!/bin/sh\r\ncat\r\n")  # saved by a Windows editor
+    path.chmod(0o755)
+    return path
+
+
+def missing_interpreter_mapper(tmp_path):
+    path = tmp_path / "old-map"
+    path.write_text("#!/usr/bin/no-such-python2\nprint 'x'\n")
+    path.chmod(0o755)
+    return path
+
+
+UNSTARTABLE_JOBS = {
+    "CRLF shebang": lambda t: {"mapper_executable": str(crlf_mapper(t))},
+    "missing interpreter": lambda t: {"mapper_executable": str(missing_interpreter_mapper(t))},
+    "'=' in an env name": lambda t: {"env": {"A=B": "x"}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNSTARTABLE_JOBS))
+def test_unstartable_program_fails_the_job_visibly(cluster, tmp_path, case):
+    """A program that cannot even be started fails its job with a reason, and the worker goes on working."""
+    worker = cluster.start_worker()
+    log_name = f"worker-{worker.worker_port}.log"
+    message = good_job(tmp_path, max_attempts=1, **UNSTARTABLE_JOBS[case](tmp_path))
+    reply = helper.request("localhost", cluster.port, message)
+    assert reply.get("job_id") == 0, reply
+    status = wait_for_end_or_traceback(cluster, 0, log_name)
+    assert "Traceback" not in cluster.log(log_name), cluster.log(log_name)[-3000:]
+    assert status["state"] == "failed" and "map task" in status["error"], status
+    assert_alive(cluster, worker)
+    run_good_job(cluster, tmp_path)
+
+
+def test_worker_survives_a_task_with_a_nul_path(cluster, tmp_path):
+    """A task naming a path with a NUL byte is reported failed and the worker goes on working."""
+    worker = cluster.start_worker()
+    log_name = f"worker-{worker.worker_port}.log"
+    since = log_size(cluster, log_name)
+    task = helper.new_worker_job([str(tmp_path / "in\x00put")], str(WORD_COUNT[0]),
+                                 str(tmp_path), worker.pid)
+    cluster.send_raw(helper.encode(task), port=worker.worker_port)
+    wait_until(lambda: any("task failed" in line or "Traceback" in line
+                           for line in new_lines(cluster, since, log_name)),
+               LOG_TIMEOUT, what="the task to fail")
+    assert "Traceback" not in cluster.log(log_name), cluster.log(log_name)[-3000:]
+    assert_alive(cluster, worker)
+    run_good_job(cluster, tmp_path)
+
+
+def test_nul_in_output_directory_does_not_wedge_the_master(cluster, tmp_path):
+    """A job whose output directory holds a NUL byte is rejected or fails, and the queue goes on."""
+    cluster.start_worker()
+    message = good_job(tmp_path, output_directory=str(tmp_path / "out\x00put"))
+    reply = helper.request("localhost", cluster.port, message)
+    if reply.get("message_type") != "job_rejected":
+        status = wait_for_end_or_traceback(cluster, reply["job_id"], "master.log")
+        assert "Traceback" not in cluster.master_log(), cluster.master_log()[-3000:]
+        assert status["state"] == "failed", status
+    assert_alive(cluster)
+    run_good_job(cluster, tmp_path)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf")], ids=["NaN", "Infinity"])
+def test_non_finite_task_timeout_is_rejected(cluster, tmp_path, timeout):
+    """A job whose task_timeout is NaN or Infinity is rejected, naming task_timeout."""
+    reply = helper.request("localhost", cluster.port, good_job(tmp_path, task_timeout=timeout))
+    assert reply.get("message_type") == "job_rejected", reply
+    assert "task_timeout" in reply.get("error", ""), reply
+    assert_alive(cluster)
+
+
+@pytest.mark.parametrize("port", [70_000, 10**30], ids=["70000", "10**30"])
+def test_register_with_out_of_range_port_is_dropped(cluster, tmp_path, port):
+    """A register whose worker_port is outside 1..65535 is dropped as invalid, naming the field."""
+    since = log_size(cluster)
+    cluster.send_raw(helper.encode(helper.register("localhost", port, UNKNOWN_PID)))
+    line = wait_until(lambda: next((line for line in new_lines(cluster, since)
+                                    if "worker_port" in line or str(UNKNOWN_PID) in line
+                                    or "on_register" in line), None),
+                      LOG_TIMEOUT, what="the register to be handled")
+    assert "dropped a message" in line and "worker_port" in line, cluster.master_log()[since:]
+    assert_alive(cluster)

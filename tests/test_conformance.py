@@ -1,0 +1,655 @@
+"""Wire conformance: our master with a foreign worker, our worker with a foreign master.
+
+The fakes here speak the 2017 spec over raw loopback sockets and share no
+code with helper.py: every expected message is spelled out field by field,
+so a change to the protocol code that strays from the spec fails here. They
+send JSON the way another implementation typically would (json.dumps with
+its default separators, one object per connection), and require from our
+processes what the issue asks: compact single-line JSON, one object per
+connection, read to EOF.
+"""
+import json
+import os
+import queue
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import helper
+from conftest import (REPO, WORD_COUNT, assert_matches_sequential, free_port, listening,
+                      partition_files, session_members, wait_until, write_files)
+
+SAMPLE = REPO / "input" / "sample1"
+MAPPER, REDUCER = WORD_COUNT
+SAMPLE_MAPPERS, SAMPLE_REDUCERS = 4, 2
+
+MAP_DIR = "var/job-0/mapper-output"
+GROUP_DIR = "var/job-0/grouper-output"
+REDUCE_DIR = "var/job-0/reducer-output"
+
+WORKER_JOB_FIELDS = {"message_type", "input_files", "executable", "output_directory",
+                     "worker_pid"}
+SORT_JOB_FIELDS = {"message_type", "input_files", "output_file", "worker_pid"}
+TASK_STATUS_FIELDS = {"message_type", "output_files", "status", "worker_pid"}
+
+# The longest any one expected message may take to arrive.
+MESSAGE_TIMEOUT = 15.0
+# A master that took a status sends the next task within milliseconds: a
+# status it ignored shows within this.
+NEXT_TASK_TIMEOUT = 5.0
+# How often receiver threads wake to notice they should stop.
+STOP_POLL = 0.1
+MAX_DATAGRAM = 64 * 1024
+RECV_CHUNK = 64 * 1024
+# Fake workers need ids only: the master never signals a worker's pid.
+FAKE_PID_BASE = 70001
+SHUTDOWN_TIMEOUT = 5.0
+
+# How another worker might spell the output path it was told to write.
+PATH_SPELLINGS = {
+    "dot": lambda path, workdir: "./" + path,
+    "double slash": lambda path, workdir: path.replace("/", "//"),
+    "absolute": lambda path, workdir: str(workdir / path),
+}
+
+SPEC_HEARTBEAT_INTERVAL = 2.0
+# "Right after register_ack": well under one interval.
+FIRST_HEARTBEAT_LIMIT = SPEC_HEARTBEAT_INTERVAL / 2
+# How long to listen to show something is NOT sent: a process that sends it
+# (a heartbeat before the ack, a register without a port) does so at once.
+QUIET_WINDOW = 0.5
+FAST_HEARTBEAT_INTERVAL = 0.3
+HEARTBEAT_SAMPLES = 6
+
+
+# --- the wire ------------------------------------------------------------------
+
+def send_json(port, message):
+    """Send one message as another implementation would: connect, sendall, close."""
+    with socket.create_connection(("localhost", port), timeout=MESSAGE_TIMEOUT) as sock:
+        sock.sendall(json.dumps(message).encode())
+
+
+def read_to_eof(conn):
+    """A connection's bytes up to EOF (or what came before a stalled peer's timeout)."""
+    chunks = []
+    try:
+        while chunk := conn.recv(RECV_CHUNK):
+            chunks.append(chunk)
+    except socket.timeout:
+        pass
+    return b"".join(chunks)
+
+
+def parse_wire(raw):
+    """Decode bytes our process sent; assert they are one compact single-line JSON object."""
+    message = json.loads(raw)
+    assert isinstance(message, dict), raw
+    assert raw == json.dumps(message, separators=(",", ":")).encode(), \
+        f"not compact single-line JSON: {raw!r}"
+    return message
+
+
+def assert_same_message(actual, expected):
+    """Same keys, same values and same JSON types (5 is not 5.0 nor true)."""
+    assert actual == expected
+    assert {k: type(v) for k, v in actual.items()} == {k: type(v) for k, v in expected.items()}
+
+
+# Hints every job may carry (documented in the README): a worker that does not
+# know them ignores them and stays correct. `presorted` is only ever sent when
+# our own workers reported sorted map output, never to a foreign one's.
+PERFORMANCE_HINTS = {"new_worker_job": {"sort_output"}, "new_sort_job": set()}
+
+
+def assert_fields(message, spec_fields, extensions):
+    """The spec's fields; extra ones only documented ones, and only hints without extensions."""
+    assert spec_fields <= set(message), f"missing {spec_fields - set(message)} in {message}"
+    kind = message["message_type"]
+    allowed = (set(helper.OPTIONAL_FIELDS.get(kind, {})) if extensions
+               else PERFORMANCE_HINTS.get(kind, set()))
+    extra = set(message) - spec_fields
+    assert extra <= allowed, f"fields {extra - allowed} not allowed in {message}"
+    assert "presorted" not in message, "map outputs of a foreign worker are not sorted"
+
+
+def poll(source, timeout):
+    """The next item of a queue, or None if none comes within `timeout` seconds."""
+    try:
+        return source.get(timeout=timeout)
+    except queue.Empty:
+        return None
+
+
+def is_int(value):
+    return type(value) is int
+
+
+def is_path_list(value):
+    return isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+
+
+class Receiver:
+    """A loopback socket whose thread passes every message's raw bytes to `deliver`."""
+
+    def __init__(self, sock, deliver):
+        self.sock = sock
+        self.sock.settimeout(STOP_POLL)
+        self.port = sock.getsockname()[1]
+        self.deliver = deliver
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stopping.is_set():
+            try:
+                raw = self.receive()
+            except socket.timeout:
+                continue
+            self.deliver(raw)
+
+    def receive(self):
+        raise NotImplementedError
+
+    def close(self):
+        self.stopping.set()
+        self.thread.join()
+        self.sock.close()
+
+
+class TcpReceiver(Receiver):
+    """One message per connection, read to EOF, one connection at a time."""
+
+    def __init__(self, port, deliver):
+        super().__init__(socket.create_server(("localhost", port)), deliver)
+
+    def receive(self):
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(MESSAGE_TIMEOUT)
+            return read_to_eof(conn)
+
+
+class UdpReceiver(Receiver):
+    """One message per datagram."""
+
+    def __init__(self, port, deliver):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("localhost", port))
+        super().__init__(sock, deliver)
+
+    def receive(self):
+        return self.sock.recv(MAX_DATAGRAM)
+
+
+# --- a foreign worker against our master --------------------------------------------
+
+class FakeWorker:
+    """Another implementation's worker: listens, registers, heartbeats, nothing more."""
+
+    def __init__(self, master_port, pid, inbox):
+        self.master_port = master_port
+        self.pid = pid
+        self.server = TcpReceiver(0, lambda raw: inbox.put((self, raw)))
+        self.port = self.server.port
+        self.stopping = threading.Event()
+        self.heartbeats = threading.Thread(target=self.heartbeat_loop, daemon=True)
+
+    def register(self):
+        self.send({"message_type": "register", "worker_host": "localhost",
+                   "worker_port": self.port, "worker_pid": self.pid})
+
+    def send(self, message):
+        send_json(self.master_port, message)
+
+    def heartbeat_loop(self):
+        beat = json.dumps({"message_type": "heartbeat", "worker_pid": self.pid}).encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            while True:
+                sock.sendto(beat, ("localhost", self.master_port - 1))
+                # The master under test expects the interval its helper was given.
+                if self.stopping.wait(helper.HEARTBEAT_INTERVAL):
+                    return
+
+    def close(self):
+        self.stopping.set()
+        if self.heartbeats.is_alive():
+            self.heartbeats.join()
+        self.server.close()
+
+
+class FakeWorkerPool:
+    """Fake workers of one master, sharing an inbox so messages are seen in arrival order."""
+
+    def __init__(self, master_port):
+        self.master_port = master_port
+        self.inbox = queue.Queue()
+        self.workers = []
+
+    def add(self):
+        """A new fake worker, listening but not registered."""
+        fake = FakeWorker(self.master_port, FAKE_PID_BASE + len(self.workers), self.inbox)
+        self.workers.append(fake)
+        return fake
+
+    def join(self):
+        """Start a fake worker, register it, check its register_ack, start its heartbeats."""
+        fake = self.add()
+        fake.register()
+        sender, ack = self.next_message()
+        assert sender is fake
+        assert_same_message(ack, {"message_type": "register_ack", "worker_host": "localhost",
+                                  "worker_port": fake.port, "worker_pid": fake.pid})
+        fake.heartbeats.start()
+        return fake
+
+    def next_message(self, timeout=MESSAGE_TIMEOUT):
+        """(fake worker, message) for the next message the master sent to any of them."""
+        received = poll(self.inbox, timeout)
+        assert received is not None, f"no message from the master within {timeout} s"
+        fake, raw = received
+        return fake, parse_wire(raw)
+
+    def close(self):
+        for fake in self.workers:
+            fake.close()
+
+
+@pytest.fixture
+def fakes(cluster):
+    pool = FakeWorkerPool(cluster.port)
+    yield pool
+    pool.close()
+
+
+def check_worker_job(message, fake, extensions):
+    assert_fields(message, WORKER_JOB_FIELDS, extensions)
+    assert is_path_list(message["input_files"]), message
+    assert isinstance(message["executable"], str), message
+    assert message["output_directory"] in (MAP_DIR, REDUCE_DIR), message
+    assert is_int(message["worker_pid"]) and message["worker_pid"] == fake.pid, message
+
+
+def check_sort_job(message, fake, extensions):
+    assert_fields(message, SORT_JOB_FIELDS, extensions)
+    assert is_path_list(message["input_files"]), message
+    assert isinstance(message["output_file"], str), message
+    assert message["output_file"].startswith(GROUP_DIR + "/"), message
+    assert is_int(message["worker_pid"]) and message["worker_pid"] == fake.pid, message
+
+
+def run_programs(message, workdir):
+    """Do a new_worker_job as the spec says; return the output paths, as on the wire."""
+    outputs = []
+    for input_file in message["input_files"]:
+        output = message["output_directory"] + "/" + os.path.basename(input_file)
+        with open(workdir / input_file, "rb") as stdin, open(workdir / output, "wb") as stdout:
+            subprocess.run([str(workdir / message["executable"])], stdin=stdin, stdout=stdout,
+                           cwd=workdir, check=True, timeout=MESSAGE_TIMEOUT)
+        outputs.append(output)
+    return outputs
+
+
+def run_sort(message, workdir):
+    with open(workdir / message["output_file"], "wb") as stdout:
+        subprocess.run(["sort", "--", *message["input_files"]], stdout=stdout, cwd=workdir,
+                       env=dict(os.environ, LC_ALL="C"), check=True, timeout=MESSAGE_TIMEOUT)
+
+
+def finished_status(fake, outputs, field):
+    """The spec's status: a list in `output_files`, or one path in `output_file`."""
+    paths = outputs if field == "output_files" else outputs[0]
+    return {"message_type": "status", field: paths, "status": "finished",
+            "worker_pid": fake.pid}
+
+
+def as_sent(path):
+    return path
+
+
+def serve_job(pool, workdir, reduce_field="output_files", extensions=False, spell=as_sent,
+              message_timeout=MESSAGE_TIMEOUT):
+    """Play the fake workers' part of one job to its last reduce; return (fake, task) pairs.
+
+    Statuses name each output as `spell` writes it (as sent, by default).
+    """
+    tasks = []
+    reduces_done = 0
+    while reduces_done < SAMPLE_REDUCERS:
+        fake, message = pool.next_message(message_timeout)
+        kind = message.get("message_type")
+        if kind == "new_worker_job":
+            check_worker_job(message, fake, extensions)
+            outputs = [spell(path) for path in run_programs(message, workdir)]
+            is_reduce = message["output_directory"] == REDUCE_DIR
+            reduces_done += is_reduce
+            status = finished_status(fake, outputs,
+                                     reduce_field if is_reduce else "output_files")
+        elif kind == "new_sort_job":
+            check_sort_job(message, fake, extensions)
+            run_sort(message, workdir)
+            status = finished_status(fake, [spell(message["output_file"])], "output_file")
+        else:
+            raise AssertionError(f"unexpected message during a job: {message}")
+        tasks.append((fake, message))
+        fake.send(status)
+    return tasks
+
+
+def submit_sample_job(cluster, output, *extra):
+    result = cluster.send_job("--input", SAMPLE, "--output", output, "--mapper", MAPPER,
+                              "--reducer", REDUCER, "--mappers", SAMPLE_MAPPERS,
+                              "--reducers", SAMPLE_REDUCERS, *extra)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def wait_for_output(output):
+    wait_until(lambda: output.is_dir() and len(partition_files(output)) == SAMPLE_REDUCERS,
+               timeout=MESSAGE_TIMEOUT, what=f"{SAMPLE_REDUCERS} output files in {output}")
+    return partition_files(output)
+
+
+def map_tasks(tasks):
+    return [(fake, message) for fake, message in tasks
+            if message["message_type"] == "new_worker_job"
+            and message["output_directory"] == MAP_DIR]
+
+
+def test_master_acks_registration_with_spec_fields(fakes):
+    """register_ack has exactly the spec's fields and echoes the worker's host, port and pid."""
+    fake = fakes.add()
+    fake.register()
+    sender, ack = fakes.next_message()
+    assert sender is fake
+    assert_same_message(ack, {"message_type": "register_ack", "worker_host": "localhost",
+                              "worker_port": fake.port, "worker_pid": fake.pid})
+
+
+@pytest.mark.parametrize("reduce_field", ["output_files", "output_file"])
+def test_master_runs_a_job_on_a_foreign_worker(cluster, fakes, tmp_path, reduce_field):
+    """A spec-only worker gets spec-exact tasks on wire paths and the job's output is right."""
+    fake = fakes.join()
+    output = tmp_path / "out"
+    submit_sample_job(cluster, output)
+    tasks = serve_job(fakes, cluster.workdir, reduce_field)
+
+    maps = [message for _, message in map_tasks(tasks)]
+    assert len(maps) == SAMPLE_MAPPERS
+    assert sorted(len(m["input_files"]) for m in maps) == [1, 1, 1, 2]
+    sample_names = sorted(p.name for p in SAMPLE.iterdir())
+    assert sorted(os.path.basename(f) for m in maps for f in m["input_files"]) == sample_names
+    assert all(Path(m["executable"]).resolve() == MAPPER.resolve() for m in maps)
+
+    sorts = [m for _, m in tasks if m["message_type"] == "new_sort_job"]
+    assert sorted(f for m in sorts for f in m["input_files"]) == \
+        [f"{MAP_DIR}/{name}" for name in sample_names]
+
+    reduces = [m for _, m in tasks if m["message_type"] == "new_worker_job"
+               and m["output_directory"] == REDUCE_DIR]
+    assert sorted(m["input_files"] for m in reduces) == \
+        [[f"{GROUP_DIR}/input_0"], [f"{GROUP_DIR}/input_1"]]
+    assert all(Path(m["executable"]).resolve() == REDUCER.resolve() for m in reduces)
+    assert {sender for sender, _ in tasks} == {fake}
+
+    assert_matches_sequential(wait_for_output(output), SAMPLE, MAPPER, REDUCER, SAMPLE_REDUCERS)
+
+
+def test_master_splits_map_tasks_evenly(cluster, fakes, tmp_path):
+    """With two workers registered, four map tasks go two to each."""
+    first, second = fakes.join(), fakes.join()
+    output = tmp_path / "out"
+    submit_sample_job(cluster, output)
+    tasks = serve_job(fakes, cluster.workdir)
+    assert Counter(fake.pid for fake, _ in map_tasks(tasks)) == {first.pid: 2, second.pid: 2}
+    assert_matches_sequential(wait_for_output(output), SAMPLE, MAPPER, REDUCER, SAMPLE_REDUCERS)
+
+
+def test_master_sends_only_documented_extensions(cluster, fakes, tmp_path):
+    """A job using extensions adds only fields documented in helper.OPTIONAL_FIELDS to tasks."""
+    fakes.join()
+    output = tmp_path / "out"
+    submit_sample_job(cluster, output, "--timeout", "60", "--env", "CONFORMANCE=1")
+    tasks = serve_job(fakes, cluster.workdir, extensions=True)
+    assert any(set(m) - WORKER_JOB_FIELDS for _, m in map_tasks(tasks)), \
+        "a job with extensions should carry them"
+    assert_matches_sequential(wait_for_output(output), SAMPLE, MAPPER, REDUCER, SAMPLE_REDUCERS)
+
+
+@pytest.mark.parametrize("spelling", ["dot", "double slash", "absolute"])
+def test_master_accepts_output_paths_however_spelled(cluster, fakes, tmp_path, spelling):
+    """A status naming the task's own files as ./path, with doubled slashes or absolute counts."""
+    fakes.join()
+    output = tmp_path / "out"
+    submit_sample_job(cluster, output)
+    respell = PATH_SPELLINGS[spelling]
+    serve_job(fakes, cluster.workdir, spell=lambda path: respell(path, cluster.workdir),
+              message_timeout=NEXT_TASK_TIMEOUT)
+    assert_matches_sequential(wait_for_output(output), SAMPLE, MAPPER, REDUCER, SAMPLE_REDUCERS)
+
+
+def test_master_forwards_shutdown(cluster, fakes):
+    """On shutdown the master sends each worker exactly {"message_type": "shutdown"} and exits."""
+    fake = fakes.join()
+    send_json(cluster.port, {"message_type": "shutdown"})
+    sender, message = fakes.next_message()
+    assert sender is fake
+    assert_same_message(message, {"message_type": "shutdown"})
+    assert cluster.master.wait(SHUTDOWN_TIMEOUT) == 0
+
+
+# --- our worker against a foreign master -------------------------------------------
+
+class FakeMaster:
+    """Another implementation's master: TCP on PORT, heartbeats on UDP PORT-1."""
+
+    def __init__(self, port, worker_port):
+        self.port = port
+        self.worker_port = worker_port
+        self.messages = queue.Queue()
+        self.heartbeats = queue.Queue()
+        # Probed when the first message (register) arrives, before it is even parsed.
+        self.worker_listening_at_register = None
+        self.tcp = TcpReceiver(port, self.on_message)
+        self.udp = UdpReceiver(port - 1,
+                               lambda raw: self.heartbeats.put((time.monotonic(), raw)))
+        self.worker = None
+        self.workdir = None
+
+    def on_message(self, raw):
+        if self.worker_listening_at_register is None:
+            self.worker_listening_at_register = listening(self.worker_port)
+        self.messages.put(raw)
+
+    def next_message(self, timeout=MESSAGE_TIMEOUT):
+        raw = poll(self.messages, timeout)
+        assert raw is not None, f"no message from the worker within {timeout} s"
+        return parse_wire(raw)
+
+    def next_heartbeat(self, timeout=MESSAGE_TIMEOUT):
+        """(arrival time, heartbeat) of the next heartbeat."""
+        received = poll(self.heartbeats, timeout)
+        assert received is not None, f"no heartbeat within {timeout} s"
+        arrived, raw = received
+        return arrived, parse_wire(raw)
+
+    def send(self, message):
+        send_json(self.worker_port, message)
+
+    def ack(self, register):
+        self.send({"message_type": "register_ack", "worker_host": register["worker_host"],
+                   "worker_port": register["worker_port"], "worker_pid": register["worker_pid"]})
+
+    def close(self):
+        self.tcp.close()
+        self.udp.close()
+
+
+@pytest.fixture
+def foreign_master(make_cluster):
+    """A factory: a FakeMaster and our worker.py started against it, in a scratch directory."""
+    made = []
+
+    def start(heartbeat_interval=SPEC_HEARTBEAT_INTERVAL, worker_port=None):
+        cluster = make_cluster(env={"MAPREDUCE_HEARTBEAT_INTERVAL": str(heartbeat_interval)},
+                               start=False)
+        master = FakeMaster(cluster.port, worker_port or free_port())
+        made.append(master)
+        master.workdir = cluster.workdir
+        master.worker = cluster.start_worker(port=master.worker_port, wait=False)
+        return master
+
+    yield start
+    for master in made:
+        master.close()
+
+
+@pytest.fixture
+def registered(foreign_master):
+    """A FakeMaster whose worker has registered and been acknowledged."""
+    master = foreign_master()
+    master.ack(master.next_message())
+    return master
+
+
+def worker_job(master, input_files, output_directory, executable=MAPPER):
+    return {"message_type": "new_worker_job", "input_files": input_files,
+            "executable": str(executable), "output_directory": output_directory,
+            "worker_pid": master.worker.pid}
+
+
+def write_script(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+def test_worker_registers_after_binding(foreign_master):
+    """register has exactly the spec's fields and arrives when the worker already listens."""
+    master = foreign_master()
+    register = master.next_message()
+    assert_same_message(register, {"message_type": "register", "worker_host": "localhost",
+                                   "worker_port": master.worker_port,
+                                   "worker_pid": master.worker.pid})
+    assert master.worker_listening_at_register
+
+
+def test_worker_without_its_port_does_not_register(foreign_master):
+    """A worker whose port is taken exits without sending register: it binds first."""
+    with socket.create_server(("localhost", 0)) as taken:
+        master = foreign_master(worker_port=taken.getsockname()[1])
+        assert master.worker.wait(MESSAGE_TIMEOUT) != 0
+    assert poll(master.messages, QUIET_WINDOW) is None, "registered without listening"
+
+
+def test_worker_heartbeats_from_ack(foreign_master):
+    """No heartbeat before register_ack; a spec heartbeat on UDP PORT-1 right after it."""
+    master = foreign_master()
+    register = master.next_message()
+    assert poll(master.heartbeats, QUIET_WINDOW) is None, "heartbeat before register_ack"
+    acked_at = time.monotonic()
+    master.ack(register)
+    arrived, heartbeat = master.next_heartbeat()
+    assert arrived - acked_at < FIRST_HEARTBEAT_LIMIT
+    assert_same_message(heartbeat, {"message_type": "heartbeat",
+                                    "worker_pid": master.worker.pid})
+
+
+def test_worker_heartbeat_cadence(foreign_master):
+    """Heartbeats keep coming about every MAPREDUCE_HEARTBEAT_INTERVAL seconds."""
+    master = foreign_master(FAST_HEARTBEAT_INTERVAL)
+    master.ack(master.next_message())
+    received = [master.next_heartbeat() for _ in range(HEARTBEAT_SAMPLES)]
+    for _, heartbeat in received:
+        assert_same_message(heartbeat, {"message_type": "heartbeat",
+                                        "worker_pid": master.worker.pid})
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(received, received[1:])]
+    mean = sum(gaps) / len(gaps)
+    assert FAST_HEARTBEAT_INTERVAL / 2 < mean < FAST_HEARTBEAT_INTERVAL * 2.5, gaps
+    assert min(gaps) > FAST_HEARTBEAT_INTERVAL / 4, gaps
+
+
+def test_worker_runs_back_to_back_tasks(registered):
+    """Tasks sent back to back all run, each answered once by a spec status naming dir/basename."""
+    master = registered
+    contents = {"a.txt": b"one two\n", "b.txt": b"two three three\n", "c.txt": b"four\n",
+                "d.txt": b"five five\n"}
+    write_files(master.workdir / "input", contents)
+    (master.workdir / MAP_DIR).mkdir(parents=True)
+    tasks = [(["input/a.txt", "input/b.txt"], MAP_DIR + "/"), (["input/c.txt"], MAP_DIR),
+             (["input/d.txt"], MAP_DIR + "/")]
+    for input_files, output_directory in tasks:
+        master.send(worker_job(master, input_files, output_directory))
+    statuses = {}
+    for _ in tasks:
+        status = master.next_message()
+        statuses[tuple(status.get("output_files", ()))] = status
+    expected = [[f"{MAP_DIR}/{os.path.basename(f)}" for f in input_files]
+                for input_files, _ in tasks]
+    assert sorted(statuses) == sorted(tuple(outputs) for outputs in expected)
+    for outputs in expected:
+        assert_same_message(statuses[tuple(outputs)],
+                            {"message_type": "status", "output_files": outputs,
+                             "status": "finished", "worker_pid": master.worker.pid})
+    for name, data in contents.items():
+        mapped = subprocess.run([str(MAPPER)], input=data, stdout=subprocess.PIPE,
+                                check=True).stdout
+        assert (master.workdir / MAP_DIR / name).read_bytes() == mapped
+
+
+def test_worker_sorts_bytewise(registered):
+    """new_sort_job gets a spec status naming output_file, which holds the LC_ALL=C sort."""
+    master = registered
+    write_files(master.workdir / MAP_DIR, {
+        "x": b"banana\t1\nApple\t1\n\xc3\xa9clair\t1\napple\t1\n",
+        "y": b"apple x\t1\n_under\t1\nZebra\t1\napple\t1\n"})
+    (master.workdir / GROUP_DIR).mkdir(parents=True)
+    output_file = f"{GROUP_DIR}/sorted_0"
+    input_files = [f"{MAP_DIR}/x", f"{MAP_DIR}/y"]
+    master.send({"message_type": "new_sort_job", "input_files": input_files,
+                 "output_file": output_file, "worker_pid": master.worker.pid})
+    assert_same_message(master.next_message(),
+                        {"message_type": "status", "output_file": output_file,
+                         "status": "finished", "worker_pid": master.worker.pid})
+    expected = subprocess.run(["sort", "--", *input_files], cwd=master.workdir,
+                              env=dict(os.environ, LC_ALL="C"), stdout=subprocess.PIPE,
+                              check=True).stdout
+    assert (master.workdir / output_file).read_bytes() == expected
+
+
+def test_worker_reports_failed_program(registered):
+    """A program exiting non-zero gives status "failed" naming its exit code, never "finished"."""
+    master = registered
+    exit_code = 3
+    write_script(master.workdir / "exec" / "fail.sh",
+                 f"#!/bin/sh\ncat > /dev/null\necho 'no luck' >&2\nexit {exit_code}\n")
+    write_files(master.workdir / "input", {"a.txt": b"some input\n"})
+    (master.workdir / MAP_DIR).mkdir(parents=True)
+    master.send(worker_job(master, ["input/a.txt"], MAP_DIR, executable="exec/fail.sh"))
+    status = master.next_message()
+    assert_fields(status, TASK_STATUS_FIELDS, extensions=True)
+    assert status["status"] == "failed"
+    assert is_int(status["exit_code"]) and status["exit_code"] == exit_code
+    assert status["output_files"] == [f"{MAP_DIR}/a.txt"]
+    assert status["worker_pid"] == master.worker.pid
+
+
+def test_worker_exits_on_shutdown(registered):
+    """shutdown ends the worker at once, even mid-task, leaving nothing in its session."""
+    master = registered
+    started = master.workdir / "started"
+    write_script(master.workdir / "exec" / "hang.sh",
+                 f"#!/bin/sh\ntouch {started}\nexec sleep {MESSAGE_TIMEOUT * 4:g}\n")
+    write_files(master.workdir / "input", {"a.txt": b"x\n"})
+    (master.workdir / MAP_DIR).mkdir(parents=True)
+    master.send(worker_job(master, ["input/a.txt"], MAP_DIR, executable="exec/hang.sh"))
+    wait_until(started.exists, what="the task's program to start")
+    master.send({"message_type": "shutdown"})
+    master.worker.wait(SHUTDOWN_TIMEOUT)
+    wait_until(lambda: not session_members(master.worker.pid), timeout=SHUTDOWN_TIMEOUT,
+               what="the worker's session to empty")
