@@ -43,6 +43,10 @@ SUBMIT_REPLY_TIMEOUT = 10.0
 # The longest a status query may hold its connection waiting for news.
 MAX_STATUS_WAIT = 30.0
 SHUTDOWN_SEND_TIMEOUT = 1.0
+# Backup tasks (speculative jobs only): a task running this many times the
+# phase's median task time, and at least this long, gets a copy on an idle worker.
+SPECULATIVE_SLOWDOWN = 1.5
+SPECULATIVE_MIN_SECONDS = 1.0
 
 
 class WorkerRecord:
@@ -315,6 +319,8 @@ class Master:
         self.check_timeouts(now)
         if lost:
             self.dispatch()
+        elif self.current is not None:
+            self.speculate(self.current)
 
     def declare_dead(self, worker, reason):
         """Mark a worker dead and put its unfinished tasks back to pending."""
@@ -326,8 +332,10 @@ class Master:
         job = self.current
         for key in sorted(worker.tasks):
             task = job.tasks.get(key) if job else None
-            if task is not None and not task.done and task.worker == worker.pid:
-                task.worker = None
+            if task is None or task.done or worker.pid not in task.holders():
+                continue
+            task.drop_holder(worker.pid)
+            if task.worker is None:
                 LOG.info("job %d: %s will be reassigned", job.id, task.name)
                 self.note(f"{task.name} reassigned from dead worker {worker.pid}")
         worker.tasks.clear()
@@ -494,6 +502,31 @@ class Master:
                     return
                 if self.send_task(job, task, worker):
                     break
+        self.speculate(job)
+
+    def speculate(self, job):
+        """Near a phase's end, give idle workers copies of the slowest tasks.
+
+        Off unless the job asks (the spec forbids duplicate work): a task
+        qualifies once it has run SPECULATIVE_SLOWDOWN times the phase's
+        median task time (and at least SPECULATIVE_MIN_SECONDS); the first
+        copy to finish wins, as in the MapReduce paper's backup tasks.
+        """
+        typical = job.typical_duration()
+        if not job.spec.speculative or typical is None or job.pending_tasks():
+            return
+        threshold = max(SPECULATIVE_MIN_SECONDS, SPECULATIVE_SLOWDOWN * typical)
+        now = time.monotonic()
+        for worker in [w for w in self.workers.live() if not w.tasks]:
+            candidates = [t for t in job.running_tasks()
+                          if not t.backups and worker.pid not in t.holders()
+                          and worker.pid not in t.failed_on and now - t.started >= threshold]
+            if not candidates:
+                return
+            task = min(candidates, key=lambda t: t.started)
+            if self.send_task(job, task, worker, backup=True):
+                LOG.info("job %d: backup of %s on %s", job.id, task.name, worker)
+                job.note(f"backup of {task.name} started on worker {worker.pid}")
 
     def task_extensions(self, job, task):
         """Optional fields for task messages: only what differs from the spec's job."""
@@ -508,15 +541,17 @@ class Master:
             extensions["presorted"] = True if job.all_sorted(task.inputs) else None
         return extensions
 
-    def send_task(self, job, task, worker):
+    def send_task(self, job, task, worker, backup=False):
         message = task.message(worker.pid, self.task_extensions(job, task))
         try:
             helper.send_message(worker.host, worker.port, message)
         except OSError as error:
             self.declare_dead(worker, f"unreachable: {error}")
             return False
-        task.worker = worker.pid
-        task.started = time.monotonic()
+        if backup:
+            task.backups[worker.pid] = time.monotonic()
+        else:
+            task.worker, task.started = worker.pid, time.monotonic()
         worker.tasks.add(task.key)
         LOG.debug("job %d: %s sent to %s", job.id, task.name, worker)
         return True
@@ -537,10 +572,10 @@ class Master:
         if message["status"] == helper.FINISHED:
             self.task_finished(job, task, worker, message)
         elif message["status"] == helper.FAILED:
-            if task.done or task.worker != pid:
+            if task.done or pid not in task.holders():
                 LOG.info("ignored a stale failure of %s from %s", task.name, worker)
                 return
-            self.attempt_failed(job, task, _failure_text(message))
+            self.attempt_failed(job, task, pid, _failure_text(message))
         else:
             LOG.warning("status %r from %s dropped: expected finished or failed",
                         message["status"], worker)
@@ -551,14 +586,20 @@ class Master:
             return
         missing = [path for path in task.outputs if not os.path.isfile(path)]
         if missing:
-            if task.worker == worker.pid:
-                self.attempt_failed(job, task, f"reported finished but {missing[0]} is missing")
+            if worker.pid in task.holders():
+                self.attempt_failed(job, task, worker.pid,
+                                    f"reported finished but {missing[0]} is missing")
             else:
                 LOG.warning("ignored a finish of %s from %s: %s is missing",
                             task.name, worker, missing[0])
             return
         task.done = True
         task.finished_by = worker.pid
+        started = task.started_by(worker.pid)
+        task.duration = time.monotonic() - started if started is not None else None
+        if task.backups:
+            winner = "backup" if worker.pid in task.backups else "original"
+            self.note(f"{task.name}: the {winner} finished first")
         self.release(task)
         worker.tasks.discard(task.key)
         if worker.dead:
@@ -573,17 +614,22 @@ class Master:
         self.board.publish(job)
         if job.phase_complete():
             self.advance(job)
+        else:
+            self.speculate(job)
 
     def release(self, task):
-        """Forget which worker holds a task."""
-        holder = self.workers.get(task.worker) if task.worker is not None else None
+        """Forget every worker holding a task."""
+        for pid in task.holders():
+            holder = self.workers.get(pid)
+            if holder is not None:
+                holder.tasks.discard(task.key)
+        task.worker, task.backups = None, {}
+
+    def attempt_failed(self, job, task, failed_pid, reason):
+        holder = self.workers.get(failed_pid)
         if holder is not None:
             holder.tasks.discard(task.key)
-        task.worker = None
-
-    def attempt_failed(self, job, task, reason):
-        failed_pid = task.worker
-        self.release(task)
+        task.drop_holder(failed_pid)
         task.failures += 1
         task.failed_on.add(failed_pid)
         text = (f"{task.name} (input {task.describe_inputs()}) failed on worker {failed_pid}, "
@@ -603,7 +649,8 @@ class Master:
         limit = job.spec.task_timeout + TIMEOUT_GRACE
         for task in job.running_tasks():
             if now - task.started > limit:
-                self.attempt_failed(job, task, f"no result after {job.spec.task_timeout:g} s")
+                self.attempt_failed(job, task, task.worker,
+                                    f"no result after {job.spec.task_timeout:g} s")
                 if job is not self.current:
                     return
 

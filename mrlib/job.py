@@ -41,6 +41,8 @@ class Task:
         self.key = task_key(outputs)
         self.worker = None      # pid of the worker believed to be running it
         self.started = None     # monotonic time of the current attempt
+        self.backups = {}       # pid -> start time of speculative copies
+        self.duration = None    # seconds the winning attempt took
         self.done = False
         self.failures = 0       # attempts that failed (worker deaths do not count)
         self.failed_on = set()  # pids it failed on, avoided when retrying
@@ -49,6 +51,23 @@ class Task:
     @property
     def name(self):
         return f"{self.kind} task {self.number}"
+
+    def holders(self):
+        """Pids of the workers running this task: the primary, then any backups."""
+        return ([self.worker] if self.worker is not None else []) + list(self.backups)
+
+    def drop_holder(self, pid):
+        """Forget one holder; a backup takes over if the primary goes."""
+        if pid == self.worker:
+            self.worker, self.started = None, None
+            if self.backups:
+                self.worker = min(self.backups, key=self.backups.get)
+                self.started = self.backups.pop(self.worker)
+        else:
+            self.backups.pop(pid, None)
+
+    def started_by(self, pid):
+        return self.started if pid == self.worker else self.backups.get(pid)
 
     def describe_inputs(self):
         shown = ", ".join(self.inputs[:3])
@@ -172,6 +191,11 @@ class Job:
 
     def running_tasks(self):
         return [t for t in self.tasks.values() if not t.done and t.worker is not None]
+
+    def typical_duration(self):
+        """The median duration of this phase's finished tasks, or None."""
+        durations = sorted(t.duration for t in self.tasks.values() if t.duration is not None)
+        return durations[len(durations) // 2] if durations else None
 
     def phase_complete(self):
         return all(task.done for task in self.tasks.values())

@@ -1,0 +1,57 @@
+"""Backup tasks: near a phase's end, idle workers re-run the slowest tasks."""
+import time
+
+from conftest import WORD_COUNT, assert_matches_sequential, partition_files, wait_until
+from master import SPECULATIVE_MIN_SECONDS
+from test_reliability import FAST, corpus, job_status, script
+
+MAPPER, REDUCER = WORD_COUNT
+# Programs inherit their worker's environment: this makes one worker slow.
+SLOW_MAPPER = f"""#!/bin/sh
+if [ -n "$MR_TEST_SLOW_WORKER" ]; then sleep 30; fi
+exec {MAPPER}
+"""
+
+
+def run_with_slow_worker(make_cluster, tmp_path, *options):
+    cluster = make_cluster(FAST)
+    cluster.start_worker()
+    cluster.env["MR_TEST_SLOW_WORKER"] = "1"
+    slow = cluster.start_worker()
+    inputs = corpus(tmp_path / "in", files=4)
+    mapper = script(tmp_path / "map.sh", SLOW_MAPPER)
+    output = tmp_path / "out"
+    client = cluster.send_job_async("--input", inputs, "--output", output, "--mapper", mapper,
+                                    "--mappers", 4, "--wait", *options)
+    return cluster, slow, client, inputs, output
+
+
+def test_backups_finish_what_a_slow_worker_holds(make_cluster, tmp_path):
+    """With --speculative, the slow worker's tasks are backed up and the backups win."""
+    cluster, slow, client, inputs, output = run_with_slow_worker(make_cluster, tmp_path,
+                                                                 "--speculative")
+    stdout, stderr = client.communicate(timeout=25)  # the slow worker alone needs 60 s
+    assert client.returncode == 0, stdout.decode() + stderr.decode()
+    text = stdout.decode()
+    assert "backup of map task" in text
+    assert "the backup finished first" in text
+    assert_matches_sequential(partition_files(output), inputs, MAPPER, REDUCER, 2)
+
+
+def test_no_backups_unless_asked(make_cluster, tmp_path):
+    """Without --speculative no task is ever sent twice (the spec's rule)."""
+    cluster, slow, client, inputs, output = run_with_slow_worker(make_cluster, tmp_path)
+    try:
+        wait_until(lambda: job_status(cluster).get("tasks_done") == 2 and
+                   job_status(cluster).get("phase") == "map", what="the fast worker's share done")
+        fast = next(w for w in cluster.cluster_status()["workers"] if w["pid"] != slow.pid)
+        # Past the backup threshold with the fast worker idle: a speculative
+        # master would have sent it a copy by now. This one must not.
+        window_end = time.monotonic() + 3 * SPECULATIVE_MIN_SECONDS
+        while time.monotonic() < window_end:
+            assert cluster.worker_state(fast["pid"]) == "ready"
+            time.sleep(0.1)
+        assert "backup of" not in cluster.master_log()
+    finally:
+        client.kill()
+        client.wait()
