@@ -229,8 +229,13 @@ def program_stage(executable):
     return Stage(executable, sh.Command(path))
 
 
-def sort_stage(argv=()):
-    """coreutils sort in bytewise order: external merge sort, bounded memory."""
+def sort_stage(argv=(), temp_dir=None):
+    """coreutils sort in bytewise order: external merge sort, bounded memory.
+
+    Its runs spill into `temp_dir` (beside the task's output), not /tmp,
+    which may be small or held in memory.
+    """
+    argv = list(argv) + (["-T", temp_dir] if temp_dir else [])
     return Stage("sort", sh.Command("sort"), argv, SORT_ENV, reports=False)
 
 
@@ -388,13 +393,14 @@ def run_task_program(executable, input_path, output_path, combiner=None, sort_ou
     is sorted bytewise too, so the group phase only has to merge.
     """
     stages = [program_stage(executable)]
+    scratch = os.path.dirname(output_path) or "."
     if combiner:
-        stages += [sort_stage(), program_stage(combiner)]
+        stages += [sort_stage(temp_dir=scratch), program_stage(combiner)]
     if sort_output:
         # One thread: tasks on the other workers keep the other cores busy,
         # and a second sort thread there only contends (0.63 s vs 0.90 s a
         # 16 MB run on 2 cores).
-        stages.append(sort_stage(["--parallel=1"]))
+        stages.append(sort_stage(["--parallel=1"], scratch))
     return run_stages(stages, input_path, output_path, env, timeout, guard)
 
 

@@ -5,106 +5,24 @@ it started (programs, sort, the reaper) can be found in /proc and killed:
 no test leaves a process behind, whatever it did.
 """
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import helper  # noqa: E402
+from mrlib.localcluster import (PYTHON, REPO, START_TIMEOUT, LocalCluster,  # noqa: E402,F401
+                                free_master_port, free_port, kill_session, listening,
+                                session_members, tcp_free, udp_free, wait_until)
 
-PYTHON = sys.executable
 EXEC = REPO / "exec"
 WORD_COUNT = (EXEC / "word_count" / "map.py", EXEC / "word_count" / "reduce.py")
 WORD_COUNT_SH = (EXEC / "word_count" / "map.sh", EXEC / "word_count" / "reduce.sh")
 GREP = (EXEC / "grep" / "map.py", EXEC / "grep" / "reduce.py")
-START_TIMEOUT = 15.0
 JOB_TIMEOUT = 120.0
-
-
-def wait_until(predicate, timeout=START_TIMEOUT, interval=0.05, what="condition"):
-    """Poll `predicate` until it returns something truthy; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-def _tcp_free(port):
-    with socket.socket() as sock:
-        try:
-            sock.bind(("localhost", port))
-            return True
-        except OSError:
-            return False
-
-
-def _udp_free(port):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind(("localhost", port))
-            return True
-        except OSError:
-            return False
-
-
-def free_port():
-    """A TCP port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
-
-
-def free_master_port():
-    """A TCP port whose PORT-1 is free for UDP too (the master needs both)."""
-    while True:
-        port = free_port()
-        if port > 1025 and _udp_free(port - 1) and _tcp_free(port):
-            return port
-
-
-def listening(port):
-    try:
-        socket.create_connection(("localhost", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def session_members(sid):
-    """Pids of live processes in session `sid` (read from /proc)."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != b"Z":
-            members.append(int(entry))
-    return members
-
-
-def kill_session(sid):
-    for pid in session_members(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 def concatenate(files):
@@ -143,59 +61,12 @@ def key_of(line):
     return line.split(b"\t", 1)[0]
 
 
-class Cluster:
+class Cluster(LocalCluster):
     """A master and workers run as the user would, in a scratch directory."""
 
     def __init__(self, workdir, env=None):
-        self.workdir = Path(workdir)
-        self.port = free_master_port()
-        self.env = dict(os.environ, **(env or {}))
+        super().__init__(workdir, env)
         self.env.pop("PYTHONUNBUFFERED", None)
-        self.master = None
-        self.workers = []
-        self.sessions = []
-        self.logs = self.workdir / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-
-    def spawn(self, argv, log_name):
-        log = open(self.logs / log_name, "ab")
-        process = subprocess.Popen([PYTHON] + [str(a) for a in argv], cwd=self.workdir,
-                                   stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                   start_new_session=True)
-        log.close()
-        self.sessions.append(process.pid)
-        return process
-
-    def start_master(self):
-        self.master = self.spawn([REPO / "master.py", self.port], "master.log")
-        wait_until(lambda: listening(self.port) or self.master.poll() is not None,
-                   what="the master to listen")
-        assert self.master.poll() is None, self.master_log()
-        return self.master
-
-    def start_worker(self, port=None, wait=True, extra=()):
-        port = port or free_port()
-        process = self.spawn([REPO / "worker.py", self.port, port, *extra],
-                             f"worker-{port}.log")
-        process.worker_port = port
-        self.workers.append(process)
-        if wait:
-            wait_until(lambda: self.worker_state(process.pid) == "ready"
-                       or process.poll() is not None, what=f"worker {process.pid} to register")
-            assert process.poll() is None, self.log(f"worker-{port}.log")
-        return process
-
-    def start_workers(self, count):
-        return [self.start_worker() for _ in range(count)]
-
-    def cluster_status(self):
-        return helper.request("localhost", self.port, helper.cluster_status())
-
-    def worker_state(self, pid):
-        for worker in self.cluster_status()["workers"]:
-            if worker["pid"] == pid:
-                return worker["state"]
-        return None
 
     def send_job(self, *args, timeout=JOB_TIMEOUT):
         """Run send_job.py as a user would; return the CompletedProcess."""
@@ -222,38 +93,11 @@ class Cluster:
         with socket.create_connection(("localhost", port or self.port), timeout=5) as sock:
             sock.sendall(data)
 
-    def log(self, name):
-        path = self.logs / name
-        return path.read_text(errors="replace") if path.exists() else ""
-
     def master_log(self):
         return self.log("master.log")
 
     def wait_for_log(self, text, timeout=START_TIMEOUT, name="master.log"):
         return wait_until(lambda: text in self.log(name), timeout, what=f"{text!r} in {name}")
-
-    def shutdown(self):
-        helper.send_message("localhost", self.port, helper.shutdown())
-
-    def alive(self):
-        """Pids still running in any session this cluster started."""
-        return [pid for sid in self.sessions for pid in session_members(sid)]
-
-    def stop(self):
-        if self.master is not None and self.master.poll() is None:
-            try:
-                self.shutdown()
-                self.master.wait(5)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        for sid in self.sessions:
-            kill_session(sid)
-        for process in [self.master, *self.workers]:
-            if process is not None:
-                try:
-                    process.wait(5)
-                except subprocess.TimeoutExpired:
-                    pass
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import time
 import pytest
 
 import helper
-from conftest import (PYTHON, REPO, WORD_COUNT, assert_matches_sequential, partition_files,
-                      session_members, wait_until, write_files)
+from conftest import (PYTHON, WORD_COUNT, assert_matches_sequential, partition_files,
+                      wait_until, write_files)
 
 # Fast failure detection for most tests: death after 5 x 0.2 s of silence.
 FAST = {"MAPREDUCE_HEARTBEAT_INTERVAL": "0.2"}

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import time
 
-from conftest import (PYTHON, REPO, _tcp_free, _udp_free, assert_matches_sequential,
+from conftest import (PYTHON, REPO, tcp_free, udp_free, assert_matches_sequential,
                       free_port, partition_files, session_members, wait_until, write_files)
 
 WORKERS = 3
@@ -79,7 +79,7 @@ def free_port_block(workers):
         port = free_port()
         if port - 1 <= 1024 or port + workers > 65535:
             continue
-        if _udp_free(port - 1) and all(_tcp_free(p) for p in range(port, port + workers + 1)):
+        if udp_free(port - 1) and all(tcp_free(p) for p in range(port, port + workers + 1)):
             return port
     raise AssertionError(f"no free block of {workers + 2} ports found")
 

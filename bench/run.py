@@ -1,0 +1,450 @@
+#!/usr/bin/env python3
+"""Benchmark the cluster against the sequential pipeline and the tools people pick instead.
+
+    python3 bench/run.py                        # everything: 100 MiB and 1 GiB, 3 runs, extras
+    python3 bench/run.py --sizes 100 --runs 1   # a quicker look
+    python3 bench/run.py --smoke                # a tiny run of our own cases (run by the tests)
+
+Every case is one shell command, timed as a whole process from start to
+exit, and its output is compared byte for byte with the reference (the
+sequential pipeline's word count, `LC_ALL=C sort` for sorting) before its
+time counts. The table gives medians over --runs runs, side by side, with
+ratios to the sequential pipeline and to the strongest 2-core baseline.
+Cluster cases also report the master's phase timings and the peak memory of
+every process (bench/cluster_run.py). Peers (mrjob, Dask, Spark) run from
+bench/.venv (bench/setup_peers.sh) and are skipped, with a note, without it.
+The extras measure what a table of wall times cannot: a tiny job's latency,
+2,000 tasks, a straggler with and without backup tasks, and a job on input
+larger than the workers' memory limit.
+
+Programs run without PYTHONUNBUFFERED in every case, as the cluster runs
+them: a Python program that writes one record per system call would make
+every case slower but the same amount of work.
+"""
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+PEER_PYTHON = os.path.join(BENCH, ".venv", "bin", "python")
+MIB = 1 << 20
+CORPUS_FILES = 8
+REDUCERS = 2
+SMOKE_MIB = 1
+SCALE_TASKS = 2000
+SLOW_SECONDS = 4
+OUT_OF_CORE_MIB = 4096
+WORKER_MEMORY_MIB = 512
+SPLIT_MIB = 64
+
+# The placeholders of a case's command: {python} this interpreter, {peer}
+# bench/.venv's, {repo}, {input} the corpus directory, {files} its file
+# count, {out} the file the result goes to, {scratch} a directory of its own,
+# {report} where cluster_run.py writes its JSON.
+CLUSTER = ("{python} {repo}/bench/cluster_run.py --report {report} -- "
+           "--input {input} --output {scratch}/out --mappers {files} --reducers 2 {options}"
+           " && {python} {repo}/collect.py {scratch}/out {out} > /dev/null")
+WC_MAP, WC_REDUCE = "{repo}/exec/word_count/map.py", "{repo}/exec/word_count/reduce.py"
+WC_COMBINING_MAP = "{repo}/bench/programs/wc_map_combining.py"
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    command: str
+    options: str = ""       # send_job.py options of a cluster case
+    peer: bool = False      # needs bench/.venv
+    max_mib: float = None   # skipped above this size
+    note: str = ""
+
+    @property
+    def cluster(self):
+        return "cluster_run.py" in self.command
+
+
+WORD_COUNT = [
+    Case("sequential pipeline",
+         f"cat {{input}}/* | {WC_MAP} | LC_ALL=C sort -T {{scratch}} | {WC_REDUCE} > {{out}}",
+         note="cat | map | LC_ALL=C sort | reduce: the reference"),
+    Case("hand-built 2-way pipeline", "bash {repo}/bench/handbuilt2.sh {input} {out}",
+         note="2 maps ∥, cut at one key, 2 merge+reduce ∥ (bench/handbuilt2.sh)"),
+    Case("sequential, in-mapper combiner",
+         f"cat {{input}}/* | {WC_COMBINING_MAP} | LC_ALL=C sort -T {{scratch}} | {WC_REDUCE}"
+         " > {out}", note="map counts words in a dict (bench/programs/wc_map_combining.py)"),
+    Case("ours, --sequential mode",
+         "{python} {repo}/send_job.py --sequential --input {input} --output {scratch}/out "
+         f"--mapper {WC_MAP} --reducer {WC_REDUCE} --mappers {{files}} --reducers 2 > /dev/null"
+         " && {python} {repo}/collect.py {scratch}/out {out} > /dev/null",
+         note="one process, no master or workers"),
+    Case("cluster, 2 workers", CLUSTER, f"--mapper {WC_MAP} --reducer {WC_REDUCE}",
+         note="master + 2 workers, started, run and stopped; output collected"),
+    Case("cluster, 2 workers, --combiner", CLUSTER,
+         f"--mapper {WC_MAP} --reducer {WC_REDUCE} --combiner {WC_REDUCE}",
+         note="Hadoop-style combiner: map | sort | reduce.py on each map task"),
+    Case("cluster, 2 workers, in-mapper combiner", CLUSTER,
+         f"--mapper {WC_COMBINING_MAP} --reducer {WC_REDUCE}",
+         note="the combining map program"),
+    Case("mrjob local, our executables",
+         "{peer} {repo}/bench/peers/mrjob_wc.py {input} {out}", peer=True, max_mib=100,
+         note="mapper_cmd / reducer_cmd, 2 cores"),
+    Case("mrjob local, Python job",
+         "{peer} {repo}/bench/peers/mrjob_wc.py --python {input} {out}", peer=True,
+         max_mib=100, note="mapper / reducer methods, 2 cores"),
+    Case("Spark local[2], rdd.pipe(map)",
+         "{peer} {repo}/bench/peers/spark_wc.py --pipe {input} {out} 2> {scratch}/spark.log",
+         peer=True, note="our map executable, then reduceByKey"),
+    Case("Spark local[2], Python",
+         "{peer} {repo}/bench/peers/spark_wc.py {input} {out} 2> {scratch}/spark.log",
+         peer=True, note="flatMap / reduceByKey"),
+    Case("Dask bag, 2 processes",
+         "{peer} {repo}/bench/peers/dask_wc.py {input} {out}", peer=True,
+         note="frequencies(): combines map-side"),
+]
+
+SORTING = [
+    Case("LC_ALL=C sort --parallel=2",
+         "LC_ALL=C sort --parallel=2 -T {scratch} {input}/* > {out}", note="the reference"),
+    Case("cat → cat → sort → cat",
+         "cat {input}/* | cat | LC_ALL=C sort -T {scratch} | cat > {out}",
+         note="the identity job's work, sequentially"),
+    Case("cluster, 2 workers, identity", CLUSTER, "--mapper {cat} --reducer {cat}",
+         note="cat as map and reduce; output collected in key order"),
+]
+
+SUITES = {"wordcount": ("words", WORD_COUNT), "sort": ("records", SORTING)}
+
+
+# --- running ----------------------------------------------------------------------
+
+def run_environment():
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)
+    return env
+
+
+def corpus(data, kind, mib, files=CORPUS_FILES):
+    """The directory of a generated corpus, made if missing (same bytes every time)."""
+    directory = os.path.join(data, f"{kind}-{mib:g}MiB")
+    marker = os.path.join(directory, ".complete")
+    if not os.path.exists(marker):
+        shutil.rmtree(directory, ignore_errors=True)
+        subprocess.run([sys.executable, os.path.join(BENCH, "gen_corpus.py"), kind, str(mib),
+                        directory, "--files", str(files)], check=True)
+        open(marker, "w").close()
+    return directory
+
+
+def fill(command, **values):
+    return command.format(python=sys.executable, peer=PEER_PYTHON, repo=REPO,
+                          cat=shutil.which("cat"), **values)
+
+
+def run_once(command, scratch):
+    """Run a command in a fresh scratch directory; (seconds, exit code, stderr tail)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch)
+    started = time.perf_counter()
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], env=run_environment(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.perf_counter() - started
+    return seconds, result.returncode, result.stderr.decode("utf-8", "replace")[-800:]
+
+
+def same_file(first, second):
+    return subprocess.run(["cmp", "-s", first, second]).returncode == 0
+
+
+class Runner:
+    """Runs cases, checks their outputs, and keeps the results."""
+
+    def __init__(self, args):
+        self.args = args
+        self.work = os.path.join(args.data, "runs")
+        self.results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+                        "machine": machine(), "runs": args.runs, "cases": [], "extras": {}}
+        self.failures = []
+
+    def say(self, text):
+        print(text, file=sys.stderr, flush=True)
+
+    def run_suite(self, suite, mib):
+        kind, cases = SUITES[suite]
+        directory = corpus(self.args.data, kind, mib)
+        for case in cases:
+            skip = self.skip_reason(case, mib)
+            if skip:
+                self.say(f"  skip {case.name}: {skip}")
+                self.record(suite, mib, case, [], None, skip=skip)
+                continue
+            self.run_case(suite, mib, case, directory)
+
+    def reference(self, suite, directory):
+        """The reference output for a suite's corpus: its first case's, made once."""
+        path = os.path.join(self.work, f"{suite}-{os.path.basename(directory)}.reference")
+        if not os.path.exists(path):
+            scratch = os.path.join(self.work, "scratch")
+            command = fill(SUITES[suite][1][0].command, input=directory, out=path,
+                           scratch=scratch)
+            _, code, stderr = run_once(command, scratch)
+            if code != 0:
+                raise RuntimeError(f"the reference run failed: {stderr}")
+        return path
+
+    def skip_reason(self, case, mib):
+        if case.peer and self.args.no_peers:
+            return "peers not run (--no-peers)"
+        if case.peer and not os.path.exists(PEER_PYTHON):
+            return "peers not installed (bash bench/setup_peers.sh)"
+        if case.max_mib is not None and mib > case.max_mib:
+            return f"only run up to {case.max_mib:g} MiB (too slow to repeat above)"
+        if self.args.only and not any(word in case.name for word in self.args.only):
+            return "not selected (--only)"
+        return None
+
+    def run_case(self, suite, mib, case, directory):
+        scratch = os.path.join(self.work, "scratch")
+        out = os.path.join(self.work, "result")
+        report_path = os.path.join(self.work, "report.json")
+        command = fill(case.command, input=directory, files=CORPUS_FILES, out=out,
+                       scratch=scratch, report=report_path, options=fill(case.options))
+        times, reports = [], []
+        for number in range(self.args.runs):
+            seconds, code, stderr = run_once(command, scratch)
+            if code != 0 or not os.path.exists(out):
+                self.fail(f"{suite} {mib:g} MiB: {case.name} exited {code}: {stderr}")
+                break
+            reference = os.path.join(self.work, f"{suite}-{os.path.basename(directory)}.reference")
+            if not os.path.exists(reference):
+                os.replace(out, reference)
+            elif not same_file(out, reference):
+                self.fail(f"{suite} {mib:g} MiB: {case.name} gave output that differs "
+                          f"from the reference")
+                break
+            times.append(seconds)
+            if case.cluster:
+                with open(report_path) as handle:
+                    reports.append(json.load(handle))
+            self.say(f"  {case.name}: run {number + 1}: {seconds:.2f} s")
+        shutil.rmtree(scratch, ignore_errors=True)
+        report = reports[times.index(statistics.median_high(times))] if reports else None
+        self.record(suite, mib, case, times, report, command=command)
+
+    def record(self, suite, mib, case, times, report, skip=None, command=None):
+        self.results["cases"].append({
+            "suite": suite, "size_mib": mib, "case": case.name, "note": case.note,
+            "seconds": [round(t, 3) for t in times],
+            "median": round(statistics.median(times), 3) if times else None,
+            "skipped": skip, "command": command, "report": report})
+
+    def fail(self, text):
+        self.say("FAILED " + text)
+        self.failures.append(text)
+
+    def cluster(self, name, suite, directory, options, **cluster_flags):
+        """Run one job on a fresh cluster, check its output; its cluster_run report."""
+        report_path = os.path.join(self.work, f"{name}.json")
+        output = os.path.join(self.work, f"{name}-out")
+        flags = " ".join(f"--{flag.replace('_', '-')} {value}"
+                         for flag, value in cluster_flags.items())
+        command = fill("{python} {repo}/bench/cluster_run.py --report {report} {flags} -- "
+                       "--input {input} --output {output} {options}", report=report_path,
+                       flags=flags, input=directory, output=output, options=fill(options))
+        seconds, code, stderr = run_once(command, os.path.join(self.work, "scratch"))
+        if not os.path.exists(report_path):
+            self.fail(f"{name}: no report: {stderr}")
+            return None
+        with open(report_path) as handle:
+            report = json.load(handle)
+        report.update(wall_seconds=round(seconds, 3), command=command)
+        if code != 0:
+            self.fail(f"{name}: the job failed: {stderr}")
+            return report
+        collected = os.path.join(self.work, f"{name}-collected")
+        subprocess.run([sys.executable, os.path.join(REPO, "collect.py"), output, collected],
+                       check=True, stdout=subprocess.DEVNULL)
+        report["output_matches_reference"] = same_file(collected, self.reference(suite, directory))
+        if not report["output_matches_reference"]:
+            self.fail(f"{name}: output differs from the reference")
+        shutil.rmtree(output, ignore_errors=True)
+        os.unlink(collected)
+        return report
+
+    def save(self):
+        with open(self.args.results, "w") as handle:
+            json.dump(self.results, handle, indent=1)
+            handle.write("\n")
+
+
+def machine():
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(),
+            "memory_gib": round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+                                / (1 << 30), 1)}
+
+
+# --- extras ---------------------------------------------------------------------
+
+def extra_tiny(runner):
+    """The sample word count: submit to output, against the programs' own time."""
+    sample = os.path.join(REPO, "input", "sample1")
+    report = runner.cluster("tiny", "wordcount", sample,
+                            f"--mapper {WC_MAP} --reducer {WC_REDUCE}")
+    programs, _, _ = run_once(fill(f"cat {sample}/* | {WC_MAP} | LC_ALL=C sort | {WC_REDUCE}"
+                                   " > /dev/null"), os.path.join(runner.work, "scratch"))
+    return {"report": report, "sequential_pipeline_seconds": round(programs, 3)}
+
+
+def extra_scale(runner):
+    """2,000 map tasks of a trivial program: dispatch rate and the master's CPU."""
+    directory = os.path.join(runner.args.data, f"tiny-{SCALE_TASKS}")
+    if not os.path.isdir(directory):
+        os.makedirs(directory)
+        for number in range(SCALE_TASKS):
+            with open(os.path.join(directory, f"f{number:05d}"), "wb") as handle:
+                handle.write(b"line %d\n" % number)
+    report = runner.cluster("scale", "sort", directory,
+                            f"--mappers {SCALE_TASKS} --reducers 2 --mapper {{cat}} --reducer {{cat}}")
+    if report and report["phases"].get("map"):
+        report["map_tasks_per_second"] = round(SCALE_TASKS / report["phases"]["map"], 1)
+    return report
+
+
+def extra_straggler(runner):
+    """One worker whose map tasks each wait SLOW_SECONDS: with and without backup tasks."""
+    directory = corpus(runner.args.data, "words", runner.args.straggler_mib)
+    slow_map = os.path.join(BENCH, "programs", "slow_map.sh")
+    options = f"--mappers {CORPUS_FILES} --reducers 2 --mapper {slow_map} --reducer {WC_REDUCE}"
+    return {"slow_seconds_per_task": SLOW_SECONDS, "size_mib": runner.args.straggler_mib,
+            "without backups": runner.cluster("straggler", "wordcount", directory, options,
+                                              slow_workers=1),
+            "with --speculative": runner.cluster("straggler-speculative", "wordcount", directory,
+                                                 options + " --speculative", slow_workers=1)}
+
+
+def extra_out_of_core(runner):
+    """A job on input several times the workers' memory limit, and in-memory grouping's fate."""
+    mib = runner.args.out_of_core_mib
+    directory = corpus(runner.args.data, "words", mib)
+    report = runner.cluster("out-of-core", "wordcount", directory,
+                            f"--split-size {SPLIT_MIB * MIB} --reducers 4 --mapper {WC_MAP} "
+                            f"--reducer {WC_REDUCE}", worker_memory_mib=WORKER_MEMORY_MIB)
+    in_memory = fill(f"ulimit -v {WORKER_MEMORY_MIB * 1024}; cat {{input}}/* | {WC_MAP} | "
+                     f"{{repo}}/bench/programs/sort_in_memory.py | {WC_REDUCE} > /dev/null",
+                     input=directory)
+    seconds, code, stderr = run_once(in_memory, os.path.join(runner.work, "scratch"))
+    return {"input_mib": mib, "worker_memory_mib": WORKER_MEMORY_MIB, "cluster": report,
+            "in_memory": {"command": in_memory, "exit_code": code, "seconds": round(seconds, 2),
+                          "error": stderr.strip().splitlines()[-1] if stderr.strip() else ""}}
+
+
+EXTRAS = {"tiny": extra_tiny, "scale": extra_scale, "straggler": extra_straggler,
+          "out-of-core": extra_out_of_core}
+
+
+# --- the table --------------------------------------------------------------------
+
+def baseline_of(suite):
+    return "hand-built 2-way pipeline" if suite == "wordcount" else "LC_ALL=C sort --parallel=2"
+
+
+def table(results):
+    """Markdown tables of the medians, with ratios, one per suite and size."""
+    lines = []
+    groups = {}
+    for row in results["cases"]:
+        groups.setdefault((row["suite"], row["size_mib"]), []).append(row)
+    for (suite, mib), rows in groups.items():
+        medians = {row["case"]: row["median"] for row in rows}
+        reference = rows[0]["median"]
+        baseline = medians.get(baseline_of(suite))
+        lines += [f"\n**{suite}, {mib:g} MiB** (median of {results['runs']} runs)\n",
+                  f"| case | seconds | speed-up vs {rows[0]['case']} | "
+                  f"time / {baseline_of(suite)} | cluster phases |",
+                  "|---|---:|---:|---:|---|"]
+        for row in rows:
+            if row["median"] is None:
+                lines.append(f"| {row['case']} | — | | | {row['skipped'] or 'failed'} |")
+                continue
+            speedup = f"{reference / row['median']:.2f}×" if reference else ""
+            ratio = f"{row['median'] / baseline:.2f}" if baseline else ""
+            lines.append(f"| {row['case']} | {row['median']:.2f} | {speedup} | {ratio} | "
+                         f"{phases(row['report'])} |")
+    return "\n".join(lines)
+
+
+def phases(report):
+    if not report:
+        return ""
+    shown = ", ".join(f"{name} {seconds:.1f}" for name, seconds in report["phases"].items()
+                      if name != "total")
+    return (f"{shown}; start-up {report['startup_seconds']:.1f}; peak RSS master "
+            f"{report['master']['peak_rss_mib']:.0f} MiB, workers "
+            f"{max(w['peak_rss_mib'] for w in report['workers']):.0f} MiB, "
+            f"largest program {report['largest_program']['peak_rss_mib']:.0f} MiB")
+
+
+# --- main -------------------------------------------------------------------------
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1024",
+                        help="corpus sizes in MiB (default 100,1024)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per case (median reported)")
+    parser.add_argument("--suites", default="wordcount,sort")
+    parser.add_argument("--extras", default=",".join(EXTRAS),
+                        help=f"extra measurements ({', '.join(EXTRAS)}; '' for none)")
+    parser.add_argument("--only", action="append", help="run only cases whose name has this")
+    parser.add_argument("--no-peers", action="store_true", help="skip mrjob, Dask and Spark")
+    parser.add_argument("--data", default=os.path.join(BENCH, "data"),
+                        help="where corpora and scratch files go (default bench/data)")
+    parser.add_argument("--results", default=os.path.join(BENCH, "results.json"))
+    parser.add_argument("--straggler-mib", type=float, default=100)
+    parser.add_argument("--out-of-core-mib", type=float, default=OUT_OF_CORE_MIB)
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"{SMOKE_MIB} MiB, 1 run, no peers, tiny and straggler extras")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.sizes, args.runs, args.no_peers = str(SMOKE_MIB), 1, True
+        args.extras, args.straggler_mib = "tiny,straggler", SMOKE_MIB
+    args.sizes = [float(size) for size in args.sizes.split(",") if size]
+    args.suites = [suite for suite in args.suites.split(",") if suite]
+    args.extras = [extra for extra in args.extras.split(",") if extra]
+    unknown = [name for name in args.suites if name not in SUITES] + \
+              [name for name in args.extras if name not in EXTRAS]
+    if unknown:
+        parser.error(f"unknown suite or extra: {', '.join(unknown)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    runner = Runner(args)
+    shutil.rmtree(runner.work, ignore_errors=True)
+    os.makedirs(runner.work)
+    for mib in args.sizes:
+        for suite in args.suites:
+            runner.say(f"{suite}, {mib:g} MiB")
+            runner.run_suite(suite, mib)
+            runner.save()
+    for name in args.extras:
+        runner.say(f"extra: {name}")
+        runner.results["extras"][name] = EXTRAS[name](runner)
+        runner.save()
+    print(table(runner.results))
+    print(f"\nresults: {args.results}")
+    for failure in runner.failures:
+        print(f"FAILED: {failure}")
+    return 1 if runner.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
