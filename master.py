@@ -61,12 +61,38 @@ class WorkerRecord:
         self.dead = False
         self.last_seen = time.monotonic()
         self.tasks = set()  # keys of tasks of the current job assigned to it
+        # Keys of tasks it is still running although they no longer count
+        # (a backup won, its job ended, it was wrongly declared dead), with
+        # when they stopped counting: they keep it busy until it reports them.
+        self.leftovers = {}
 
     @property
     def state(self):
         if self.dead:
             return "dead"
-        return "busy" if self.tasks else "ready"
+        return "ready" if self.idle else "busy"
+
+    @property
+    def idle(self):
+        return not self.tasks and not self.leftovers
+
+    @property
+    def load(self):
+        return len(self.tasks) + len(self.leftovers)
+
+    def set_aside(self, key):
+        """Stop counting a task as this worker's, but remember it still runs it."""
+        self.tasks.discard(key)
+        self.leftovers[key] = time.monotonic()
+
+    def heard_from(self, key):
+        """It reported a task: if that was a leftover, it no longer runs it."""
+        self.leftovers.pop(key, None)
+
+    def forget_leftovers(self, before):
+        """Drop leftovers set aside before `before`: their status was lost."""
+        for key in [k for k, since in self.leftovers.items() if since < before]:
+            del self.leftovers[key]
 
     def __str__(self):
         return f"worker {self.pid} ({self.host}:{self.port})"
@@ -97,7 +123,7 @@ class WorkerRegistry:
 
     def choose(self, avoid=()):
         """The least loaded live worker, preferring ones not in `avoid`."""
-        candidates = sorted(self.live(), key=lambda w: (len(w.tasks), w.order))
+        candidates = sorted(self.live(), key=lambda w: (w.load, w.order))
         preferred = [w for w in candidates if w.pid not in avoid]
         return (preferred or candidates or [None])[0]
 
@@ -105,8 +131,10 @@ class WorkerRegistry:
         return [w for w in self.live() if now - w.last_seen > limit]
 
     def release_all(self):
+        """The job ended: whatever a worker still runs of it is a leftover."""
         for worker in self.by_pid.values():
-            worker.tasks.clear()
+            for key in list(worker.tasks):
+                worker.set_aside(key)
 
 
 class Reply:
@@ -231,7 +259,7 @@ class Master:
 
     def on_cluster_status(self, message, reply):
         workers = [{"pid": w.pid, "host": w.host, "port": w.port, "state": w.state,
-                    "tasks": len(w.tasks)}
+                    "tasks": w.load}
                    for w in sorted(self.workers.by_pid.values(), key=lambda w: w.order) if w.acked]
         reply.set({"message_type": "cluster_status_reply", "workers": workers,
                    "current_job": self.current.id if self.current else None,
@@ -317,10 +345,17 @@ class Master:
         for worker in lost:
             self.declare_dead(worker, f"no heartbeat for {now - worker.last_seen:.1f} s")
         self.check_timeouts(now)
+        self.forget_lost_leftovers(now)
         if lost:
             self.dispatch()
         elif self.current is not None:
             self.speculate(self.current)
+
+    def forget_lost_leftovers(self, now):
+        timeout = max(DEFAULT_TASK_TIMEOUT,
+                      self.current.spec.task_timeout if self.current else 0)
+        for worker in self.workers.by_pid.values():
+            worker.forget_leftovers(now - timeout - TIMEOUT_GRACE)
 
     def declare_dead(self, worker, reason):
         """Mark a worker dead and put its unfinished tasks back to pending."""
@@ -338,7 +373,8 @@ class Master:
             if task.worker is None:
                 LOG.info("job %d: %s will be reassigned", job.id, task.name)
                 self.note(f"{task.name} reassigned from dead worker {worker.pid}")
-        worker.tasks.clear()
+        for key in list(worker.tasks):  # if it was wrongly declared dead, it still runs them
+            worker.set_aside(key)
         if job is not None:
             self.board.publish(job)
 
@@ -517,7 +553,7 @@ class Master:
             return
         threshold = max(SPECULATIVE_MIN_SECONDS, SPECULATIVE_SLOWDOWN * typical)
         now = time.monotonic()
-        for worker in [w for w in self.workers.live() if not w.tasks]:
+        for worker in [w for w in self.workers.live() if w.idle]:
             candidates = [t for t in job.running_tasks()
                           if not t.backups and worker.pid not in t.holders()
                           and worker.pid not in t.failed_on and now - t.started >= threshold]
@@ -563,6 +599,7 @@ class Master:
             LOG.warning("status from unknown pid %s dropped", pid)
             return
         outputs = message.get("output_files") or [message.get("output_file", "")]
+        worker.heard_from(task_key(outputs))
         job = self.current
         task = job.tasks.get(task_key(outputs)) if job is not None else None
         if task is None:
@@ -600,7 +637,7 @@ class Master:
         if task.backups:
             winner = "backup" if worker.pid in task.backups else "original"
             self.note(f"{task.name}: the {winner} finished first")
-        self.release(task)
+        self.release(task, worker.pid)
         worker.tasks.discard(task.key)
         if worker.dead:
             LOG.info("job %d: accepted a late result of %s from dead %s", job.id, task.name, worker)
@@ -617,12 +654,12 @@ class Master:
         else:
             self.speculate(job)
 
-    def release(self, task):
-        """Forget every worker holding a task."""
+    def release(self, task, winner):
+        """The task is done: the other holders' copies become leftovers."""
         for pid in task.holders():
             holder = self.workers.get(pid)
-            if holder is not None:
-                holder.tasks.discard(task.key)
+            if holder is not None and pid != winner:
+                holder.set_aside(task.key)
         task.worker, task.backups = None, {}
 
     def attempt_failed(self, job, task, failed_pid, reason):
@@ -649,6 +686,9 @@ class Master:
         limit = job.spec.task_timeout + TIMEOUT_GRACE
         for task in job.running_tasks():
             if now - task.started > limit:
+                holder = self.workers.get(task.worker)
+                if holder is not None:  # a worker that ignores `timeout` may still run it
+                    holder.set_aside(task.key)
                 self.attempt_failed(job, task, task.worker,
                                     f"no result after {job.spec.task_timeout:g} s")
                 if job is not self.current:

@@ -8,13 +8,18 @@
 Every case is one shell command, timed as a whole process from start to
 exit, and its output is compared byte for byte with the reference (the
 sequential pipeline's word count, `LC_ALL=C sort` for sorting) before its
-time counts. The table gives medians over --runs runs, side by side, with
-ratios to the sequential pipeline and to the strongest 2-core baseline.
+time counts. A cluster case is timed as its user sees it on a running
+cluster: from `send_job.py --wait` starting to collect.py having written
+the ordered output file; the cluster is started (about 0.4 s) before the
+clock starts and stopped after it stops, and both are reported apart.
+The table gives medians over --runs runs, side by side, with ratios to the
+sequential pipeline and to the strongest 2-core baseline.
 Cluster cases also report the master's phase timings and the peak memory of
 every process (bench/cluster_run.py). Peers (mrjob, Dask, Spark) run from
 bench/.venv (bench/setup_peers.sh) and are skipped, with a note, without it.
 The extras measure what a table of wall times cannot: a tiny job's latency,
-2,000 tasks, a straggler with and without backup tasks, and a job on input
+2,000 tasks, a straggler with and without backup tasks, recovery from a
+worker killed mid-map with the spec's heartbeat timings, and a job on input
 larger than the workers' memory limit.
 
 Programs run without PYTHONUNBUFFERED in every case, as the cluster runs
@@ -42,6 +47,7 @@ REDUCERS = 2
 SMOKE_MIB = 1
 SCALE_TASKS = 2000
 SLOW_SECONDS = 4
+KILL_AFTER_SECONDS = 1.5
 OUT_OF_CORE_MIB = 4096
 WORKER_MEMORY_MIB = 512
 SPLIT_MIB = 64
@@ -50,11 +56,33 @@ SPLIT_MIB = 64
 # bench/.venv's, {repo}, {input} the corpus directory, {files} its file
 # count, {out} the file the result goes to, {scratch} a directory of its own,
 # {report} where cluster_run.py writes its JSON.
-CLUSTER = ("{python} {repo}/bench/cluster_run.py --report {report} -- "
-           "--input {input} --output {scratch}/out --mappers {files} --reducers 2 {options}"
-           " && {python} {repo}/collect.py {scratch}/out {out} > /dev/null")
+CLUSTER = ("{python} {repo}/bench/cluster_run.py --report {report} --collect {out} -- "
+           "--input {input} --output {scratch}/out --mappers {files} --reducers 2 {options}")
 WC_MAP, WC_REDUCE = "{repo}/exec/word_count/map.py", "{repo}/exec/word_count/reduce.py"
 WC_COMBINING_MAP = "{repo}/bench/programs/wc_map_combining.py"
+
+
+@dataclasses.dataclass
+class Timing:
+    """The runs of one case: times, and cluster_run reports for cluster cases."""
+    case: "Case"
+    command: str
+    times: list = dataclasses.field(default_factory=list)
+    reports: list = dataclasses.field(default_factory=list)
+    failed: bool = False
+
+    def add(self, seconds, report):
+        self.times.append(seconds)
+        self.reports.append(report)
+
+    def summary(self):
+        """Times, their median, and the report of the median run."""
+        if not self.times:
+            return {"seconds": [], "median": None, "command": self.command, "report": None}
+        middle = self.times.index(statistics.median_high(self.times))
+        return {"seconds": [round(t, 3) for t in self.times],
+                "median": round(statistics.median(self.times), 3),
+                "command": self.command, "report": self.reports[middle]}
 
 
 @dataclasses.dataclass
@@ -171,21 +199,42 @@ class Runner:
         self.work = os.path.join(args.data, "runs")
         self.results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
                         "machine": machine(), "runs": args.runs, "cases": [], "extras": {}}
+        if args.update and os.path.exists(args.results):
+            self.results = kept_results(args)
         self.failures = []
 
     def say(self, text):
         print(text, file=sys.stderr, flush=True)
 
     def run_suite(self, suite, mib):
+        """Run every case --runs times, round robin, so drifts in the machine's speed
+        fall on every case alike."""
         kind, cases = SUITES[suite]
         directory = corpus(self.args.data, kind, mib)
+        timings = {}
         for case in cases:
             skip = self.skip_reason(case, mib)
             if skip:
                 self.say(f"  skip {case.name}: {skip}")
-                self.record(suite, mib, case, [], None, skip=skip)
-                continue
-            self.run_case(suite, mib, case, directory)
+            else:
+                timings[case.name] = Timing(case, self.command(case, directory))
+        for number in range(self.args.runs):
+            for timing in timings.values():
+                if not timing.failed:
+                    self.run_case(suite, mib, timing, directory, number)
+        for case in cases:
+            timing = timings.get(case.name)
+            self.results["cases"].append({
+                "suite": suite, "size_mib": mib, "case": case.name, "note": case.note,
+                "skipped": self.skip_reason(case, mib),
+                **(timing.summary() if timing else Timing(case, None).summary())})
+        shutil.rmtree(os.path.join(self.work, "scratch"), ignore_errors=True)
+
+    def command(self, case, directory):
+        return fill(case.command, input=directory, files=CORPUS_FILES,
+                    out=os.path.join(self.work, "result"),
+                    scratch=os.path.join(self.work, "scratch"),
+                    report=os.path.join(self.work, "report.json"), options=fill(case.options))
 
     def reference(self, suite, directory):
         """The reference output for a suite's corpus: its first case's, made once."""
@@ -210,40 +259,29 @@ class Runner:
             return "not selected (--only)"
         return None
 
-    def run_case(self, suite, mib, case, directory):
-        scratch = os.path.join(self.work, "scratch")
+    def run_case(self, suite, mib, timing, directory, number):
+        """Run a case once, check its output, and add its time."""
         out = os.path.join(self.work, "result")
-        report_path = os.path.join(self.work, "report.json")
-        command = fill(case.command, input=directory, files=CORPUS_FILES, out=out,
-                       scratch=scratch, report=report_path, options=fill(case.options))
-        times, reports = [], []
-        for number in range(self.args.runs):
-            seconds, code, stderr = run_once(command, scratch)
-            if code != 0 or not os.path.exists(out):
-                self.fail(f"{suite} {mib:g} MiB: {case.name} exited {code}: {stderr}")
-                break
-            reference = os.path.join(self.work, f"{suite}-{os.path.basename(directory)}.reference")
-            if not os.path.exists(reference):
-                os.replace(out, reference)
-            elif not same_file(out, reference):
-                self.fail(f"{suite} {mib:g} MiB: {case.name} gave output that differs "
-                          f"from the reference")
-                break
-            times.append(seconds)
-            if case.cluster:
-                with open(report_path) as handle:
-                    reports.append(json.load(handle))
-            self.say(f"  {case.name}: run {number + 1}: {seconds:.2f} s")
-        shutil.rmtree(scratch, ignore_errors=True)
-        report = reports[times.index(statistics.median_high(times))] if reports else None
-        self.record(suite, mib, case, times, report, command=command)
-
-    def record(self, suite, mib, case, times, report, skip=None, command=None):
-        self.results["cases"].append({
-            "suite": suite, "size_mib": mib, "case": case.name, "note": case.note,
-            "seconds": [round(t, 3) for t in times],
-            "median": round(statistics.median(times), 3) if times else None,
-            "skipped": skip, "command": command, "report": report})
+        seconds, code, stderr = run_once(timing.command, os.path.join(self.work, "scratch"))
+        name = f"{suite} {mib:g} MiB: {timing.case.name}"
+        if code != 0 or not os.path.exists(out):
+            timing.failed = True
+            self.fail(f"{name} exited {code}: {stderr}")
+            return
+        reference = os.path.join(self.work, f"{suite}-{os.path.basename(directory)}.reference")
+        if not os.path.exists(reference):
+            os.replace(out, reference)
+        elif not same_file(out, reference):
+            timing.failed = True
+            self.fail(f"{name} gave output that differs from the reference")
+            return
+        report = None
+        if timing.case.cluster:
+            with open(os.path.join(self.work, "report.json")) as handle:
+                report = json.load(handle)
+            seconds = report["job_seconds"] + report["collect_seconds"]
+        timing.add(seconds, report)
+        self.say(f"  {timing.case.name}: run {number + 1}: {seconds:.2f} s")
 
     def fail(self, text):
         self.say("FAILED " + text)
@@ -255,9 +293,11 @@ class Runner:
         output = os.path.join(self.work, f"{name}-out")
         flags = " ".join(f"--{flag.replace('_', '-')} {value}"
                          for flag, value in cluster_flags.items())
-        command = fill("{python} {repo}/bench/cluster_run.py --report {report} {flags} -- "
-                       "--input {input} --output {output} {options}", report=report_path,
-                       flags=flags, input=directory, output=output, options=fill(options))
+        collected = os.path.join(self.work, f"{name}-collected")
+        command = fill("{python} {repo}/bench/cluster_run.py --report {report} "
+                       "--collect {collected} {flags} -- --input {input} --output {output} "
+                       "{options}", report=report_path, collected=collected, flags=flags,
+                       input=directory, output=output, options=fill(options))
         seconds, code, stderr = run_once(command, os.path.join(self.work, "scratch"))
         if not os.path.exists(report_path):
             self.fail(f"{name}: no report: {stderr}")
@@ -268,9 +308,6 @@ class Runner:
         if code != 0:
             self.fail(f"{name}: the job failed: {stderr}")
             return report
-        collected = os.path.join(self.work, f"{name}-collected")
-        subprocess.run([sys.executable, os.path.join(REPO, "collect.py"), output, collected],
-                       check=True, stdout=subprocess.DEVNULL)
         report["output_matches_reference"] = same_file(collected, self.reference(suite, directory))
         if not report["output_matches_reference"]:
             self.fail(f"{name}: output differs from the reference")
@@ -282,6 +319,19 @@ class Runner:
         with open(self.args.results, "w") as handle:
             json.dump(self.results, handle, indent=1)
             handle.write("\n")
+
+
+def kept_results(args):
+    """The results file without what this run is about to measure again."""
+    with open(args.results) as handle:
+        results = json.load(handle)
+    planned = {(suite, mib) for suite in args.suites for mib in args.sizes}
+    results["cases"] = [row for row in results["cases"]
+                        if (row["suite"], row["size_mib"]) not in planned]
+    for name in args.extras:
+        results["extras"].pop(name, None)
+    results["updated"] = datetime.datetime.now().isoformat(timespec="seconds")
+    return results
 
 
 def machine():
@@ -312,7 +362,8 @@ def extra_scale(runner):
             with open(os.path.join(directory, f"f{number:05d}"), "wb") as handle:
                 handle.write(b"line %d\n" % number)
     report = runner.cluster("scale", "sort", directory,
-                            f"--mappers {SCALE_TASKS} --reducers 2 --mapper {{cat}} --reducer {{cat}}")
+                            f"--mappers {SCALE_TASKS} --reducers 2 "
+                            "--mapper {cat} --reducer {cat}")
     if report and report["phases"].get("map"):
         report["map_tasks_per_second"] = round(SCALE_TASKS / report["phases"]["map"], 1)
     return report
@@ -341,13 +392,24 @@ def extra_out_of_core(runner):
                      f"{{repo}}/bench/programs/sort_in_memory.py | {WC_REDUCE} > /dev/null",
                      input=directory)
     seconds, code, stderr = run_once(in_memory, os.path.join(runner.work, "scratch"))
+    errors = [line for line in stderr.splitlines() if "MemoryError" in line]
     return {"input_mib": mib, "worker_memory_mib": WORKER_MEMORY_MIB, "cluster": report,
             "in_memory": {"command": in_memory, "exit_code": code, "seconds": round(seconds, 2),
-                          "error": stderr.strip().splitlines()[-1] if stderr.strip() else ""}}
+                          "error": (errors or stderr.strip().splitlines() or [""])[-1]}}
+
+
+def extra_recovery(runner):
+    """A worker SIGKILLed mid-map with the spec's 2 s heartbeats: detection and cost."""
+    directory = corpus(runner.args.data, "words", runner.args.straggler_mib)
+    options = f"--mappers {CORPUS_FILES} --reducers 2 --mapper {WC_MAP} --reducer {WC_REDUCE}"
+    return {"size_mib": runner.args.straggler_mib,
+            "undisturbed": runner.cluster("recovery-baseline", "wordcount", directory, options),
+            "worker killed": runner.cluster("recovery", "wordcount", directory, options,
+                                            kill_worker_after=KILL_AFTER_SECONDS)}
 
 
 EXTRAS = {"tiny": extra_tiny, "scale": extra_scale, "straggler": extra_straggler,
-          "out-of-core": extra_out_of_core}
+          "recovery": extra_recovery, "out-of-core": extra_out_of_core}
 
 
 # --- the table --------------------------------------------------------------------
@@ -407,6 +469,9 @@ def parse_args(argv):
     parser.add_argument("--data", default=os.path.join(BENCH, "data"),
                         help="where corpora and scratch files go (default bench/data)")
     parser.add_argument("--results", default=os.path.join(BENCH, "results.json"))
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other results already in --results; replace only "
+                             "the suites, sizes and extras of this run")
     parser.add_argument("--straggler-mib", type=float, default=100)
     parser.add_argument("--out-of-core-mib", type=float, default=OUT_OF_CORE_MIB)
     parser.add_argument("--smoke", action="store_true",
@@ -428,8 +493,9 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     runner = Runner(args)
-    shutil.rmtree(runner.work, ignore_errors=True)
-    os.makedirs(runner.work)
+    if not args.update:  # --update keeps the reference outputs of earlier runs
+        shutil.rmtree(runner.work, ignore_errors=True)
+    os.makedirs(runner.work, exist_ok=True)
     for mib in args.sizes:
         for suite in args.suites:
             runner.say(f"{suite}, {mib:g} MiB")

@@ -91,16 +91,27 @@ def _stat_fields(pid):
     return stat[stat.rindex(b")") + 2:].split()
 
 
-def session_members(sid):
-    """Pids of live processes in session `sid`."""
+def pid_alive(pid):
+    """True if the process exists and is not a zombie."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != b"Z"
+
+
+def sessions_members(sids):
+    """Pids of live processes in any of the sessions `sids` (one pass over /proc)."""
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         fields = _stat_fields(entry)
-        if fields is not None and int(fields[3]) == sid and fields[0] != b"Z":
+        if fields is not None and int(fields[3]) in sids and fields[0] != b"Z":
             members.append(int(entry))
     return members
+
+
+def session_members(sid):
+    """Pids of live processes in session `sid`."""
+    return sessions_members({sid})
 
 
 def kill_session(sid):
@@ -206,7 +217,7 @@ class LocalCluster:
 
     def alive(self):
         """Pids still running in any session this cluster started."""
-        return [pid for sid in self.sessions for pid in session_members(sid)]
+        return sessions_members(set(self.sessions))
 
     def stop(self):
         """Shut down cleanly if possible, then kill whatever is left."""

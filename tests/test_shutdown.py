@@ -10,8 +10,8 @@ import signal
 import subprocess
 import time
 
-from conftest import (PYTHON, REPO, tcp_free, udp_free, assert_matches_sequential,
-                      free_port, partition_files, session_members, wait_until, write_files)
+from conftest import (PYTHON, REPO, assert_matches_sequential, free_port, partition_files,
+                      pid_alive, session_members, tcp_free, udp_free, wait_until, write_files)
 
 WORKERS = 3
 # Everything must be gone this long after the shutdown message.
@@ -35,15 +35,6 @@ def long_mapper(tmp_path, pid_file):
     path.write_text(f'#!/bin/sh\necho $$ > "{pid_file}"\nsleep {LONG_TASK_SECONDS}\n')
     path.chmod(0o755)
     return path
-
-
-def pid_alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2:].split()[0] != b"Z"
 
 
 def test_shutdown_stops_everything_mid_task(cluster, tmp_path):

@@ -13,8 +13,8 @@ exec {MAPPER}
 """
 
 
-def run_with_slow_worker(make_cluster, tmp_path, *options):
-    cluster = make_cluster(FAST)
+def run_with_slow_worker(make_cluster, tmp_path, *options, env=None):
+    cluster = make_cluster(dict(FAST, **(env or {})))
     cluster.start_worker()
     cluster.env["MR_TEST_SLOW_WORKER"] = "1"
     slow = cluster.start_worker()
@@ -35,6 +35,18 @@ def test_backups_finish_what_a_slow_worker_holds(make_cluster, tmp_path):
     text = stdout.decode()
     assert "backup of map task" in text
     assert "the backup finished first" in text
+    assert_matches_sequential(partition_files(output), inputs, MAPPER, REDUCER, 2)
+
+
+def test_losing_copies_keep_their_worker_busy(make_cluster, tmp_path):
+    """After the backups win, no sort or reduce task waits behind the slow worker's losing copies."""
+    cluster, slow, client, inputs, output = run_with_slow_worker(
+        make_cluster, tmp_path, "--speculative", env={"MAPREDUCE_LOG_LEVEL": "DEBUG"})
+    stdout, stderr = client.communicate(timeout=25)
+    assert client.returncode == 0, stdout.decode() + stderr.decode()
+    sent_to_slow = [line for line in cluster.master_log().splitlines()
+                    if f"sent to worker {slow.pid} " in line]
+    assert sent_to_slow and all("map task" in line for line in sent_to_slow), sent_to_slow
     assert_matches_sequential(partition_files(output), inputs, MAPPER, REDUCER, 2)
 
 
