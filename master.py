@@ -377,6 +377,9 @@ class Master:
             worker.set_aside(key)
         if job is not None:
             self.board.publish(job)
+            # Wherever the death was found (a heartbeat tick, a refused send in
+            # the middle of a dispatch or of speculation), its tasks go out next.
+            self.post(self.dispatch)
 
     def note(self, text):
         if self.current is not None:

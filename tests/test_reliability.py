@@ -14,6 +14,10 @@ from conftest import (PYTHON, WORD_COUNT, assert_matches_sequential, partition_f
 
 # Fast failure detection for most tests: death after 5 x 0.2 s of silence.
 FAST = {"MAPREDUCE_HEARTBEAT_INTERVAL": "0.2"}
+# Less than the 1 s of silence that is death, more than the master's 0.5 s
+# tick minus a heartbeat interval: one worker falls silent this long after
+# another, so the master's tick finds the first dead and the second alive.
+HEARTBEAT_LAG = 0.6
 MAPPER, REDUCER = WORD_COUNT
 
 
@@ -266,6 +270,39 @@ def test_stale_finished_from_a_dead_worker(fast_cluster, tmp_path):
         assert fast_cluster.master_log().count("map task 0 sent") <= 1
     finally:
         fake.close()
+
+
+def test_worker_found_unreachable_while_reassigning(fast_cluster, tmp_path):
+    """A worker found dead by a refused send while reassigning a peer's tasks loses its own too."""
+    inputs = corpus(tmp_path / "in", files=9)
+    fakes = [FakeWorker(fast_cluster) for _ in range(3)]
+    try:
+        for fake in fakes:
+            fake.register()
+        unreachable, silent, healthy = fakes
+        fast_cluster.send_job_async("--input", inputs, "--output", tmp_path / "out",
+                                    "--mappers", 9)
+        held = {fake.pid: [fake.receive() for _ in range(3)] for fake in fakes}
+        # `unreachable` finishes two tasks, so it is the least loaded worker...
+        for task in held[unreachable.pid][:2]:
+            helper.send_message("localhost", fast_cluster.port,
+                                helper.status_files(unreachable.run_task(task), unreachable.pid))
+        wait_until(lambda: next(w["tasks"] for w in fast_cluster.cluster_status()["workers"]
+                                if w["pid"] == unreachable.pid) == 1, what="two finishes")
+        # ... and it dies just after `silent`: the tick that finds `silent`
+        # dead finds it alive, so reassigning `silent`'s tasks tries it first
+        # and finds it dead by a refused connection instead.
+        unreachable.sock.close()
+        silent.beating.clear()
+        time.sleep(HEARTBEAT_LAG)
+        unreachable.beating.clear()
+        # `silent`'s three tasks, then `unreachable`'s last one, must all reach `healthy`.
+        reassigned = {tuple(healthy.receive()["input_files"]) for _ in range(4)}
+        expected = {tuple(t["input_files"]) for t in held[silent.pid] + held[unreachable.pid][2:]}
+        assert reassigned == expected
+    finally:
+        for fake in fakes:
+            fake.close()
 
 
 def test_wrongly_declared_dead_worker_is_taken_back(fast_cluster, tmp_path):
