@@ -13,6 +13,8 @@ import sys
 
 import matplotlib
 
+from run import paired_ratio
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -21,16 +23,16 @@ OURS = ("cluster", "ours")
 
 
 def speedups(rows):
-    """{case: {size: speed-up over the first case of the same size}}."""
+    """{case: {size: speed-up over the first case of the same size}}, as in the tables."""
     by_size = {}
     for row in rows:
         by_size.setdefault(row["size_mib"], []).append(row)
     result = {}
     for size, group in by_size.items():
-        reference = group[0]["median"]
+        reference = group[0]
         for row in group:
-            if row["median"] and reference:
-                result.setdefault(row["case"], {})[size] = reference / row["median"]
+            if row["median"] and reference["median"]:
+                result.setdefault(row["case"], {})[size] = paired_ratio(reference, row)
     return result
 
 
@@ -72,8 +74,10 @@ def main(argv):
                                 gridspec_kw={"height_ratios": heights}, squeeze=False)
     for axis, (suite, rows) in zip(axes[:, 0], suites.items()):
         draw(axis, titles.get(suite, suite), speedups(rows))
-    figure.suptitle(f"2 cores, {results['machine']['memory_gib']:g} GiB; medians of "
-                    f"{results['runs']} runs; {results['date']}", fontsize=9)
+    runs = sorted({len(row["seconds"]) for row in results["cases"] if row["seconds"]})
+    figure.suptitle(f"{results['machine']['cpus']} cores, {results['machine']['memory_gib']:g} "
+                    f"GiB; medians of {' or '.join(map(str, runs))} runs; {results['date']}",
+                    fontsize=9)
     figure.tight_layout()
     figure.savefig(target, dpi=110)
     print(f"wrote {target}")

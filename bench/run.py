@@ -13,7 +13,8 @@ cluster: from `send_job.py --wait` starting to collect.py having written
 the ordered output file; the cluster is started (about 0.4 s) before the
 clock starts and stopped after it stops, and both are reported apart.
 The table gives medians over --runs runs, side by side, with ratios to the
-sequential pipeline and to the strongest 2-core baseline.
+sequential pipeline and to the strongest 2-core baseline (each the median
+of the ratios of runs taken in the same round).
 Cluster cases also report the master's phase timings and the peak memory of
 every process (bench/cluster_run.py). Peers (mrjob, Dask, Spark) run from
 bench/.venv (bench/setup_peers.sh) and are skipped, with a note, without it.
@@ -418,28 +419,42 @@ def baseline_of(suite):
     return "hand-built 2-way pipeline" if suite == "wordcount" else "LC_ALL=C sort --parallel=2"
 
 
+def paired_ratio(row, baseline):
+    """The median over rounds of this case's time over the baseline's in the same round.
+
+    Runs go round robin, so round i of every case was taken within minutes:
+    the ratio of a pair is steadier than the ratio of two medians when the
+    machine's speed drifts.
+    """
+    pairs = [mine / theirs for mine, theirs in zip(row["seconds"], baseline["seconds"])]
+    return statistics.median(pairs) if pairs else None
+
+
 def table(results):
     """Markdown tables of the medians, with ratios, one per suite and size."""
     lines = []
     groups = {}
     for row in results["cases"]:
         groups.setdefault((row["suite"], row["size_mib"]), []).append(row)
-    for (suite, mib), rows in groups.items():
-        medians = {row["case"]: row["median"] for row in rows}
-        reference = rows[0]["median"]
-        baseline = medians.get(baseline_of(suite))
-        lines += [f"\n**{suite}, {mib:g} MiB** (median of {results['runs']} runs)\n",
-                  f"| case | seconds | speed-up vs {rows[0]['case']} | "
+    order = list(SUITES)
+    for (suite, mib), rows in sorted(groups.items(),
+                                     key=lambda item: (item[0][1], order.index(item[0][0]))):
+        reference = rows[0]
+        baseline = next((row for row in rows if row["case"] == baseline_of(suite)), None)
+        runs = max(len(row["seconds"]) for row in rows)
+        lines += [f"\n**{suite}, {mib:g} MiB** (median of {runs} runs)\n",
+                  f"| case | seconds | speed-up vs {reference['case']} | "
                   f"time / {baseline_of(suite)} | cluster phases |",
                   "|---|---:|---:|---:|---|"]
         for row in rows:
             if row["median"] is None:
                 lines.append(f"| {row['case']} | — | | | {row['skipped'] or 'failed'} |")
                 continue
-            speedup = f"{reference / row['median']:.2f}×" if reference else ""
-            ratio = f"{row['median'] / baseline:.2f}" if baseline else ""
-            lines.append(f"| {row['case']} | {row['median']:.2f} | {speedup} | {ratio} | "
-                         f"{phases(row['report'])} |")
+            speedup = paired_ratio(reference, row) if reference["median"] else None
+            ratio = paired_ratio(row, baseline) if baseline and baseline["median"] else None
+            lines.append(f"| {row['case']} | {row['median']:.2f} | "
+                         f"{f'{speedup:.2f}×' if speedup else ''} | "
+                         f"{f'{ratio:.2f}' if ratio else ''} | {phases(row['report'])} |")
     return "\n".join(lines)
 
 
@@ -452,6 +467,70 @@ def phases(report):
             f"{report['master']['peak_rss_mib']:.0f} MiB, workers "
             f"{max(w['peak_rss_mib'] for w in report['workers']):.0f} MiB, "
             f"largest program {report['largest_program']['peak_rss_mib']:.0f} MiB")
+
+
+def extras_table(extras):
+    """Markdown lines summing up the extras that were run."""
+    lines = []
+    tiny = extras.get("tiny")
+    if tiny and tiny["report"]:
+        report = tiny["report"]
+        lines += ["\n**The sample job** (input/sample1, 4 map tasks, 2 reducers)\n",
+                  f"- submit to finished job, `send_job.py --wait` as a whole process: "
+                  f"{report['job_seconds']:.3f} s (the master's own count: "
+                  f"{report['phases']['total']:.3f} s); then collect.py: "
+                  f"{report['collect_seconds']:.3f} s",
+                  f"- the programs' own time, `cat | map | sort | reduce` on the same files: "
+                  f"{tiny['sequential_pipeline_seconds']:.3f} s",
+                  f"- cluster start-up (master and 2 workers registered): "
+                  f"{report['startup_seconds']:.2f} s"]
+    scale = extras.get("scale")
+    if scale:
+        programs = sum(w["children_cpu_seconds"] for w in scale["workers"])
+        workers = sum(w["cpu_seconds"] for w in scale["workers"])
+        lines += [f"\n**{SCALE_TASKS} map tasks** of `cat` over one-line files, 2 workers\n",
+                  f"- map phase {scale['phases']['map']:.2f} s: "
+                  f"{scale['map_tasks_per_second']:.0f} tasks dispatched and done per second",
+                  f"- CPU seconds: master {scale['master']['cpu_seconds']:.2f}, workers "
+                  f"{workers:.2f}, the programs and sorts they ran {programs:.2f}",
+                  f"- peak RSS: master {scale['master']['peak_rss_mib']:.0f} MiB, workers "
+                  f"{max(w['peak_rss_mib'] for w in scale['workers']):.0f} MiB"]
+    straggler = extras.get("straggler")
+    if straggler:
+        lines += [f"\n**A straggler**: word count over {straggler['size_mib']:g} MiB, 8 map "
+                  f"tasks, 2 workers, one of which waits {straggler['slow_seconds_per_task']} s "
+                  "before each map task (bench/programs/slow_map.sh)\n",
+                  "| run | job seconds | map | reduce | backups started |",
+                  "|---|---:|---:|---:|---:|"]
+        for label in ("without backups", "with --speculative"):
+            report = straggler[label]
+            backups = sum(1 for event in report["events"] if event.startswith("backup of"))
+            lines.append(f"| {label} | {report['job_seconds']:.2f} | "
+                         f"{report['phases']['map']:.2f} | {report['phases']['reduce']:.2f} | "
+                         f"{backups} |")
+    recovery = extras.get("recovery")
+    if recovery:
+        calm, hit = recovery["undisturbed"], recovery["worker killed"]
+        lines += [f"\n**Recovery with the spec's timings** (2 s heartbeats, dead after 5 "
+                  f"missed): word count over {recovery['size_mib']:g} MiB, 2 workers, one "
+                  f"SIGKILLed {KILL_AFTER_SECONDS} s after submitting\n",
+                  f"- killed to declared dead, its tasks handed to the other worker: "
+                  f"{hit['killed_worker_declared_dead_after_seconds']:.1f} s",
+                  f"- job: {hit['job_seconds']:.2f} s, against {calm['job_seconds']:.2f} s "
+                  f"undisturbed; output identical: {hit['output_matches_reference']}"]
+    big = extras.get("out-of-core")
+    if big and big["cluster"]:
+        report, in_memory = big["cluster"], big["in_memory"]
+        lines += [f"\n**Disk beats memory**: word count over {big['input_mib']:g} MiB with "
+                  f"each worker and its programs under `ulimit -v` "
+                  f"{big['worker_memory_mib']} MiB\n",
+                  f"- the cluster: {report['state']} in {report['job_seconds']:.0f} s "
+                  f"({phases(report)}); output identical to the sequential pipeline's: "
+                  f"{report['output_matches_reference']}",
+                  f"- grouping in memory (`sorted()` of all map output) under the same "
+                  f"limit: exit code {in_memory['exit_code']} after "
+                  f"{in_memory['seconds']:.1f} s, `{in_memory['error']}`"]
+    return "\n".join(lines)
 
 
 # --- main -------------------------------------------------------------------------
@@ -474,6 +553,8 @@ def parse_args(argv):
                              "the suites, sizes and extras of this run")
     parser.add_argument("--straggler-mib", type=float, default=100)
     parser.add_argument("--out-of-core-mib", type=float, default=OUT_OF_CORE_MIB)
+    parser.add_argument("--show", action="store_true",
+                        help="only print the tables of the --results file")
     parser.add_argument("--smoke", action="store_true",
                         help=f"{SMOKE_MIB} MiB, 1 run, no peers, tiny and straggler extras")
     args = parser.parse_args(argv)
@@ -492,6 +573,11 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.show:
+        with open(args.results) as handle:
+            results = json.load(handle)
+        print(table(results) + "\n" + extras_table(results["extras"]))
+        return 0
     runner = Runner(args)
     if not args.update:  # --update keeps the reference outputs of earlier runs
         shutil.rmtree(runner.work, ignore_errors=True)
@@ -505,7 +591,7 @@ def main(argv=None):
         runner.say(f"extra: {name}")
         runner.results["extras"][name] = EXTRAS[name](runner)
         runner.save()
-    print(table(runner.results))
+    print(table(runner.results) + "\n" + extras_table(runner.results["extras"]))
     print(f"\nresults: {args.results}")
     for failure in runner.failures:
         print(f"FAILED: {failure}")
