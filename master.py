@@ -346,9 +346,7 @@ class Master:
             self.declare_dead(worker, f"no heartbeat for {now - worker.last_seen:.1f} s")
         self.check_timeouts(now)
         self.forget_lost_leftovers(now)
-        if lost:
-            self.dispatch()
-        elif self.current is not None:
+        if self.current is not None:  # the dead workers' tasks: declare_dead posted a dispatch
             self.speculate(self.current)
 
     def forget_lost_leftovers(self, now):

@@ -20,7 +20,6 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 START_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
