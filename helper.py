@@ -53,13 +53,18 @@ class ProtocolError(Exception):
     """A message that is not one the protocol allows, with the reason."""
 
 
+class NoReply(ProtocolError):
+    """The peer read our message and closed without answering (a spec-only master)."""
+
+
 class MessageTooLarge(ProtocolError):
     """A message over MAX_MESSAGE_BYTES."""
 
 
 # Field name -> expected type, per message type. The spec's fields are
 # required; OPTIONAL_FIELDS are our additive extensions, checked only when
-# present. bool is refused where int is expected (json true is not a port).
+# present (null counts as absent). bool is refused where int is expected
+# (json true is not a port).
 STR, INT, STR_LIST, DICT, NUM, BOOL = "string", "int", "list of strings", "object", "number", "bool"
 
 _WORKER_IDENTITY = {"worker_host": STR, "worker_port": INT, "worker_pid": INT}
@@ -139,7 +144,9 @@ def validate(message):
             raise ProtocolError(f"{kind}: field {field!r} should be a {expected}, "
                                 f"got {message[field]!r:.80}")
     for field, expected in OPTIONAL_FIELDS.get(kind, {}).items():
-        if field in message and not _has_type(message[field], expected):
+        if field in message and message[field] is None:
+            del message[field]  # another implementation's null: the field is absent
+        elif field in message and not _has_type(message[field], expected):
             raise ProtocolError(f"{kind}: field {field!r} should be a {expected}, "
                                 f"got {message[field]!r:.80}")
     if kind == "status" and "output_files" not in message and "output_file" not in message:
@@ -204,7 +211,7 @@ def request(host, port, message, timeout=CONNECT_TIMEOUT, reply_timeout=READ_TIM
         sock.settimeout(reply_timeout)
         data = read_until_eof(sock)
     if not data:
-        raise ProtocolError("the master closed the connection without a reply")
+        raise NoReply("the master closed the connection without a reply")
     try:
         reply = json.loads(data)
     except (UnicodeDecodeError, ValueError) as error:

@@ -3,9 +3,10 @@
     python3 master.py PORT [--host ADDR]
 
 One owner for mutable state: the master thread. The TCP listener (a short
-thread per message), the UDP heartbeat listener, the ticker and background
-grouping threads never touch workers, jobs or tasks: they post events on
-`Master.events`, which the master thread runs one at a time, in order.
+thread per message), the UDP heartbeat listener, the ticker, the couriers
+(one per worker, delivering its tasks) and background grouping threads
+never change workers, jobs or tasks: they post events on `Master.events`,
+which the master thread runs one at a time, in order.
 Client status queries are answered by the JobBoard, which holds copies under
 its own lock.
 """
@@ -65,6 +66,10 @@ class WorkerRecord:
         # (a backup won, its job ended, it was wrongly declared dead), with
         # when they stopped counting: they keep it busy until it reports them.
         self.leftovers = {}
+        # Bumped when it is declared dead: messages queued for an earlier
+        # life are not delivered (their tasks went to other workers).
+        self.epoch = 0
+        self.courier = None
 
     @property
     def state(self):
@@ -98,6 +103,50 @@ class WorkerRecord:
         return f"worker {self.pid} ({self.host}:{self.port})"
 
 
+class Courier:
+    """Delivers one worker's task messages, in order, off the master thread.
+
+    A refused connection means nothing listens there any more: the worker is
+    reported unreachable (and declared dead). A connection that times out
+    means the worker is alive but its accept queue is full (a spec worker
+    that handles one message at a time relies on its listen backlog, as the
+    spec suggests): the message is tried again for as long as the worker is
+    believed alive, so no task goes to a second worker meanwhile.
+    """
+
+    def __init__(self, worker, report_unreachable, stopping):
+        self.worker = worker
+        self.report_unreachable = report_unreachable
+        self.stopping = stopping
+        self.outbox = queue.Queue()
+        self.thread = threading.Thread(target=self.run, name=f"courier-{worker.pid}",
+                                       daemon=True)
+        self.thread.start()
+
+    def send(self, message):
+        self.outbox.put((message, self.worker.epoch))
+
+    def close(self):
+        self.outbox.put(None)
+
+    def run(self):
+        while (item := self.outbox.get()) is not None:
+            self.deliver(*item)
+
+    def deliver(self, message, epoch):
+        worker = self.worker
+        while worker.epoch == epoch and not self.stopping.is_set():
+            try:
+                helper.send_message(worker.host, worker.port, message)
+                return
+            except TimeoutError:
+                LOG.warning("%s accepted no connection in %g s: sending again",
+                            worker, helper.CONNECT_TIMEOUT)
+            except OSError as error:
+                self.report_unreachable(worker, epoch, error)
+                return
+
+
 class WorkerRegistry:
     """All workers ever registered, by pid."""
 
@@ -106,11 +155,20 @@ class WorkerRegistry:
         self.registrations = 0
         self.unknown_warned = set()
 
-    def add(self, pid, host, port):
+    def add(self, pid, host, port, courier):
+        """A new record for a registration; `courier(record)` makes its Courier."""
         self.registrations += 1
         record = WorkerRecord(pid, host, port, self.registrations)
+        replaced = self.by_pid.get(pid)
+        if replaced is not None:
+            replaced.courier.close()
+        record.courier = courier(record)
         self.by_pid[pid] = record
         return record
+
+    def close(self):
+        for worker in self.by_pid.values():
+            worker.courier.close()
 
     def get(self, pid):
         return self.by_pid.get(pid)
@@ -254,6 +312,7 @@ class Master:
     def close(self):
         self.server.stop()
         self.heartbeats.stop()
+        self.workers.close()
         self.guard.close()
         self.ticker.join(1.0)
 
@@ -289,7 +348,18 @@ class Master:
             return
         if known is not None:
             self.declare_dead(known, "registered again")
-        self.send_ack(self.workers.add(pid, host, port))
+        self.send_ack(self.workers.add(pid, host, port, self.make_courier))
+
+    def make_courier(self, record):
+        return Courier(record, self.report_unreachable, self.stopping)
+
+    def report_unreachable(self, worker, epoch, error):
+        """Called on a courier's thread."""
+        self.post(self.on_unreachable, worker, epoch, error)
+
+    def on_unreachable(self, worker, epoch, error):
+        if worker.epoch == epoch:  # not already dead (and maybe back) since
+            self.declare_dead(worker, f"unreachable: {error}")
 
     def send_ack(self, record):
         ack = helper.register_ack(record.host, record.port, record.pid)
@@ -360,6 +430,7 @@ class Master:
         if worker.dead:
             return
         worker.dead = True
+        worker.epoch += 1
         LOG.warning("%s is dead: %s", worker, reason)
         self.note(f"worker {worker.pid} dead ({reason})")
         job = self.current
@@ -477,14 +548,23 @@ class Master:
 
     def start_merge(self, job):
         sorted_paths = job.sorted_outputs() if job.phase == GROUP else []
+        # Another worker may sort in its own locale's order: only our
+        # worker's `sorted: true` promises bytewise order.
+        unsure = [path for path in sorted_paths if not job.all_sorted([path])]
         job.begin_phase(MERGE, [])
         LOG.info("job %d: merging %d sorted file(s) into %d partition(s)",
                  job.id, len(sorted_paths), job.spec.num_reducers)
+        if unsure:
+            LOG.info("job %d: sorting %d of them bytewise first: their workers did not "
+                     "say they sort bytewise", job.id, len(unsure))
         self.board.publish(job)
-        self.in_background(job, lambda job: self.merge(job, sorted_paths), self.start_reduce)
+        self.in_background(job, lambda job: self.merge(job, sorted_paths, unsure),
+                           self.start_reduce)
 
-    def merge(self, job, sorted_paths):
+    def merge(self, job, sorted_paths, unsure):
         """On a background thread: build grouper-output/input_*."""
+        for path in unsure:
+            runner.sort_files([path], path, guard=self.guard)
         grouping.merge_and_partition(sorted_paths, job.grouper_dir, job.spec.num_reducers,
                                      job.spec.partitioner, self.guard)
 
@@ -533,12 +613,10 @@ class Master:
         if job is None:
             return
         for task in job.pending_tasks():
-            while True:
-                worker = self.workers.choose(avoid=task.failed_on)
-                if worker is None:
-                    return
-                if self.send_task(job, task, worker):
-                    break
+            worker = self.workers.choose(avoid=task.failed_on)
+            if worker is None:
+                return
+            self.send_task(job, task, worker)
         self.speculate(job)
 
     def speculate(self, job):
@@ -561,9 +639,9 @@ class Master:
             if not candidates:
                 return
             task = min(candidates, key=lambda t: t.started)
-            if self.send_task(job, task, worker, backup=True):
-                LOG.info("job %d: backup of %s on %s", job.id, task.name, worker)
-                job.note(f"backup of {task.name} started on worker {worker.pid}")
+            self.send_task(job, task, worker, backup=True)
+            LOG.info("job %d: backup of %s on %s", job.id, task.name, worker)
+            job.note(f"backup of {task.name} started on worker {worker.pid}")
 
     def task_extensions(self, job, task):
         """Optional fields for task messages: only what differs from the spec's job."""
@@ -579,19 +657,14 @@ class Master:
         return extensions
 
     def send_task(self, job, task, worker, backup=False):
-        message = task.message(worker.pid, self.task_extensions(job, task))
-        try:
-            helper.send_message(worker.host, worker.port, message)
-        except OSError as error:
-            self.declare_dead(worker, f"unreachable: {error}")
-            return False
+        """Hand a task to a worker's courier; a refused delivery declares it dead."""
+        worker.courier.send(task.message(worker.pid, self.task_extensions(job, task)))
         if backup:
             task.backups[worker.pid] = time.monotonic()
         else:
             task.worker, task.started = worker.pid, time.monotonic()
         worker.tasks.add(task.key)
         LOG.debug("job %d: %s sent to %s", job.id, task.name, worker)
-        return True
 
     def on_status(self, message):
         pid = message["worker_pid"]
@@ -643,7 +716,7 @@ class Master:
         if worker.dead:
             LOG.info("job %d: accepted a late result of %s from dead %s", job.id, task.name, worker)
             self.note(f"{task.name}: late result from dead worker {worker.pid} accepted")
-        if task.kind == MAP:
+        if task.kind in (MAP, SORT):
             job.record_sorted(task.outputs, message.get("sorted") is True)
         if isinstance(message.get("counters"), dict):
             job.add_counters(message["counters"])

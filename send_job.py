@@ -188,7 +188,17 @@ def submit(args):
     except (JobRejected, helper.ProtocolError) as error:
         print(f"send_job: invalid job: {error}", file=sys.stderr)
         return 2
-    reply = helper.request(args.host, args.port, message)
+    try:
+        reply = helper.request(args.host, args.port, message)
+    except helper.NoReply:
+        # A master without our client extensions takes the job and says nothing.
+        print(f"job submitted to {args.host}:{args.port} (the master sent no job id)",
+              flush=True)
+        if args.wait:
+            print("send_job: cannot follow the job: this master does not answer job_status",
+                  file=sys.stderr)
+            return 1
+        return 0
     if reply.get("message_type") == "job_rejected":
         print(f"send_job: the master rejected the job: {reply.get('error')}", file=sys.stderr)
         return 2

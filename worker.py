@@ -180,7 +180,10 @@ class Worker:
             LOG.error("sort into %s failed: %s", output, failure)
             return helper.status_file(output, self.pid, helper.FAILED, **_failure_fields(failure))
         LOG.info("sorted %d file(s) into %s", len(message["input_files"]), output)
-        return helper.status_file(output, self.pid)
+        # `sorted` only for a master that speaks our extensions (it sent
+        # `presorted`): a spec master gets the spec's status.
+        return helper.status_file(output, self.pid,
+                                  sorted=True if "presorted" in message else None)
 
     def execute_programs(self, message):
         outputs = [helper.output_path(message["output_directory"], path)

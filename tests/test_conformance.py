@@ -13,6 +13,7 @@ import os
 import queue
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -65,6 +66,9 @@ FIRST_HEARTBEAT_LIMIT = SPEC_HEARTBEAT_INTERVAL / 2
 QUIET_WINDOW = 0.5
 FAST_HEARTBEAT_INTERVAL = 0.3
 HEARTBEAT_SAMPLES = 6
+# A busy foreign worker accepts no connection for longer than the master's
+# connect timeout.
+BUSY_SECONDS = helper.CONNECT_TIMEOUT + 2
 
 
 # --- the wire ------------------------------------------------------------------
@@ -176,6 +180,23 @@ class TcpReceiver(Receiver):
             return read_to_eof(conn)
 
 
+class BusyTcpReceiver(TcpReceiver):
+    """A worker that handles one message at a time and relies on its listen
+    backlog, as the spec suggests: busy with its first task, it accepts no
+    connection for BUSY_SECONDS, and its accept queue holds just one."""
+
+    def __init__(self, port, deliver):
+        self.busy_ahead = True
+        Receiver.__init__(self, socket.create_server(("localhost", port), backlog=0), deliver)
+
+    def receive(self):
+        raw = super().receive()
+        if self.busy_ahead and b"new_worker_job" in raw:
+            self.busy_ahead = False
+            self.stopping.wait(BUSY_SECONDS)
+        return raw
+
+
 class UdpReceiver(Receiver):
     """One message per datagram."""
 
@@ -193,10 +214,10 @@ class UdpReceiver(Receiver):
 class FakeWorker:
     """Another implementation's worker: listens, registers, heartbeats, nothing more."""
 
-    def __init__(self, master_port, pid, inbox):
+    def __init__(self, master_port, pid, inbox, receiver=TcpReceiver):
         self.master_port = master_port
         self.pid = pid
-        self.server = TcpReceiver(0, lambda raw: inbox.put((self, raw)))
+        self.server = receiver(0, lambda raw: inbox.put((self, raw)))
         self.port = self.server.port
         self.stopping = threading.Event()
         self.heartbeats = threading.Thread(target=self.heartbeat_loop, daemon=True)
@@ -232,15 +253,16 @@ class FakeWorkerPool:
         self.inbox = queue.Queue()
         self.workers = []
 
-    def add(self):
+    def add(self, receiver=TcpReceiver):
         """A new fake worker, listening but not registered."""
-        fake = FakeWorker(self.master_port, FAKE_PID_BASE + len(self.workers), self.inbox)
+        fake = FakeWorker(self.master_port, FAKE_PID_BASE + len(self.workers), self.inbox,
+                          receiver)
         self.workers.append(fake)
         return fake
 
-    def join(self):
+    def join(self, receiver=TcpReceiver):
         """Start a fake worker, register it, check its register_ack, start its heartbeats."""
-        fake = self.add()
+        fake = self.add(receiver)
         fake.register()
         sender, ack = self.next_message()
         assert sender is fake
@@ -302,6 +324,15 @@ def run_sort(message, workdir):
                        env=dict(os.environ, LC_ALL="C"), check=True, timeout=MESSAGE_TIMEOUT)
 
 
+def run_sort_ignoring_case(message, workdir):
+    """A sort job done in another order: case-insensitive, as some locales sort."""
+    lines = []
+    for path in message["input_files"]:
+        lines.extend((workdir / path).read_bytes().splitlines(keepends=True))
+    lines.sort(key=lambda line: (line.lower(), line))
+    (workdir / message["output_file"]).write_bytes(b"".join(lines))
+
+
 def finished_status(fake, outputs, field):
     """The spec's status: a list in `output_files`, or one path in `output_file`."""
     paths = outputs if field == "output_files" else outputs[0]
@@ -314,7 +345,7 @@ def as_sent(path):
 
 
 def serve_job(pool, workdir, reduce_field="output_files", extensions=False, spell=as_sent,
-              message_timeout=MESSAGE_TIMEOUT):
+              message_timeout=MESSAGE_TIMEOUT, sorter=run_sort):
     """Play the fake workers' part of one job to its last reduce; return (fake, task) pairs.
 
     Statuses name each output as `spell` writes it (as sent, by default).
@@ -333,7 +364,7 @@ def serve_job(pool, workdir, reduce_field="output_files", extensions=False, spel
                                      reduce_field if is_reduce else "output_files")
         elif kind == "new_sort_job":
             check_sort_job(message, fake, extensions)
-            run_sort(message, workdir)
+            sorter(message, workdir)
             status = finished_status(fake, [spell(message["output_file"])], "output_file")
         else:
             raise AssertionError(f"unexpected message during a job: {message}")
@@ -431,6 +462,62 @@ def test_master_accepts_output_paths_however_spelled(cluster, fakes, tmp_path, s
     serve_job(fakes, cluster.workdir, spell=lambda path: respell(path, cluster.workdir),
               message_timeout=NEXT_TASK_TIMEOUT)
     assert_matches_sequential(wait_for_output(output), SAMPLE, MAPPER, REDUCER, SAMPLE_REDUCERS)
+
+
+def test_master_waits_for_a_busy_worker_to_accept(cluster, fakes, tmp_path):
+    """A live worker whose accept queue is full gets its tasks late, but once and only it."""
+    fake = fakes.join(BusyTcpReceiver)
+    output = tmp_path / "out"
+    submit_sample_job(cluster, output)
+    tasks = serve_job(fakes, cluster.workdir, message_timeout=MESSAGE_TIMEOUT + BUSY_SECONDS)
+    maps = [message for _, message in map_tasks(tasks)]
+    assert sorted(f for m in maps for f in m["input_files"]) == \
+        sorted(str(p) for p in SAMPLE.iterdir()), "each map task once"
+    assert_matches_sequential(wait_for_output(output), SAMPLE, MAPPER, REDUCER, SAMPLE_REDUCERS)
+    assert f"worker {fake.pid} (localhost:{fake.port}) is dead" not in cluster.master_log()
+
+
+def test_master_sorts_a_foreign_sort_bytewise(cluster, fakes, tmp_path):
+    """A foreign worker's sort job output in another order is sorted bytewise before partitioning."""
+    fakes.join()
+    inputs = write_files(tmp_path / "in", {
+        "a.txt": b"Zebra apple Apple zebra banana\nBanana apple ZEBRA mango Mango\n",
+        "b.txt": b"mango APPLE zebra Zebra banana kiwi Kiwi KIWI\n",
+        "c.txt": b"kiwi apple Banana zebra\n"})
+    output = tmp_path / "out"
+    result = cluster.send_job("--input", inputs, "--output", output, "--mapper", MAPPER,
+                              "--reducer", REDUCER, "--mappers", 3,
+                              "--reducers", SAMPLE_REDUCERS)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    serve_job(fakes, cluster.workdir, sorter=run_sort_ignoring_case)
+    assert_matches_sequential(wait_for_output(output), inputs, MAPPER, REDUCER, SAMPLE_REDUCERS)
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_client_submits_a_spec_job_to_a_foreign_master(tmp_path, wait):
+    """send_job.py sends the spec's job to a master that answers nothing, and says so."""
+    inbox = queue.Queue()
+    master = TcpReceiver(0, inbox.put)
+    try:
+        result = subprocess.run([sys.executable, str(REPO / "send_job.py"), str(master.port),
+                                 "--output", str(tmp_path / "out")] + (["--wait"] * wait),
+                                cwd=REPO, capture_output=True, timeout=MESSAGE_TIMEOUT)
+        job = parse_wire(poll(inbox, MESSAGE_TIMEOUT))
+    finally:
+        master.close()
+    assert_same_message(job, {
+        "message_type": "new_master_job", "input_directory": job["input_directory"],
+        "output_directory": str(tmp_path / "out"), "mapper_executable": job["mapper_executable"],
+        "reducer_executable": job["reducer_executable"], "num_mappers": SAMPLE_MAPPERS,
+        "num_reducers": SAMPLE_REDUCERS})
+    assert Path(REPO, job["input_directory"]).resolve() == SAMPLE.resolve()
+    assert Path(REPO, job["mapper_executable"]).resolve() == MAPPER.resolve()
+    assert Path(REPO, job["reducer_executable"]).resolve() == REDUCER.resolve()
+    assert b"submitted" in result.stdout, result.stdout + result.stderr
+    if wait:
+        assert result.returncode == 1 and b"does not answer job_status" in result.stderr
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_master_forwards_shutdown(cluster, fakes):
@@ -620,6 +707,21 @@ def test_worker_sorts_bytewise(registered):
                               env=dict(os.environ, LC_ALL="C"), stdout=subprocess.PIPE,
                               check=True).stdout
     assert (master.workdir / output_file).read_bytes() == expected
+
+
+def test_worker_says_it_merged_bytewise_to_our_master(registered):
+    """A sort job carrying our `presorted` gets `sorted: true` back: the order is bytewise."""
+    master = registered
+    write_files(master.workdir / MAP_DIR, {"x": b"B\t1\nb\t1\n", "y": b"A\t1\na\t1\n"})
+    (master.workdir / GROUP_DIR).mkdir(parents=True)
+    output_file = f"{GROUP_DIR}/sorted_0"
+    master.send({"message_type": "new_sort_job", "input_files": [f"{MAP_DIR}/x", f"{MAP_DIR}/y"],
+                 "output_file": output_file, "worker_pid": master.worker.pid,
+                 "presorted": True})
+    assert_same_message(master.next_message(),
+                        {"message_type": "status", "output_file": output_file,
+                         "status": "finished", "worker_pid": master.worker.pid, "sorted": True})
+    assert (master.workdir / output_file).read_bytes() == b"A\t1\nB\t1\na\t1\nb\t1\n"
 
 
 def test_worker_reports_failed_program(registered):

@@ -140,6 +140,23 @@ def test_decode_accepts_spec_messages():
         assert b"\n" not in helper.encode(message)
 
 
+def test_null_optional_fields_count_as_absent():
+    """Another implementation's `"field": null` for one of our optional fields drops nothing."""
+    status = helper.decode(b'{"message_type": "status", "output_files": ["var/x"], '
+                           b'"output_file": null, "error": null, "status": "finished", '
+                           b'"worker_pid": 7}')
+    assert status == {"message_type": "status", "output_files": ["var/x"],
+                      "status": "finished", "worker_pid": 7}
+    job = helper.decode(b'{"message_type": "new_worker_job", "input_files": ["a"], '
+                        b'"executable": "m", "output_directory": "o", "worker_pid": 7, '
+                        b'"timeout": null}')
+    assert "timeout" not in job
+    with pytest.raises(helper.ProtocolError, match="'timeout' should be a number"):
+        helper.decode(b'{"message_type": "new_worker_job", "input_files": ["a"], '
+                      b'"executable": "m", "output_directory": "o", "worker_pid": 7, '
+                      b'"timeout": "soon"}')
+
+
 def test_oversized_message_is_refused():
     """A message past the size cap is refused before parsing."""
     with pytest.raises(helper.MessageTooLarge):
