@@ -27,6 +27,8 @@ CONNECT_TIMEOUT = 5.0
 # affects how quickly threads exit, never how quickly messages are handled.
 STOP_POLL_INTERVAL = 0.2
 LISTEN_BACKLOG = 128
+# After a failed accept (say, out of file descriptors), wait this long.
+ACCEPT_RETRY_DELAY = 0.1
 MAX_DATAGRAM = 64 * 1024
 
 
@@ -170,13 +172,24 @@ def decode(data):
         message = json.loads(data)
     except (UnicodeDecodeError, ValueError) as error:
         raise ProtocolError(f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise ProtocolError("malformed JSON: nested too deeply") from None
     return validate(message)
 
 
-def read_until_eof(sock, limit=MAX_MESSAGE_BYTES):
-    """Read a connection to EOF; raise MessageTooLarge past `limit` bytes."""
+def read_until_eof(sock, limit=MAX_MESSAGE_BYTES, deadline=None):
+    """Read a connection to EOF; raise MessageTooLarge past `limit` bytes.
+
+    With a `deadline` (time.monotonic()), the whole read must end by then:
+    a peer trickling a byte at a time does not hold the connection for ever.
+    """
     chunks, size = [], 0
     while True:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("the message did not arrive in time")
+            sock.settimeout(remaining)
         chunk = sock.recv(RECV_CHUNK)
         if not chunk:
             return b"".join(chunks)
@@ -186,9 +199,9 @@ def read_until_eof(sock, limit=MAX_MESSAGE_BYTES):
         chunks.append(chunk)
 
 
-def recv_message(sock):
+def recv_message(sock, deadline=None):
     """Read one message from a connection; None if the peer sent nothing."""
-    data = read_until_eof(sock)
+    data = read_until_eof(sock, deadline=deadline)
     if not data.strip():
         return None
     return decode(data)
@@ -362,16 +375,25 @@ class MessageServer:
         return self
 
     def serve(self):
+        failing = False
         while not self.stopping.is_set():
             try:
                 conn, _ = self.sock.accept()
             except socket.timeout:
                 continue
-            except OSError:
+            except OSError as error:
                 if self.stopping.is_set():
                     break
-                LOG.exception("%s: accept failed", self.name)
+                # e.g. out of file descriptors: wait for connections to close
+                # instead of spinning and flooding the log.
+                if not failing:
+                    LOG.error("%s: accept failed: %s; retrying", self.name, error)
+                failing = True
+                self.stopping.wait(ACCEPT_RETRY_DELAY)
                 continue
+            if failing:
+                LOG.info("%s: accepting connections again", self.name)
+            failing = False
             thread = threading.Thread(target=self.handle_connection, args=(conn,),
                                       name=f"{self.name}-conn", daemon=True)
             with self.lock:
@@ -382,7 +404,6 @@ class MessageServer:
     def handle_connection(self, conn):
         try:
             with conn:
-                conn.settimeout(READ_TIMEOUT)
                 self.process(conn)
         finally:
             with self.lock:
@@ -390,9 +411,12 @@ class MessageServer:
 
     def process(self, conn):
         try:
-            message = recv_message(conn)
+            message = recv_message(conn, deadline=time.monotonic() + READ_TIMEOUT)
         except (ProtocolError, OSError) as error:
             LOG.warning("%s: dropped a message: %s", self.name, error)
+            return
+        except Exception as error:  # e.g. MemoryError: drop it, keep serving
+            LOG.error("%s: dropped a message: %s: %s", self.name, type(error).__name__, error)
             return
         if message is None:
             return
@@ -443,7 +467,10 @@ class HeartbeatListener:
                 if self.stopping.is_set():
                     break
                 continue
-            self.process(data)
+            try:
+                self.process(data)
+            except Exception:  # one datagram must never stop heartbeat handling
+                LOG.exception("%s: error handling a datagram", self.name)
         self.sock.close()
 
     def process(self, data):

@@ -317,8 +317,9 @@ class Master:
         self.ticker.join(1.0)
 
     def on_cluster_status(self, message, reply):
+        now = time.monotonic()
         workers = [{"pid": w.pid, "host": w.host, "port": w.port, "state": w.state,
-                    "tasks": w.load}
+                    "tasks": w.load, "since_heartbeat": round(now - w.last_seen, 3)}
                    for w in sorted(self.workers.by_pid.values(), key=lambda w: w.order) if w.acked]
         reply.set({"message_type": "cluster_status_reply", "workers": workers,
                    "current_job": self.current.id if self.current else None,
@@ -362,20 +363,17 @@ class Master:
             self.declare_dead(worker, f"unreachable: {error}")
 
     def send_ack(self, record):
+        """Acknowledge from a thread of its own: a slow worker never holds up the master."""
         ack = helper.register_ack(record.host, record.port, record.pid)
+        threading.Thread(target=self.deliver_ack, args=(record, ack), name=f"ack-{record.pid}",
+                         daemon=True).start()
+
+    def deliver_ack(self, record, ack):
         try:
-            helper.send_message(record.host, record.port, ack)
+            delivered = helper.send_with_retry(record.host, record.port, ack, ACK_RETRY_SECONDS)
         except ValueError as error:  # e.g. a host name no resolver accepts
             LOG.error("cannot acknowledge %s: %s", record, error)
-            record.dead = True
-            return
-        except OSError:
-            threading.Thread(target=self.retry_ack, args=(record, ack), daemon=True).start()
-            return
-        self.on_ack_result(record, True)
-
-    def retry_ack(self, record, ack):
-        delivered = helper.send_with_retry(record.host, record.port, ack, ACK_RETRY_SECONDS)
+            delivered = False
         self.post(self.on_ack_result, record, delivered)
 
     def on_ack_result(self, record, delivered):
@@ -514,11 +512,16 @@ class Master:
         If work raises, or the job stopped being current meanwhile, the job
         fails (or the result is dropped) instead.
         """
+        what = work.__name__.replace("_", " ")
+
         def run():
             try:
                 result, error = work(job), None
             except (OSError, runner.TaskFailed, splits.TooManySplits) as failure:
-                result, error = None, f"{work.__name__.replace('_', ' ')} failed: {failure}"
+                result, error = None, f"{what} failed: {failure}"
+            except Exception as failure:  # a bug or MemoryError: fail the job, never wedge it
+                LOG.exception("job %d: %s failed", job.id, what)
+                result, error = None, f"{what} failed: {type(failure).__name__}: {failure}"
             self.post(self.after_background, job, then, result, error)
 
         threading.Thread(target=run, name=f"{work.__name__}-{job.id}", daemon=True).start()
@@ -558,8 +561,9 @@ class Master:
             LOG.info("job %d: sorting %d of them bytewise first: their workers did not "
                      "say they sort bytewise", job.id, len(unsure))
         self.board.publish(job)
-        self.in_background(job, lambda job: self.merge(job, sorted_paths, unsure),
-                           self.start_reduce)
+        def merge(job):
+            self.merge(job, sorted_paths, unsure)
+        self.in_background(job, merge, self.start_reduce)
 
     def merge(self, job, sorted_paths, unsure):
         """On a background thread: build grouper-output/input_*."""
@@ -582,10 +586,13 @@ class Master:
 
     def finish_job(self, job):
         try:
-            job.publish_outputs()
+            stale = job.publish_outputs()
         except (OSError, ValueError) as error:
             self.fail_job(job, f"cannot write the output to {job.spec.output_directory}: {error}")
             return
+        if stale:
+            LOG.info("job %d: removed %d output file(s) of an earlier job from %s: %s", job.id,
+                     len(stale), job.spec.output_directory, ", ".join(stale[:5]))
         job.end(SUCCEEDED)
         LOG.info("job %d succeeded: %d file(s) in %s (%.2f s)", job.id, len(job.outputs),
                  job.spec.output_directory, job.timings["total"])
@@ -807,6 +814,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     helper.configure_logging("master")
+    grouping.raise_open_file_limit()
     try:
         master = Master(args.port, args.host)
     except OSError as error:

@@ -14,6 +14,7 @@ import os
 import sys
 
 import helper
+from mrlib.grouping import raise_open_file_limit
 from mrlib.jobspec import JobRejected, JobSpec
 from mrlib.runner import TaskFailed
 from mrlib.sequential import SequentialRun
@@ -174,6 +175,7 @@ def run_sequential(args):
     except (JobRejected, helper.ProtocolError) as error:
         print(f"send_job: invalid job: {error}", file=sys.stderr)
         return 2
+    raise_open_file_limit()
     try:
         job = SequentialRun(spec).run()
     except (OSError, TaskFailed, TooManySplits) as error:
@@ -221,7 +223,8 @@ def main(argv=None):
             reply = helper.request(args.host, args.port, helper.cluster_status())
             for worker in reply.get("workers", []):
                 print(f"worker {worker['pid']} {worker['host']}:{worker['port']} "
-                      f"{worker['state']} ({worker['tasks']} task(s))")
+                      f"{worker['state']} ({worker['tasks']} task(s), last heard "
+                      f"{worker.get('since_heartbeat', 0):.1f} s ago)")
             return 0
         if args.status is not None:
             status = helper.request(args.host, args.port, helper.job_status(args.status))

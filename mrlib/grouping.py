@@ -19,11 +19,16 @@ import heapq
 import itertools
 import os
 import re
+import resource
 
 from mrlib import runner
 
 COPY_CHUNK = 64 * 1024 * 1024
 SCAN_CHUNK = 64 * 1024
+# The most of a line the master holds to compare it: a longer line is
+# compared by its head and skipped, so a huge line never fills memory. Any
+# head works as a boundary (see above), so this costs only balance.
+COMPARE_BYTES = 64 * 1024
 # Lines to look past a sample point for a key usable as a boundary.
 MAX_SCAN_LINES = 64
 # Bytes that sort at or below the tab: "a", "a\x01", "a\tx" sort in that
@@ -68,6 +73,19 @@ def content(line):
     return line[:-1] if line.endswith(b"\n") else line
 
 
+def read_head(handle):
+    """(head, length) of the line at the handle's position: at most
+    COMPARE_BYTES of it without its newline, and its whole length in bytes."""
+    head = handle.readline(COMPARE_BYTES)
+    length = len(head)
+    if head and not head.endswith(b"\n"):
+        while piece := handle.readline(SCAN_CHUNK):  # skip the rest of a long line
+            length += len(piece)
+            if piece.endswith(b"\n"):
+                break
+    return content(head), length
+
+
 def first_line_where(handle, size, predicate):
     """Offset of the first line of a sorted file for which a monotone predicate holds."""
     low, high = 0, size  # lines starting before `low` fail; the line at `high` holds (or EOF)
@@ -76,18 +94,18 @@ def first_line_where(handle, size, predicate):
         if middle >= high:
             break
         handle.seek(middle)
-        line = handle.readline()
-        if predicate(content(line)):
+        head, length = read_head(handle)
+        if predicate(head):
             high = middle
         else:
-            low = middle + len(line)
+            low = middle + length
     position = low
     while position < high:
         handle.seek(position)  # the predicate may move this handle (SortedFiles does)
-        line = handle.readline()
-        if predicate(content(line)):
+        head, length = read_head(handle)
+        if predicate(head):
             return position
-        position += len(line)
+        position += length
     return high
 
 
@@ -121,7 +139,7 @@ class SortedFiles:
                                       lambda line: self.bytes_before(line) >= target)
             if offset < size:
                 handle.seek(offset)
-                found.append(content(handle.readline()))
+                found.append(read_head(handle)[0])
         return min(found, default=None)
 
     def lines_from(self, bound, count):
@@ -131,10 +149,10 @@ class SortedFiles:
             handle.seek(first_line_at_least(handle, size, bound))
             lines = []
             for _ in range(count):
-                line = handle.readline()
-                if not line:
+                head, length = read_head(handle)
+                if not length:
                     break
-                lines.append(content(line))
+                lines.append(head)
             streams.append(lines)
         return list(itertools.islice(heapq.merge(*streams), count))
 
@@ -159,8 +177,10 @@ def choose_boundaries(paths, parts):
     """
     files = SortedFiles(paths)
     try:
-        if parts <= 1 or files.total == 0:
+        if parts <= 1:
             return []
+        if files.total == 0:
+            return [None] * (parts - 1)  # every partition empty
         return _non_decreasing([key_near(files, files.total * n // parts)
                                 for n in range(1, parts)])
     finally:
@@ -251,6 +271,22 @@ def write_range_partitions(sorted_paths, output_paths, guard=None):
             future.result()
 
 
+# When the hard limit on open files is unlimited, lift the soft one this far.
+OPEN_FILES_WANTED = 65536
+
+
+def raise_open_file_limit():
+    """Lift the soft limit on open files to the hard one, for processes that
+    partition: hash partitioning keeps one file per reducer open at once."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # keep the soft limit; a job past it fails naming "Too many open files"
+
+
 def hash_partition(key, parts):
     """A stable partition for a key: md5, never Python's salted hash()."""
     return int.from_bytes(hashlib.md5(key).digest()[:8], "big") % parts
@@ -263,8 +299,11 @@ def write_hash_partitions(merged_path, output_paths):
     try:
         with open(merged_path, "rb") as source:
             parts = len(handles)
-            for line in source:
-                handles[hash_partition(key_of(line), parts)].write(line)
+            target = None
+            for piece, starts in runner.bounded_lines(source, COMPARE_BYTES):
+                if starts:  # a key longer than a piece is hashed by its head
+                    target = handles[hash_partition(key_of(piece), parts)]
+                target.write(piece)
     finally:
         for handle in handles:
             handle.close()

@@ -6,6 +6,7 @@ message from any implementation's worker carries.
 """
 import collections
 import os
+import re
 import shutil
 import time
 
@@ -247,6 +248,30 @@ class Job:
             destination = os.path.join(self.spec.output_directory, name)
             link_or_copy(source, destination)
             self.outputs.append(destination)
+        return self.remove_stale_outputs(names)
+
+    def output_scheme(self):
+        """A pattern for every name this kind of job gives its outputs."""
+        if self.spec.output_base_name is not None:
+            return re.compile(re.escape(self.spec.output_base_name) + r"_\d+")
+        if self.spec.num_reducers == 0:
+            return re.compile(r"\d{6}_.+", re.DOTALL)
+        return re.compile(r"input_\d+")
+
+    def remove_stale_outputs(self, names):
+        """Remove what an earlier job left under the same names (input_7 of a job
+        with more reducers): the directory then holds exactly this job's output,
+        as `cat DIR/*` and collect.py expect. Returns the names removed."""
+        scheme, keep, removed = self.output_scheme(), set(names), []
+        directory = self.spec.output_directory
+        inputs = {os.path.realpath(path) for path in self.spec.input_files()}  # never these
+        for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
+            if name not in keep and scheme.fullmatch(name) and os.path.isfile(path) \
+                    and not os.path.islink(path) and os.path.realpath(path) not in inputs:
+                os.unlink(path)
+                removed.append(name)
+        return removed
 
     def snapshot(self):
         """What a client may see of this job (see helper.job_status)."""
@@ -281,7 +306,11 @@ def link_or_copy(source, destination):
     except FileNotFoundError:
         pass
     try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, destination)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, destination)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)

@@ -94,6 +94,9 @@ class JobSpec:
         if not 0 < self.task_timeout <= MAX_TASK_TIMEOUT:  # also refuses NaN
             raise JobRejected(f"task_timeout must be between 0 and {MAX_TASK_TIMEOUT:g} "
                               f"seconds, got {self.task_timeout}")
+        base = self.output_base_name
+        if base is not None and (base in ("", ".", "..") or "/" in base or "\0" in base):
+            raise JobRejected(f"output_base_name must be a plain file name, got {base!r}")
         if self.max_attempts < 1:
             raise JobRejected(f"max_attempts must be at least 1, got {self.max_attempts}")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):

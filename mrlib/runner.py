@@ -19,6 +19,8 @@ import sh
 
 # How much of a failed program's stderr travels in its status message.
 STDERR_TAIL_BYTES = 2048
+# stderr is read in pieces of at most this much, however long its lines.
+MAX_STDERR_PIECE = 64 * 1024
 COUNTER_PREFIX = b"reporter:counter:"
 STATUS_PREFIX = b"reporter:status:"
 # Hadoop Streaming's convention: a program sets a task status or bumps a
@@ -74,16 +76,25 @@ class Report:
         self.stderr_tail = other.stderr_tail or self.stderr_tail
 
 
+def bounded_lines(stream, limit=MAX_STDERR_PIECE):
+    """(piece, starts_a_line) for each line of a stream, a long one in pieces
+    of at most `limit` bytes: stderr with no newline never fills memory."""
+    starts = True
+    while piece := stream.readline(limit):
+        yield piece, starts
+        starts = piece.endswith(b"\n")
+
+
 def parse_stderr(stream):
     """Split a program's stderr into a Report: counters, status, plain tail."""
     report = Report()
     tail = collections.deque()
     tail_size = 0
-    for line in stream:
-        if line.startswith(COUNTER_PREFIX):
+    for line, starts in bounded_lines(stream):
+        if starts and line.startswith(COUNTER_PREFIX):
             _parse_counter(report, line[len(COUNTER_PREFIX):])
             continue
-        if line.startswith(STATUS_PREFIX):
+        if starts and line.startswith(STATUS_PREFIX):
             report.status = line[len(STATUS_PREFIX):].strip().decode("utf-8", "replace")
             continue
         tail.append(line)
@@ -415,7 +426,9 @@ def sort_files(input_paths, output_path, merge=False, timeout=None, guard=None, 
     argv = ["-T", directory, "-o", tmp] + (["-m"] if merge else [])
     list_file = None
     try:
-        if len(input_paths) > MAX_SORT_ARGS:
+        # A file name that is not UTF-8 (held as surrogates) cannot go into
+        # argv through `sh`; in a NUL-separated list it goes as its bytes.
+        if len(input_paths) > MAX_SORT_ARGS or not all(map(_is_utf8, input_paths)):
             list_file = _write_files0(directory, input_paths)
             argv.append(f"--files0-from={list_file}")
         else:
@@ -429,6 +442,14 @@ def sort_files(input_paths, output_path, merge=False, timeout=None, guard=None, 
         _discard(tmp)
         if list_file:
             _discard(list_file)
+
+
+def _is_utf8(path):
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _write_files0(directory, paths):

@@ -84,7 +84,8 @@ class Cluster(LocalCluster):
         result = self.send_job("--input", input_dir, "--output", output_dir,
                                "--mapper", mapper, "--reducer", reducer,
                                "--mappers", mappers, "--reducers", reducers, "--wait", *extra)
-        assert result.returncode == 0, (result.stdout.decode() + result.stderr.decode()
+        assert result.returncode == 0, (result.stdout.decode(errors="replace")
+                                        + result.stderr.decode(errors="replace")
                                         + self.master_log()[-3000:])
         return partition_files(output_dir)
 

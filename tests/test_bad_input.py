@@ -5,9 +5,11 @@ its reason and dropped; every impossible job is rejected with one clear line;
 a failing program fails its job visibly. Afterwards the same master (and
 worker) still runs a real job whose output equals the sequential pipeline.
 """
+import resource
 import socket
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -19,6 +21,12 @@ from conftest import (JOB_TIMEOUT, WORD_COUNT, assert_matches_sequential, partit
 UNKNOWN_PID = 999_999_901
 FOREIGN_PID = 999_999_902
 LOG_TIMEOUT = 10.0
+HEARTBEAT_WAIT = 3 * helper.HEARTBEAT_INTERVAL
+JAMMED_REGISTERS = 3
+# An open-file limit the master can start under, with little room to spare.
+FEW_FILES = 48
+# How long a starved master is watched for log noise.
+QUIET_WINDOW = 1.0
 CLIENT_TIMEOUT = 60.0
 SEND_JOB_INVALID = 2
 FAILING_EXIT_CODE = 3
@@ -98,6 +106,12 @@ def assert_alive(cluster, *processes):
         assert process.poll() is None, f"pid {process.pid} exited with {process.returncode}"
 
 
+def heard_from(cluster, pid):
+    """Seconds since the master last heard a heartbeat from worker `pid`."""
+    return next(w["since_heartbeat"] for w in cluster.cluster_status()["workers"]
+                if w["pid"] == pid)
+
+
 def registered_pids(cluster):
     return sorted(w["pid"] for w in cluster.cluster_status()["workers"])
 
@@ -133,6 +147,8 @@ MASTER_TCP_CASES = [
      ("dropped a message", "field 'worker_port' should be a")),
     ("count as a bool", lambda t: helper.encode(good_job(t, num_mappers=True)),
      ("dropped a message", "field 'num_mappers' should be a")),
+    ("deeply nested JSON", lambda t: b"[" * 200_000,
+     ("dropped a message", "nested too deeply")),
     ("over 16 MiB", lambda t: oversized(),
      ("dropped a message", "exceeds")),
     ("exactly 16 MiB", lambda t: exactly_at_cap(),
@@ -148,6 +164,7 @@ MASTER_TCP_CASES = [
 
 MASTER_UDP_CASES = [
     ("garbage datagram", b"\x00\x01garbage{", ("dropped a datagram", "malformed JSON")),
+    ("deeply nested datagram", b"[" * 60_000, ("dropped a datagram", "nested too deeply")),
     ("heartbeat from an unregistered pid", helper.encode(helper.heartbeat(UNKNOWN_PID)),
      (f"unregistered pid {UNKNOWN_PID}",)),
     ("register on the heartbeat port", helper.encode(helper.register("localhost", 1, 1)),
@@ -169,11 +186,61 @@ def test_master_survives_bad_messages(cluster, tmp_path):
         send_udp(cluster.port - 1, data)
         wait_for_new_line(cluster, since, parts, what=case)
         assert_alive(cluster, worker)
+    sent = time.monotonic()  # and heartbeats still count after them
+    wait_until(lambda: heard_from(cluster, worker.pid) < time.monotonic() - sent,
+               HEARTBEAT_WAIT, what="a heartbeat after the bad datagrams")
     assert registered_pids(cluster) == pids, "a bad register must not add a worker"
     assert cluster.cluster_status()["queued_jobs"] == []
     run_good_job(cluster, tmp_path)
     assert "job 0 succeeded" in cluster.master_log(), "a bad job must not take a job id"
     assert_alive(cluster, worker)
+
+
+def test_registers_naming_a_jammed_port_do_not_stall_the_master(cluster, tmp_path):
+    """Acks to a port that accepts nothing wait on their own threads: the master goes on."""
+    worker = cluster.start_worker()
+    with socket.create_server(("localhost", 0), backlog=0) as jammed:
+        port = jammed.getsockname()[1]
+        fillers = [socket.socket() for _ in range(2)]  # fill its accept queue
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(("localhost", port))
+        try:
+            for pid in range(JAMMED_REGISTERS):
+                cluster.send_raw(helper.encode(helper.register("localhost", port, UNKNOWN_PID + pid)))
+            began = time.monotonic()
+            assert cluster.cluster_status()["workers"], "the master must answer"
+            assert time.monotonic() - began < helper.CONNECT_TIMEOUT, "the master stalled"
+            run_good_job(cluster, tmp_path)
+        finally:
+            for filler in fillers:
+                filler.close()
+    assert f"worker {worker.pid}" not in "".join(
+        line for line in cluster.master_log().splitlines() if "is dead" in line)
+
+
+def test_master_out_of_file_descriptors_recovers_quietly(make_cluster, tmp_path):
+    """Idle connections past the open-file limit: the master says so once, then serves again."""
+    def few_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FEW_FILES, FEW_FILES))
+
+    cluster = make_cluster(start=False)
+    cluster.start_master(preexec_fn=few_files)
+    hogs = []
+    try:
+        for _ in range(2 * FEW_FILES):
+            hogs.append(socket.create_connection(("localhost", cluster.port), timeout=5))
+        cluster.wait_for_log("accept failed")
+        size = log_size(cluster)
+        time.sleep(QUIET_WINDOW)  # what is measured: the log must not grow while starved
+        assert log_size(cluster) == size, new_lines(cluster, size)[:5]
+    finally:
+        for hog in hogs:
+            hog.close()
+    cluster.start_worker()
+    run_good_job(cluster, tmp_path)
+    assert cluster.master_log().count("accept failed") == 1
+    assert_alive(cluster)
 
 
 @pytest.mark.parametrize("payload", [b"", b"  \n\t "], ids=["empty", "whitespace"])
@@ -253,6 +320,8 @@ def rejected_jobs(tmp_path):
          f"mapper_executable {not_executable} is not executable"),
         ("num_mappers 0", good_job(tmp_path, num_mappers=0), "num_mappers must be at least 1"),
         ("num_reducers -1", good_job(tmp_path, num_reducers=-1), "num_reducers must be"),
+        ("output base name with a slash", good_job(tmp_path, output_base_name="sub/count"),
+         "output_base_name must be a plain file name"),
     ]
 
 
@@ -293,7 +362,7 @@ def test_rejected_jobs_leave_the_queue_alone(cluster, tmp_path):
 
 @pytest.mark.parametrize("case", [
     "input directory missing", "mapper not executable",
-    "timeout nan",
+    "timeout nan", "output base with a slash",
 ])
 def test_send_job_refuses_invalid_jobs(cluster, tmp_path, case):
     """send_job.py exits 2 with one clear line, and nothing reaches the master's queue."""
@@ -303,6 +372,7 @@ def test_send_job_refuses_invalid_jobs(cluster, tmp_path, case):
         "mapper not executable": ("--input", inputs,
                                   "--mapper", not_executable_copy(tmp_path)),
         "timeout nan": ("--input", inputs, "--timeout", "nan"),
+        "output base with a slash": ("--input", inputs, "--output-base", "no-dir/count"),
     }[case]
     result = cluster.send_job(*arguments, "--output", tmp_path / "out")
     stderr = result.stderr.decode()
@@ -313,6 +383,19 @@ def test_send_job_refuses_invalid_jobs(cluster, tmp_path, case):
     assert result.stdout == b""
     assert "accepted" not in cluster.master_log()
     assert_alive(cluster)
+
+
+def test_unwritable_output_fails_the_job_and_leaves_no_scratch(cluster, tmp_path):
+    """An output name taken by a directory fails the job clearly, with no temp file left."""
+    cluster.start_worker()
+    output = tmp_path / "out"
+    (output / "input_0").mkdir(parents=True)
+    result = cluster.send_job("--input", write_files(tmp_path / "in", SMALL_INPUT),
+                              "--output", output, "--wait")
+    assert result.returncode == 1
+    assert f"cannot write the output to {output}" in result.stdout.decode() + result.stderr.decode()
+    assert sorted(p.name for p in output.iterdir()) == ["input_0"]
+    run_good_job(cluster, tmp_path)
 
 
 # --- programs that fail -------------------------------------------------------

@@ -1,4 +1,5 @@
 """Jobs through the real entry points, compared with the sequential pipeline."""
+import os
 import random
 
 import pytest
@@ -89,6 +90,34 @@ def test_empty_input_directory(two_workers, tmp_path):
     inputs.mkdir()
     outputs = two_workers.run_job(*WORD_COUNT, inputs, tmp_path / "out", 2, 3)
     assert [p.read_bytes() for p in outputs] == [b"", b"", b""]
+
+
+@pytest.mark.parametrize("mapper", [WORD_COUNT[0], "/bin/true"])
+def test_empty_map_output(two_workers, tmp_path, mapper):
+    """Empty input files, or a map that writes nothing, give R empty outputs."""
+    inputs = write_files(tmp_path / "in", {"a": b"", "b": b"" if mapper != "/bin/true" else b"x\n"})
+    outputs = two_workers.run_job(mapper, WORD_COUNT[1], inputs, tmp_path / "out", 2, 3)
+    assert [p.read_bytes() for p in outputs] == [b"", b"", b""]
+
+
+def test_file_names_that_are_not_utf8(two_workers, tmp_path):
+    """Input names are bytes too: a name that is not UTF-8 is read, sorted and reduced."""
+    inputs = write_files(tmp_path / "in", {os.fsdecode(b"caf\xe9 \xff.txt"): b"b a\nc b\n",
+                                           "plain.txt": b"a c\n"})
+    outputs = two_workers.run_job(*WORD_COUNT, inputs, tmp_path / "out", 2, 2)
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+
+
+def test_rerun_into_the_same_output_leaves_only_its_partitions(two_workers, tmp_path):
+    """A job with fewer reducers than the last one in the same directory removes the extra
+    partitions, and nothing else."""
+    inputs = write_files(tmp_path / "in", {"f": b"a b c d e f g h\n", "g": b"a a b\n"})
+    output = tmp_path / "out"
+    two_workers.run_job(*WORD_COUNT, inputs, output, 2, 5)
+    (output / "notes.txt").write_bytes(b"mine\n")
+    outputs = two_workers.run_job(*WORD_COUNT, inputs, output, 2, 2)
+    assert sorted(p.name for p in output.iterdir()) == ["input_0", "input_1", "notes.txt"]
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
 
 
 def test_more_reducers_than_keys(two_workers, tmp_path):

@@ -8,6 +8,7 @@ with the sequential pipeline (conftest.sequential) or an equivalent oracle.
 import os
 import random
 import re
+import resource
 import signal
 import stat
 import subprocess
@@ -28,6 +29,8 @@ SORT = (EXEC / "sort" / "map.py", EXEC / "sort" / "reduce.py")
 CAT = "#!/bin/sh\nexec cat\n"
 WORKERS = 3
 RUN_TIMEOUT = 120
+# A soft limit on open files below the number of hash partitions a test asks for.
+LOW_OPEN_FILES = 64
 # Fast failure detection: a worker is dead after 5 x 0.2 s of silence.
 FAST = {"MAPREDUCE_HEARTBEAT_INTERVAL": "0.2"}
 
@@ -373,6 +376,26 @@ def test_combiner_same_output_less_intermediate_data(workers, tmp_path):
     print(f"\nmapper-output bytes: {without} without the combiner, {with_combiner} with it")
     assert 0 < with_combiner < without, \
         f"mapper-output: {with_combiner} bytes with the combiner, {without} without"
+
+
+def test_hash_partitions_past_the_soft_open_file_limit(cluster, tmp_path):
+    """More hash partitions than the soft limit on open files: the limit is lifted."""
+    inputs = text_inputs(tmp_path / "in")
+    output = tmp_path / "out"
+
+    def low_soft_limit():
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_OPEN_FILES, hard))
+
+    args = word_count_args(inputs, output, "--reducers", 2 * LOW_OPEN_FILES,
+                           "--partitioner", "hash")
+    result = subprocess.run([PYTHON, str(SEND_JOB), "--sequential", *[str(a) for a in args]],
+                            cwd=cluster.workdir, env=cluster.env, capture_output=True,
+                            timeout=RUN_TIMEOUT, preexec_fn=low_soft_limit)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert len(list(output.iterdir())) == 2 * LOW_OPEN_FILES
+    assert collect(cluster, output, merge=True) == sequential(sorted(inputs.iterdir()),
+                                                              *WORD_COUNT)
 
 
 def test_hash_partitioning(workers, tmp_path):

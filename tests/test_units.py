@@ -1,10 +1,11 @@
 """Unit tests for the pure logic: protocol validation and key-range cuts."""
+import io
 import random
 
 import pytest
 
 import helper
-from mrlib import grouping
+from mrlib import grouping, runner
 from mrlib.jobspec import base_name_files
 
 
@@ -60,6 +61,39 @@ def test_partitions_of_several_sorted_files_merge_in_order(tmp_path, seed, files
     groups = [sorted_lines(rng, rng.randint(0, 200)) for _ in range(files)]
     contents = partition(tmp_path, groups, rng.randint(1, 6))
     assert b"".join(contents) == b"".join(c_sorted(line for group in groups for line in group))
+    assert_keys_in_one_partition(contents)
+
+
+@pytest.mark.parametrize("files", [1, 3])
+def test_empty_sorted_files_give_empty_partitions(tmp_path, files):
+    """No map output at all still gives every partition, empty."""
+    assert partition(tmp_path, [[] for _ in range(files)], 4) == [b""] * 4
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("partitioner", ["range", "hash"])
+def test_lines_longer_than_the_compare_limit(tmp_path, monkeypatch, seed, partitioner):
+    """Lines past COMPARE_BYTES (heads compared, rest skipped) still keep keys whole and order."""
+    monkeypatch.setattr(grouping, "COMPARE_BYTES", 3)
+    monkeypatch.setattr(grouping, "SCAN_CHUNK", 2)
+    rng = random.Random(seed)
+    groups = [sorted_lines(rng, rng.randint(0, 60), max_len=12) for _ in range(2)]
+    parts = rng.randint(2, 5)
+    contents = []
+    if partitioner == "range":
+        contents = partition(tmp_path, groups, parts)
+        expected = b"".join(c_sorted(line for group in groups for line in group))
+        assert b"".join(contents) == expected
+    else:
+        merged = tmp_path / "merged"
+        merged.write_bytes(b"".join(c_sorted(line for group in groups for line in group)))
+        outputs = [str(tmp_path / f"input_{n}") for n in range(parts)]
+        grouping.write_hash_partitions(str(merged), outputs)
+        contents = [open(p, "rb").read() for p in outputs]
+        assert sorted(b"".join(contents).splitlines()) == sorted(merged.read_bytes().splitlines())
+        for data in contents:
+            lines = data.splitlines(keepends=True)
+            assert lines == c_sorted(lines)
     assert_keys_in_one_partition(contents)
 
 
@@ -179,3 +213,18 @@ def test_base_name_files_in_natural_order(tmp_path):
         (tmp_path / name).write_bytes(b"")
     found = [p.rsplit("/", 1)[1] for p in base_name_files(str(tmp_path / "book_"))]
     assert found == ["book_0", "book_1", "book_2", "book_10"]
+
+
+def test_stderr_is_read_in_bounded_pieces():
+    """A huge stderr line with no newline is read piecewise; reporter lines still count."""
+    limit = runner.MAX_STDERR_PIECE
+    junk = b"x" * (10 * limit) + b"reporter:counter:not,a-line-start,5"
+    stderr = junk + b"\nreporter:counter:records,read,3\nreporter:status:half way\nbye\n"
+    pieces = list(runner.bounded_lines(io.BytesIO(stderr)))
+    assert max(len(piece) for piece, _ in pieces) <= limit
+    assert b"".join(piece for piece, _ in pieces) == stderr
+    report = runner.parse_stderr(io.BytesIO(stderr))
+    assert report.counters == {"records": {"read": 3}}
+    assert report.status == "half way"
+    assert report.stderr_tail.endswith("a-line-start,5\nbye\n")
+    assert len(report.stderr_tail) <= runner.STDERR_TAIL_BYTES
