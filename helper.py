@@ -207,10 +207,18 @@ def recv_message(sock, deadline=None):
     return decode(data)
 
 
-def send_message(host, port, message, timeout=CONNECT_TIMEOUT):
-    """Connect, send one message, close: the spec's one-message-per-connection."""
+def send_message(host, port, message, timeout=CONNECT_TIMEOUT, still_wanted=None):
+    """Connect, send one message, close: the spec's one-message-per-connection.
+
+    If `still_wanted()` says no once connected (the connect may have waited
+    long), close without sending: an empty connection, which receivers
+    ignore. Returns whether the message was sent.
+    """
     with socket.create_connection((host, port), timeout=timeout) as sock:
+        if still_wanted is not None and not still_wanted():
+            return False
         sock.sendall(encode(message))
+    return True
 
 
 def request(host, port, message, timeout=CONNECT_TIMEOUT, reply_timeout=READ_TIMEOUT):
@@ -398,7 +406,13 @@ class MessageServer:
                                       name=f"{self.name}-conn", daemon=True)
             with self.lock:
                 self.connections.add(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as error:  # no thread to be had: drop this one, go on
+                LOG.error("%s: dropped a connection: %s", self.name, error)
+                with self.lock:
+                    self.connections.discard(thread)
+                conn.close()
         self.sock.close()
 
     def handle_connection(self, conn):

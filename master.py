@@ -44,6 +44,9 @@ SUBMIT_REPLY_TIMEOUT = 10.0
 # The longest a status query may hold its connection waiting for news.
 MAX_STATUS_WAIT = 30.0
 SHUTDOWN_SEND_TIMEOUT = 1.0
+# A task message that could not be sent for a reason other than a connect
+# timeout (which waited already) is tried again after this long.
+DELIVERY_RETRY_PAUSE = 0.5
 # Backup tasks (speculative jobs only): a task running this many times the
 # phase's median task time, and at least this long, gets a copy on an idle worker.
 SPECULATIVE_SLOWDOWN = 1.5
@@ -66,10 +69,11 @@ class WorkerRecord:
         # (a backup won, its job ended, it was wrongly declared dead), with
         # when they stopped counting: they keep it busy until it reports them.
         self.leftovers = {}
+        self.deliveries = {}  # task key -> Delivery of the task's message to it
         # Bumped when it is declared dead: messages queued for an earlier
         # life are not delivered (their tasks went to other workers).
         self.epoch = 0
-        self.courier = None
+        self.courier = None  # started with its first task, closed when it dies
 
     @property
     def state(self):
@@ -85,9 +89,32 @@ class WorkerRecord:
     def load(self):
         return len(self.tasks) + len(self.leftovers)
 
-    def set_aside(self, key):
-        """Stop counting a task as this worker's, but remember it still runs it."""
+    def assign(self, key, delivery):
+        """Count a task as this worker's; `delivery` carries its message."""
+        previous = self.deliveries.get(key)
+        if previous is not None and not previous.delivered:
+            previous.revoked = True
+        self.tasks.add(key)
+        self.deliveries[key] = delivery
+
+    def unassign(self, key):
+        """It reported the task: it is no longer this worker's."""
         self.tasks.discard(key)
+        self.deliveries.pop(key, None)
+
+    def undelivered(self, key):
+        delivery = self.deliveries.get(key)
+        return delivery is not None and not delivery.delivered
+
+    def set_aside(self, key):
+        """Stop counting a task as this worker's. If its message never reached
+        the worker, it never will; else the worker still runs it, and it stays
+        a leftover until the worker reports it."""
+        self.tasks.discard(key)
+        delivery = self.deliveries.pop(key, None)
+        if delivery is not None and not delivery.delivered:
+            delivery.revoked = True
+            return
         self.leftovers[key] = time.monotonic()
 
     def heard_from(self, key):
@@ -103,19 +130,39 @@ class WorkerRecord:
         return f"worker {self.pid} ({self.host}:{self.port})"
 
 
+class Delivery:
+    """One task message on its way to a worker.
+
+    Shared by the master thread, which revokes it if the task stops being
+    that worker's before it was sent, and the worker's courier, which marks
+    it delivered; each writes only its own flag. The courier looks again once
+    connected, so a message revoked while its connect waited is not sent; one
+    revoked in the instant before it is sent still arrives, which is harmless:
+    the first result wins, and outputs are renamed into place.
+    """
+
+    def __init__(self, key, message):
+        self.key = key
+        self.message = message
+        self.revoked = False
+        self.delivered = False
+
+
 class Courier:
     """Delivers one worker's task messages, in order, off the master thread.
 
     A refused connection means nothing listens there any more: the worker is
-    reported unreachable (and declared dead). A connection that times out
-    means the worker is alive but its accept queue is full (a spec worker
-    that handles one message at a time relies on its listen backlog, as the
-    spec suggests): the message is tried again for as long as the worker is
-    believed alive, so no task goes to a second worker meanwhile.
+    reported unreachable (and declared dead). Any other failure, above all a
+    connection that times out because the worker is alive but its accept
+    queue is full (a spec worker that handles one message at a time relies on
+    its listen backlog, as the spec suggests), is retried while the message
+    still counts: no task goes to a second worker meanwhile, and a task not
+    accepted within its time limit is reassigned (Master.check_timeouts).
     """
 
-    def __init__(self, worker, report_unreachable, stopping):
+    def __init__(self, worker, report_delivered, report_unreachable, stopping):
         self.worker = worker
+        self.report_delivered = report_delivered
         self.report_unreachable = report_unreachable
         self.stopping = stopping
         self.outbox = queue.Queue()
@@ -123,8 +170,8 @@ class Courier:
                                        daemon=True)
         self.thread.start()
 
-    def send(self, message):
-        self.outbox.put((message, self.worker.epoch))
+    def send(self, delivery):
+        self.outbox.put((delivery, self.worker.epoch))
 
     def close(self):
         self.outbox.put(None)
@@ -133,18 +180,30 @@ class Courier:
         while (item := self.outbox.get()) is not None:
             self.deliver(*item)
 
-    def deliver(self, message, epoch):
-        worker = self.worker
-        while worker.epoch == epoch and not self.stopping.is_set():
+    def counts(self, delivery, epoch):
+        return (self.worker.epoch == epoch and not delivery.revoked
+                and not self.stopping.is_set())
+
+    def deliver(self, delivery, epoch):
+        worker, tries = self.worker, 0
+        while self.counts(delivery, epoch):
             try:
-                helper.send_message(worker.host, worker.port, message)
-                return
-            except TimeoutError:
-                LOG.warning("%s accepted no connection in %g s: sending again",
-                            worker, helper.CONNECT_TIMEOUT)
-            except OSError as error:
+                sent = helper.send_message(worker.host, worker.port, delivery.message,
+                                           still_wanted=lambda: self.counts(delivery, epoch))
+            except ConnectionRefusedError as error:
                 self.report_unreachable(worker, epoch, error)
                 return
+            except OSError as error:
+                if not tries:
+                    LOG.warning("%s: cannot deliver a task yet (%s); trying again", worker, error)
+                tries += 1
+                if not isinstance(error, TimeoutError):  # the connect did not wait already
+                    self.stopping.wait(DELIVERY_RETRY_PAUSE)
+                continue
+            if sent:
+                delivery.delivered = True
+                self.report_delivered(worker, delivery)
+            return
 
 
 class WorkerRegistry:
@@ -155,20 +214,19 @@ class WorkerRegistry:
         self.registrations = 0
         self.unknown_warned = set()
 
-    def add(self, pid, host, port, courier):
-        """A new record for a registration; `courier(record)` makes its Courier."""
+    def add(self, pid, host, port):
         self.registrations += 1
         record = WorkerRecord(pid, host, port, self.registrations)
         replaced = self.by_pid.get(pid)
-        if replaced is not None:
+        if replaced is not None and replaced.courier is not None:
             replaced.courier.close()
-        record.courier = courier(record)
         self.by_pid[pid] = record
         return record
 
     def close(self):
         for worker in self.by_pid.values():
-            worker.courier.close()
+            if worker.courier is not None:
+                worker.courier.close()
 
     def get(self, pid):
         return self.by_pid.get(pid)
@@ -349,14 +407,32 @@ class Master:
             return
         if known is not None:
             self.declare_dead(known, "registered again")
-        self.send_ack(self.workers.add(pid, host, port, self.make_courier))
+        self.send_ack(self.workers.add(pid, host, port))
 
-    def make_courier(self, record):
-        return Courier(record, self.report_unreachable, self.stopping)
+    def courier_for(self, worker):
+        if worker.courier is None:
+            worker.courier = Courier(worker, self.report_delivered, self.report_unreachable,
+                                     self.stopping)
+        return worker.courier
+
+    def report_delivered(self, worker, delivery):
+        """Called on a courier's thread."""
+        self.post(self.on_delivered, worker, delivery)
 
     def report_unreachable(self, worker, epoch, error):
         """Called on a courier's thread."""
         self.post(self.on_unreachable, worker, epoch, error)
+
+    def on_delivered(self, worker, delivery):
+        """The task reached the worker: its time limit runs from now."""
+        job = self.current
+        task = job.tasks.get(delivery.key) if job is not None else None
+        if task is None or task.done or worker.deliveries.get(delivery.key) is not delivery:
+            return
+        if task.worker == worker.pid:
+            task.started = time.monotonic()
+        elif worker.pid in task.backups:
+            task.backups[worker.pid] = time.monotonic()
 
     def on_unreachable(self, worker, epoch, error):
         if worker.epoch == epoch:  # not already dead (and maybe back) since
@@ -442,6 +518,9 @@ class Master:
                 self.note(f"{task.name} reassigned from dead worker {worker.pid}")
         for key in list(worker.tasks):  # if it was wrongly declared dead, it still runs them
             worker.set_aside(key)
+        if worker.courier is not None:  # what it still had to deliver is dropped (epoch)
+            worker.courier.close()
+            worker.courier = None
         if job is not None:
             self.board.publish(job)
             # Wherever the death was found (a heartbeat tick, a refused send in
@@ -591,7 +670,7 @@ class Master:
             self.fail_job(job, f"cannot write the output to {job.spec.output_directory}: {error}")
             return
         if stale:
-            LOG.info("job %d: removed %d output file(s) of an earlier job from %s: %s", job.id,
+            LOG.info("job %d: removed %d file(s) an earlier job wrote in %s: %s", job.id,
                      len(stale), job.spec.output_directory, ", ".join(stale[:5]))
         job.end(SUCCEEDED)
         LOG.info("job %d succeeded: %d file(s) in %s (%.2f s)", job.id, len(job.outputs),
@@ -665,12 +744,13 @@ class Master:
 
     def send_task(self, job, task, worker, backup=False):
         """Hand a task to a worker's courier; a refused delivery declares it dead."""
-        worker.courier.send(task.message(worker.pid, self.task_extensions(job, task)))
+        delivery = Delivery(task.key, task.message(worker.pid, self.task_extensions(job, task)))
+        worker.assign(task.key, delivery)
+        self.courier_for(worker).send(delivery)
         if backup:
             task.backups[worker.pid] = time.monotonic()
         else:
             task.worker, task.started = worker.pid, time.monotonic()
-        worker.tasks.add(task.key)
         LOG.debug("job %d: %s sent to %s", job.id, task.name, worker)
 
     def on_status(self, message):
@@ -719,7 +799,7 @@ class Master:
             winner = "backup" if worker.pid in task.backups else "original"
             self.note(f"{task.name}: the {winner} finished first")
         self.release(task, worker.pid)
-        worker.tasks.discard(task.key)
+        worker.unassign(task.key)
         if worker.dead:
             LOG.info("job %d: accepted a late result of %s from dead %s", job.id, task.name, worker)
             self.note(f"{task.name}: late result from dead worker {worker.pid} accepted")
@@ -746,7 +826,7 @@ class Master:
     def attempt_failed(self, job, task, failed_pid, reason):
         holder = self.workers.get(failed_pid)
         if holder is not None:
-            holder.tasks.discard(task.key)
+            holder.unassign(task.key)
         task.drop_holder(failed_pid)
         task.failures += 1
         task.failed_on.add(failed_pid)
@@ -766,14 +846,31 @@ class Master:
             return
         limit = job.spec.task_timeout + TIMEOUT_GRACE
         for task in job.running_tasks():
-            if now - task.started > limit:
-                holder = self.workers.get(task.worker)
-                if holder is not None:  # a worker that ignores `timeout` may still run it
-                    holder.set_aside(task.key)
-                self.attempt_failed(job, task, task.worker,
-                                    f"no result after {job.spec.task_timeout:g} s")
-                if job is not self.current:
-                    return
+            if now - task.started <= limit:
+                continue
+            holder = self.workers.get(task.worker)
+            if holder is not None and holder.undelivered(task.key):
+                self.not_accepted(job, task, holder, limit)
+                continue
+            if holder is not None:  # a worker that ignores `timeout` may still run it
+                holder.set_aside(task.key)
+            self.attempt_failed(job, task, task.worker,
+                                f"no result after {job.spec.task_timeout:g} s")
+            if job is not self.current:
+                return
+
+    def not_accepted(self, job, task, holder, limit):
+        """A live worker took no connection for a task's whole time limit:
+        the task goes to another worker if there is one. Not a failed attempt,
+        as it never ran."""
+        holder.set_aside(task.key)  # revokes the undelivered message
+        task.drop_holder(holder.pid)
+        task.failed_on.add(holder.pid)  # avoided when it is sent again
+        text = f"{task.name}: worker {holder.pid} accepted no connection in {limit:g} s; reassigned"
+        LOG.warning("job %d: %s", job.id, text)
+        job.note(text)
+        self.board.publish(job)
+        self.post(self.dispatch)
 
 
 def _failure_text(message):

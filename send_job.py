@@ -154,6 +154,9 @@ def summarize(status):
     if status.get("state") == "succeeded":
         print(f"job {status['job_id']} succeeded: {len(status.get('outputs', []))} file(s) in "
               f"{status.get('output_directory')}")
+        if status.get("removed_outputs"):
+            print(f"  removed from the output directory, written there by an earlier job: "
+                  f"{', '.join(status['removed_outputs'])}")
         for group, counters in sorted((status.get("counters") or {}).items()):
             for name, amount in sorted(counters.items()):
                 print(f"  counter {group}.{name} = {amount}")
@@ -193,14 +196,7 @@ def submit(args):
     try:
         reply = helper.request(args.host, args.port, message)
     except helper.NoReply:
-        # A master without our client extensions takes the job and says nothing.
-        print(f"job submitted to {args.host}:{args.port} (the master sent no job id)",
-              flush=True)
-        if args.wait:
-            print("send_job: cannot follow the job: this master does not answer job_status",
-                  file=sys.stderr)
-            return 1
-        return 0
+        return submitted_without_reply(args)
     if reply.get("message_type") == "job_rejected":
         print(f"send_job: the master rejected the job: {reply.get('error')}", file=sys.stderr)
         return 2
@@ -209,6 +205,25 @@ def submit(args):
     if args.wait:
         return follow(args, job_id, args.quiet)
     return 0
+
+
+def submitted_without_reply(args):
+    """The master read the job and closed without a job id: ours when busy, or another's."""
+    try:
+        helper.request(args.host, args.port, helper.cluster_status())
+    except (OSError, helper.ProtocolError):
+        # A master without our client extensions takes the job and says nothing.
+        print(f"job submitted to {args.host}:{args.port} (the master sent no job id)",
+              flush=True)
+        if args.wait:
+            print("send_job: cannot follow the job: this master does not answer job_status",
+                  file=sys.stderr)
+            return 1
+        return 0
+    print(f"send_job: the master at {args.host}:{args.port} took the job but did not confirm "
+          f"it in time; its log says whether it was accepted (--workers shows the queue)",
+          file=sys.stderr)
+    return 1
 
 
 def main(argv=None):

@@ -5,8 +5,8 @@ addressed everywhere by the paths it outputs, because that is all a status
 message from any implementation's worker carries.
 """
 import collections
+import json
 import os
-import re
 import shutil
 import time
 
@@ -16,6 +16,8 @@ QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 SPLIT, MAP, GROUP, MERGE, REDUCE, DONE = "split", "map", "group", "merge", "reduce", "done"
 SORT = "sort"  # the kind of the group phase's tasks
 EVENT_HISTORY = 50
+# In an output directory: the names of the files the last job wrote there.
+MANIFEST = ".mapreduce-outputs"
 
 
 def task_key(paths):
@@ -46,7 +48,7 @@ class Task:
         self.duration = None    # seconds the winning attempt took
         self.done = False
         self.failures = 0       # attempts that failed (worker deaths do not count)
-        self.failed_on = set()  # pids it failed on, avoided when retrying
+        self.failed_on = set()  # pids it failed on or that never took it: avoided
         self.finished_by = None
 
     @property
@@ -100,6 +102,7 @@ class Job:
         self.map_only_names = []
         self.sorted_files = set()  # map outputs a worker reported as sorted
         self.outputs = []
+        self.removed_outputs = []
         self.error = None
         self.events = collections.deque(maxlen=EVENT_HISTORY)
         self.counters = {}
@@ -248,30 +251,9 @@ class Job:
             destination = os.path.join(self.spec.output_directory, name)
             link_or_copy(source, destination)
             self.outputs.append(destination)
-        return self.remove_stale_outputs(names)
-
-    def output_scheme(self):
-        """A pattern for every name this kind of job gives its outputs."""
-        if self.spec.output_base_name is not None:
-            return re.compile(re.escape(self.spec.output_base_name) + r"_\d+")
-        if self.spec.num_reducers == 0:
-            return re.compile(r"\d{6}_.+", re.DOTALL)
-        return re.compile(r"input_\d+")
-
-    def remove_stale_outputs(self, names):
-        """Remove what an earlier job left under the same names (input_7 of a job
-        with more reducers): the directory then holds exactly this job's output,
-        as `cat DIR/*` and collect.py expect. Returns the names removed."""
-        scheme, keep, removed = self.output_scheme(), set(names), []
-        directory = self.spec.output_directory
-        inputs = {os.path.realpath(path) for path in self.spec.input_files()}  # never these
-        for name in sorted(os.listdir(directory)):
-            path = os.path.join(directory, name)
-            if name not in keep and scheme.fullmatch(name) and os.path.isfile(path) \
-                    and not os.path.islink(path) and os.path.realpath(path) not in inputs:
-                os.unlink(path)
-                removed.append(name)
-        return removed
+        self.removed_outputs = replace_manifest(self.spec.output_directory, names,
+                                                self.spec.input_files())
+        return self.removed_outputs
 
     def snapshot(self):
         """What a client may see of this job (see helper.job_status)."""
@@ -279,6 +261,7 @@ class Job:
         return {"message_type": "job_status_reply", "job_id": self.id, "state": self.state,
                 "phase": self.phase, "tasks_done": done, "tasks_total": len(self.tasks),
                 "output_directory": self.spec.output_directory, "outputs": list(self.outputs),
+                "removed_outputs": list(self.removed_outputs),
                 "job_directory": self.directory, "error": self.error,
                 "events": list(self.events), "counters": self.counters,
                 "timings": dict(self.timings)}
@@ -295,6 +278,37 @@ class WholeFile:
         return {"mapreduce_map_input_file": self.path, "mapreduce_map_input_start": "0",
                 "mapreduce_map_input_length": str(os.path.getsize(self.path)),
                 "mapreduce_task_partition": str(task_number)}
+
+
+def replace_manifest(directory, names, inputs):
+    """Record `names` as the directory's job output, and remove the files
+    the previous job listed there that this one did not write (input_7 of a
+    job with more reducers), so `cat DIR/*` and collect.py see only this
+    job's output. Files we never wrote, and inputs, are left alone.
+    Returns the names removed."""
+    path = os.path.join(directory, MANIFEST)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            previous = json.load(handle)
+    except (OSError, ValueError):
+        previous = []
+    if not isinstance(previous, list):
+        previous = []
+    keep, removed = set(names), []
+    inputs = {os.path.realpath(p) for p in inputs}
+    for name in previous:
+        stale = os.path.join(directory, name) if isinstance(name, str) else None
+        if stale is None or name in keep or os.path.basename(name) != name \
+                or os.path.islink(stale) or not os.path.isfile(stale) \
+                or os.path.realpath(stale) in inputs:
+            continue
+        os.unlink(stale)
+        removed.append(name)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(list(names), handle)
+    os.replace(tmp, path)
+    return removed
 
 
 def link_or_copy(source, destination):

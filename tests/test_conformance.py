@@ -65,10 +65,15 @@ FIRST_HEARTBEAT_LIMIT = SPEC_HEARTBEAT_INTERVAL / 2
 # (a heartbeat before the ack, a register without a port) does so at once.
 QUIET_WINDOW = 0.5
 FAST_HEARTBEAT_INTERVAL = 0.3
+# A connect that waited in SYN retries gets through within this of the port freeing.
+QUIET_AFTER_BUSY = 4.0
 HEARTBEAT_SAMPLES = 6
 # A busy foreign worker accepts no connection for longer than the master's
 # connect timeout.
 BUSY_SECONDS = helper.CONNECT_TIMEOUT + 2
+# A job's --timeout, and the master's grace past it before it gives up on a task.
+SHORT_TASK_TIMEOUT = 1
+MASTER_TIMEOUT_GRACE = 10
 
 
 # --- the wire ------------------------------------------------------------------
@@ -184,17 +189,25 @@ class BusyTcpReceiver(TcpReceiver):
     """A worker that handles one message at a time and relies on its listen
     backlog, as the spec suggests: busy with its first task, it accepts no
     connection for BUSY_SECONDS, and its accept queue holds just one."""
+    busy_seconds = BUSY_SECONDS
 
     def __init__(self, port, deliver):
-        self.busy_ahead = True
+        self.busy_ahead, self.busy_now = True, False
         Receiver.__init__(self, socket.create_server(("localhost", port), backlog=0), deliver)
 
     def receive(self):
+        if self.busy_now:  # the first task was passed on; now it works on it
+            self.busy_now = False
+            self.stopping.wait(self.busy_seconds)
         raw = super().receive()
         if self.busy_ahead and b"new_worker_job" in raw:
-            self.busy_ahead = False
-            self.stopping.wait(BUSY_SECONDS)
+            self.busy_ahead, self.busy_now = False, True
         return raw
+
+
+class LongBusyTcpReceiver(BusyTcpReceiver):
+    """Busy past a task's whole time limit."""
+    busy_seconds = SHORT_TASK_TIMEOUT + MASTER_TIMEOUT_GRACE + 3
 
 
 class UdpReceiver(Receiver):
@@ -475,6 +488,32 @@ def test_master_waits_for_a_busy_worker_to_accept(cluster, fakes, tmp_path):
         sorted(str(p) for p in SAMPLE.iterdir()), "each map task once"
     assert_matches_sequential(wait_for_output(output), SAMPLE, MAPPER, REDUCER, SAMPLE_REDUCERS)
     assert f"worker {fake.pid} (localhost:{fake.port}) is dead" not in cluster.master_log()
+
+
+def test_master_reassigns_tasks_a_busy_worker_never_took(cluster, fakes, tmp_path):
+    """Tasks a live worker took no connection for within their time limit go to other
+    workers without counting as attempts, and never reach it afterwards."""
+    fakes.join(LongBusyTcpReceiver)
+    output = tmp_path / "out"
+    submit_sample_job(cluster, output, "--timeout", SHORT_TASK_TIMEOUT)
+    _, first = fakes.next_message()
+    assert first["message_type"] == "new_worker_job"
+    # It is busy now: one more task fits its accept queue; two wait at its door.
+    cluster.start_workers(2)
+    wait_until(lambda: output.is_dir() and len(partition_files(output)) == SAMPLE_REDUCERS,
+               timeout=LongBusyTcpReceiver.busy_seconds + MESSAGE_TIMEOUT, what="the output")
+    assert_matches_sequential(partition_files(output), SAMPLE, MAPPER, REDUCER, SAMPLE_REDUCERS)
+    log = cluster.master_log()
+    assert log.count("accepted no connection") == 2, log
+    assert log.count("attempt 1 of 4") == 2 and "attempt 2 of" not in log, log
+    _, queued = fakes.next_message(LongBusyTcpReceiver.busy_seconds + MESSAGE_TIMEOUT)
+    assert queued["message_type"] == "new_worker_job"  # the one its accept queue held
+    # What is checked: the two it never took are not delivered once it is free
+    # (a connect that was waiting may arrive, and closes empty: ignored).
+    deadline = time.monotonic() + QUIET_AFTER_BUSY
+    while (left := deadline - time.monotonic()) > 0:
+        late = poll(fakes.inbox, left)
+        assert late is None or not late[1].strip(), f"a reassigned task reached it: {late}"
 
 
 def test_master_sorts_a_foreign_sort_bytewise(cluster, fakes, tmp_path):

@@ -109,15 +109,23 @@ def test_file_names_that_are_not_utf8(two_workers, tmp_path):
 
 
 def test_rerun_into_the_same_output_leaves_only_its_partitions(two_workers, tmp_path):
-    """A job with fewer reducers than the last one in the same directory removes the extra
-    partitions, and nothing else."""
+    """A job with fewer outputs than the last one in the same directory removes the files
+    that job wrote and this one did not, and nothing else."""
     inputs = write_files(tmp_path / "in", {"f": b"a b c d e f g h\n", "g": b"a a b\n"})
     output = tmp_path / "out"
+    mine = {"notes.txt": b"mine\n", "input.txt": b"also mine\n", "000001_f": b"mine too\n"}
+    write_files(output, mine)
     two_workers.run_job(*WORD_COUNT, inputs, output, 2, 5)
-    (output / "notes.txt").write_bytes(b"mine\n")
     outputs = two_workers.run_job(*WORD_COUNT, inputs, output, 2, 2)
-    assert sorted(p.name for p in output.iterdir()) == ["input_0", "input_1", "notes.txt"]
+    assert visible_names(output) == sorted(["input_0", "input_1", *mine])
     assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+    two_workers.run_job(WORD_COUNT[0], WORD_COUNT[1], inputs, output, 2, 0)  # map only
+    assert visible_names(output) == sorted(["000000_f", "000001_g", *mine])
+    assert all((output / name).read_bytes() == data for name, data in mine.items())
+
+
+def visible_names(directory):
+    return sorted(p.name for p in directory.iterdir() if not p.name.startswith("."))
 
 
 def test_more_reducers_than_keys(two_workers, tmp_path):
