@@ -106,6 +106,10 @@ class WorkerRecord:
         delivery = self.deliveries.get(key)
         return delivery is not None and not delivery.delivered
 
+    def delivered_at(self, key):
+        delivery = self.deliveries.get(key)
+        return delivery.delivered_at if delivery is not None and delivery.delivered else 0
+
     def set_aside(self, key):
         """Stop counting a task as this worker's. If its message never reached
         the worker, it never will; else the worker still runs it, and it stays
@@ -146,6 +150,7 @@ class Delivery:
         self.message = message
         self.revoked = False
         self.delivered = False
+        self.delivered_at = None  # monotonic; set before `delivered`
 
 
 class Courier:
@@ -201,6 +206,7 @@ class Courier:
                     self.stopping.wait(DELIVERY_RETRY_PAUSE)
                 continue
             if sent:
+                delivery.delivered_at = time.monotonic()
                 delivery.delivered = True
                 self.report_delivered(worker, delivery)
             return
@@ -430,9 +436,9 @@ class Master:
         if task is None or task.done or worker.deliveries.get(delivery.key) is not delivery:
             return
         if task.worker == worker.pid:
-            task.started = time.monotonic()
+            task.started = delivery.delivered_at
         elif worker.pid in task.backups:
-            task.backups[worker.pid] = time.monotonic()
+            task.backups[worker.pid] = delivery.delivered_at
 
     def on_unreachable(self, worker, epoch, error):
         if worker.epoch == epoch:  # not already dead (and maybe back) since
@@ -455,6 +461,8 @@ class Master:
     def on_ack_result(self, record, delivered):
         if not delivered:
             LOG.error("%s never accepted register_ack; not registered", record)
+            if record.acked:  # a repeated register: what it held goes elsewhere
+                self.declare_dead(record, "did not accept register_ack")
             record.dead = True
             return
         first = not record.acked
@@ -745,8 +753,9 @@ class Master:
     def send_task(self, job, task, worker, backup=False):
         """Hand a task to a worker's courier; a refused delivery declares it dead."""
         delivery = Delivery(task.key, task.message(worker.pid, self.task_extensions(job, task)))
+        courier = self.courier_for(worker)
         worker.assign(task.key, delivery)
-        self.courier_for(worker).send(delivery)
+        courier.send(delivery)
         if backup:
             task.backups[worker.pid] = time.monotonic()
         else:
@@ -846,24 +855,30 @@ class Master:
             return
         limit = job.spec.task_timeout + TIMEOUT_GRACE
         for task in job.running_tasks():
-            if now - task.started <= limit:
-                continue
             holder = self.workers.get(task.worker)
+            # From delivery (which on_delivered may not have recorded yet).
+            if now - max(task.started, holder.delivered_at(task.key) if holder else 0) <= limit:
+                continue
             if holder is not None and holder.undelivered(task.key):
                 self.not_accepted(job, task, holder, limit)
-                continue
-            if holder is not None:  # a worker that ignores `timeout` may still run it
-                holder.set_aside(task.key)
-            self.attempt_failed(job, task, task.worker,
-                                f"no result after {job.spec.task_timeout:g} s")
+            else:
+                if holder is not None:  # a worker that ignores `timeout` may still run it
+                    holder.set_aside(task.key)
+                self.attempt_failed(job, task, task.worker,
+                                    f"no result after {job.spec.task_timeout:g} s")
             if job is not self.current:
                 return
 
     def not_accepted(self, job, task, holder, limit):
         """A live worker took no connection for a task's whole time limit:
-        the task goes to another worker if there is one. Not a failed attempt,
-        as it never ran."""
+        the task goes to another worker. Not a failed attempt, as it never
+        ran, unless no other worker could take it (else it would go round
+        for ever)."""
         holder.set_aside(task.key)  # revokes the undelivered message
+        if not [w for w in self.workers.live() if w is not holder]:
+            self.attempt_failed(job, task, holder.pid,
+                                f"worker accepted no connection in {limit:g} s")
+            return
         task.drop_holder(holder.pid)
         task.failed_on.add(holder.pid)  # avoided when it is sent again
         text = f"{task.name}: worker {holder.pid} accepted no connection in {limit:g} s; reassigned"

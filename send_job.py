@@ -28,6 +28,8 @@ DEFAULT_MAPPER = os.path.relpath(os.path.join(HERE, "exec", "word_count", "map.p
 DEFAULT_REDUCER = os.path.relpath(os.path.join(HERE, "exec", "word_count", "reduce.py"))
 # How long one status query may wait on the master for news.
 STATUS_WAIT = 10.0
+# A job id no master hands out: asking for it tells our master from another.
+UNUSED_JOB_ID = -1
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
@@ -209,8 +211,8 @@ def submit(args):
 
 def submitted_without_reply(args):
     """The master read the job and closed without a job id: ours when busy, or another's."""
-    try:
-        helper.request(args.host, args.port, helper.cluster_status())
+    try:  # our master answers job_status off its main thread, however busy that is
+        helper.request(args.host, args.port, helper.job_status(UNUSED_JOB_ID))
     except (OSError, helper.ProtocolError):
         # A master without our client extensions takes the job and says nothing.
         print(f"job submitted to {args.host}:{args.port} (the master sent no job id)",

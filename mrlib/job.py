@@ -8,6 +8,7 @@ import collections
 import json
 import os
 import shutil
+import stat
 import time
 
 import helper
@@ -282,33 +283,63 @@ class WholeFile:
 
 def replace_manifest(directory, names, inputs):
     """Record `names` as the directory's job output, and remove the files
-    the previous job listed there that this one did not write (input_7 of a
-    job with more reducers), so `cat DIR/*` and collect.py see only this
-    job's output. Files we never wrote, and inputs, are left alone.
+    the previous job recorded there that this one did not write (input_7 of
+    a job with more reducers), so `cat DIR/*` and collect.py see only this
+    job's output. A file is removed only if it is still the one that job
+    wrote (same inode, size and mtime), never an input. Best effort: the
+    output is already in place, so a failure here never fails the job.
     Returns the names removed."""
     path = os.path.join(directory, MANIFEST)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            previous = json.load(handle)
-    except (OSError, ValueError):
-        previous = []
-    if not isinstance(previous, list):
-        previous = []
     keep, removed = set(names), []
     inputs = {os.path.realpath(p) for p in inputs}
-    for name in previous:
-        stale = os.path.join(directory, name) if isinstance(name, str) else None
-        if stale is None or name in keep or os.path.basename(name) != name \
-                or os.path.islink(stale) or not os.path.isfile(stale) \
-                or os.path.realpath(stale) in inputs:
+    for name, identity in _read_manifest(path).items():
+        stale = os.path.join(directory, name)
+        if name in keep or name.startswith(MANIFEST) or os.path.basename(name) != name \
+                or _identity(stale) != identity or os.path.realpath(stale) in inputs:
             continue
-        os.unlink(stale)
+        try:
+            os.unlink(stale)
+        except OSError:
+            continue
         removed.append(name)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(list(names), handle)
-    os.replace(tmp, path)
+    _write_manifest(path, {name: _identity(os.path.join(directory, name)) for name in names})
     return removed
+
+
+def _identity(path):
+    """(inode, size, mtime) of a regular file, not followed through links; else None."""
+    try:
+        info = os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return [info.st_ino, info.st_size, info.st_mtime_ns]
+
+
+def _read_manifest(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            entries = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(entries, dict):
+        return {}
+    return {name: identity for name, identity in entries.items()
+            if isinstance(identity, list) and name}
+
+
+def _write_manifest(path, entries):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(entries, handle)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # no record: the next job into this directory removes nothing
+    finally:
+        if os.path.lexists(tmp) and not os.path.isdir(tmp):
+            os.unlink(tmp)
 
 
 def link_or_copy(source, destination):

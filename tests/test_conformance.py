@@ -205,6 +205,22 @@ class BusyTcpReceiver(TcpReceiver):
         return raw
 
 
+class DeafTcpReceiver(TcpReceiver):
+    """Takes its register_ack, then never accepts another connection."""
+
+    def __init__(self, port, deliver):
+        self.heard = False
+        Receiver.__init__(self, socket.create_server(("localhost", port), backlog=0), deliver)
+
+    def receive(self):
+        if self.heard:
+            self.stopping.wait()
+            raise socket.timeout
+        raw = super().receive()
+        self.heard = True
+        return raw
+
+
 class LongBusyTcpReceiver(BusyTcpReceiver):
     """Busy past a task's whole time limit."""
     busy_seconds = SHORT_TASK_TIMEOUT + MASTER_TIMEOUT_GRACE + 3
@@ -514,6 +530,19 @@ def test_master_reassigns_tasks_a_busy_worker_never_took(cluster, fakes, tmp_pat
     while (left := deadline - time.monotonic()) > 0:
         late = poll(fakes.inbox, left)
         assert late is None or not late[1].strip(), f"a reassigned task reached it: {late}"
+
+
+def test_tasks_a_sole_worker_never_takes_fail_the_job(cluster, fakes, tmp_path):
+    """With no other worker to take them, tasks a worker never accepts are failed attempts:
+    the job ends visibly instead of going round for ever."""
+    fake = fakes.join(DeafTcpReceiver)
+    with socket.create_connection(("localhost", fake.port)):  # fills its accept queue
+        result = cluster.send_job("--input", SAMPLE, "--output", tmp_path / "out", "--wait",
+                                  "--timeout", SHORT_TASK_TIMEOUT, "--max-attempts", 1,
+                                  timeout=SHORT_TASK_TIMEOUT + MASTER_TIMEOUT_GRACE
+                                  + MESSAGE_TIMEOUT)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "attempt 1 of 1: worker accepted no connection" in result.stderr.decode()
 
 
 def test_master_sorts_a_foreign_sort_bytewise(cluster, fakes, tmp_path):

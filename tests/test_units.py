@@ -6,6 +6,7 @@ import pytest
 
 import helper
 from mrlib import grouping, runner
+from mrlib import job as jobs
 from mrlib.jobspec import base_name_files
 
 
@@ -228,3 +229,27 @@ def test_stderr_is_read_in_bounded_pieces():
     assert report.status == "half way"
     assert report.stderr_tail.endswith("a-line-start,5\nbye\n")
     assert len(report.stderr_tail) <= runner.STDERR_TAIL_BYTES
+
+
+def test_manifest_removes_only_what_the_last_job_wrote(tmp_path):
+    """Names the previous job wrote and this one does not are removed, unless since replaced."""
+    for name in ("input_0", "input_1", "input_2", "mine.txt"):
+        (tmp_path / name).write_bytes(name.encode())
+    assert jobs.replace_manifest(str(tmp_path), ["input_0", "input_1", "input_2"], []) == []
+    (tmp_path / "input_2").write_bytes(b"the user's own, written since")
+    removed = jobs.replace_manifest(str(tmp_path), ["input_0"], [])
+    assert removed == ["input_1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        [jobs.MANIFEST, "input_0", "input_2", "mine.txt"]
+    assert jobs.replace_manifest(str(tmp_path), ["input_0"], []) == []
+
+
+def test_a_broken_manifest_never_fails_publishing(tmp_path):
+    """A manifest that is a directory, or garbage, is ignored; nothing is removed."""
+    (tmp_path / "input_0").write_bytes(b"x")
+    (tmp_path / jobs.MANIFEST).mkdir()
+    assert jobs.replace_manifest(str(tmp_path), ["input_0"], []) == []
+    (tmp_path / jobs.MANIFEST).rmdir()
+    (tmp_path / jobs.MANIFEST).write_bytes(b"\xff not json")
+    assert jobs.replace_manifest(str(tmp_path), ["input_0"], []) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [jobs.MANIFEST, "input_0"]
