@@ -107,6 +107,7 @@ class WorkerRecord:
         return delivery is not None and not delivery.delivered
 
     def delivered_at(self, key):
+        """When the task's message reached it; 0 if it has not (yet)."""
         delivery = self.deliveries.get(key)
         return delivery.delivered_at if delivery is not None and delivery.delivered else 0
 
@@ -149,8 +150,11 @@ class Delivery:
         self.key = key
         self.message = message
         self.revoked = False
-        self.delivered = False
-        self.delivered_at = None  # monotonic; set before `delivered`
+        self.delivered_at = None  # monotonic, set by the courier once sent
+
+    @property
+    def delivered(self):
+        return self.delivered_at is not None
 
 
 class Courier:
@@ -207,7 +211,6 @@ class Courier:
                 continue
             if sent:
                 delivery.delivered_at = time.monotonic()
-                delivery.delivered = True
                 self.report_delivered(worker, delivery)
             return
 
@@ -769,9 +772,10 @@ class Master:
             LOG.warning("status from unknown pid %s dropped", pid)
             return
         outputs = message.get("output_files") or [message.get("output_file", "")]
-        worker.heard_from(task_key(outputs))
+        key = task_key(outputs)
+        worker.heard_from(key)
         job = self.current
-        task = job.tasks.get(task_key(outputs)) if job is not None else None
+        task = job.tasks.get(key) if job is not None else None
         if task is None:
             LOG.info("status from %s matches no current task (stale?): %s", worker,
                      ", ".join(outputs[:3]))
@@ -875,7 +879,7 @@ class Master:
         ran, unless no other worker could take it (else it would go round
         for ever)."""
         holder.set_aside(task.key)  # revokes the undelivered message
-        if not [w for w in self.workers.live() if w is not holder]:
+        if not any(w is not holder for w in self.workers.live()):
             self.attempt_failed(job, task, holder.pid,
                                 f"worker accepted no connection in {limit:g} s")
             return
