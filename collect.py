@@ -33,6 +33,13 @@ def partition_files(source):
     return base_name_files(source + "_")
 
 
+def _same_file(path, other):
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
 def concatenate(paths, destination):
     tmp = runner.temp_path(destination)
     with open(tmp, "wb") as out:
@@ -49,7 +56,9 @@ def main(argv=None):
     parser.add_argument("--merge", action="store_true",
                         help="merge sorted partitions by key (for hash partitioning)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    paths = partition_files(args.source)
+    # Never the destination itself: collecting into the output directory
+    # twice must not join the previous result in.
+    paths = [p for p in partition_files(args.source) if not _same_file(p, args.destination)]
     if not paths:
         print(f"collect: no output files found for {args.source}", file=sys.stderr)
         return 2

@@ -15,21 +15,22 @@ import collections
 import logging
 import os
 import queue
-import shutil
 import signal
 import sys
 import threading
 import time
 
 import helper
-from mrlib import grouping, runner, splits
-from mrlib.job import (FAILED, GROUP, MAP, MERGE, REDUCE, SORT, SPLIT, SUCCEEDED, Job,
-                       task_key)
+from mrlib import grouping, runner, splits, vardir
+from mrlib.job import (FAILED, GROUP, MAP, MERGE, PUBLISH, REDUCE, SORT, SPLIT, SUCCEEDED,
+                       Job, task_key)
 from mrlib.jobspec import DEFAULT_TASK_TIMEOUT, JobRejected, JobSpec
 
 LOG = logging.getLogger("master")
 
 VAR_DIRECTORY = "var"
+# Failed jobs whose files stay in var/ for inspection; older ones are removed.
+DEFAULT_KEEP_FAILED = 5
 # How often to look for dead workers and overrunning tasks. Detection takes
 # MISSED_HEARTBEATS_LIMIT heartbeat intervals anyway; this only adds jitter.
 TICK_INTERVAL = 0.5
@@ -312,8 +313,8 @@ class JobBoard:
 class Master:
     """Accepts jobs, tracks workers, and drives each job through its phases."""
 
-    def __init__(self, port, host="localhost"):
-        recreate_directory(VAR_DIRECTORY)
+    def __init__(self, port, host="localhost", keep_intermediate=False,
+                 keep_failed=DEFAULT_KEEP_FAILED):
         self.events = queue.Queue()
         self.stopping = threading.Event()
         self.workers = WorkerRegistry()
@@ -322,9 +323,15 @@ class Master:
         self.next_job_id = 0
         self.board = JobBoard()
         self.guard = runner.ProgramGuard()
+        # Bind first: a master that cannot have its ports never touches var/.
         self.server = helper.MessageServer(host, port, self.receive, "master")
         self.heartbeats = helper.HeartbeatListener(host, port - 1, self.receive_heartbeat,
                                                    "master")
+        self.var = vardir.VarDirectory(VAR_DIRECTORY, port).claim()
+        self.keep_intermediate = keep_intermediate
+        self.keep_failed = keep_failed
+        self.failed_jobs = collections.deque()  # failed jobs whose files are kept
+        self.janitor = vardir.Janitor()
         self.ticker = threading.Thread(target=self.tick_loop, name="ticker", daemon=True)
         self.handlers = {
             "register": self.on_register,
@@ -382,6 +389,8 @@ class Master:
         self.workers.close()
         self.guard.close()
         self.ticker.join(1.0)
+        self.janitor.close()
+        self.var.close()
 
     def on_cluster_status(self, message, reply):
         now = time.monotonic()
@@ -547,7 +556,7 @@ class Master:
     def on_new_job(self, message, reply=None):
         reply = reply or Reply()
         try:
-            spec = JobSpec.from_message(message)
+            spec = JobSpec.from_message(message, self.var.path)
         except JobRejected as rejection:
             LOG.error("rejected a job: %s", rejection)
             reply.set({"message_type": "job_rejected", "error": str(rejection)})
@@ -675,14 +684,22 @@ class Master:
             self.finish_job(job)
 
     def finish_job(self, job):
+        job.begin_phase(PUBLISH, [])
+        self.board.publish(job)
+        self.in_background(job, self.publish, self.job_succeeded)
+
+    def publish(self, job):
+        """On a background thread: the outputs into place, then the intermediates away."""
         try:
-            stale = job.publish_outputs()
+            job.publish_outputs()
         except (OSError, ValueError) as error:
-            self.fail_job(job, f"cannot write the output to {job.spec.output_directory}: {error}")
-            return
-        if stale:
-            LOG.info("job %d: removed %d file(s) an earlier job wrote in %s: %s", job.id,
-                     len(stale), job.spec.output_directory, ", ".join(stale[:5]))
+            raise OSError(f"cannot write the output to {job.spec.output_directory}: "
+                          f"{error}") from None
+        if not (self.keep_intermediate or job.spec.keep_intermediate):
+            for path in job.intermediate_paths():
+                self.janitor.remove_now(path)
+
+    def job_succeeded(self, job, _):
         job.end(SUCCEEDED)
         LOG.info("job %d succeeded: %d file(s) in %s (%.2f s)", job.id, len(job.outputs),
                  job.spec.output_directory, job.timings["total"])
@@ -694,7 +711,17 @@ class Master:
         job.end(FAILED, reason)
         LOG.error("job %d failed: %s (intermediate files kept in %s)", job.id, reason,
                   job.directory)
+        self.keep_failed_job(job)
         self.end_job(job)
+
+    def keep_failed_job(self, job):
+        """Keep a failed job's files; past keep_failed of them, remove the oldest."""
+        self.failed_jobs.append(job)
+        while len(self.failed_jobs) > self.keep_failed:
+            old = self.failed_jobs.popleft()
+            LOG.info("job %d: removing %s (only the last %d failed jobs are kept)",
+                     old.id, old.directory, self.keep_failed)
+            self.janitor.remove(old.directory)
 
     def end_job(self, job):
         self.board.publish(job)
@@ -911,19 +938,22 @@ def _send_quietly(host, port, message):
         pass
 
 
-def recreate_directory(path):
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path)
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="Run the MapReduce master.")
     parser.add_argument("port", type=int, help="TCP port for messages; heartbeats use PORT-1")
     parser.add_argument("--host", default="localhost",
                         help="address to bind (default: localhost; 0.0.0.0 for all)")
+    parser.add_argument("--keep-intermediate", action="store_true",
+                        help="keep every job's intermediate files in var/ (default: a "
+                             "successful job keeps only var/job-N/reducer-output)")
+    parser.add_argument("--keep-failed", type=int, default=DEFAULT_KEEP_FAILED, metavar="N",
+                        help="keep the files of the last N failed jobs for inspection "
+                             f"(default {DEFAULT_KEEP_FAILED}); older ones are removed")
     args = parser.parse_args(argv)
     if not 1 < args.port < 65536:
         parser.error(f"port {args.port} out of range")
+    if args.keep_failed < 0:
+        parser.error(f"--keep-failed must be 0 or more, got {args.keep_failed}")
     return args
 
 
@@ -932,8 +962,8 @@ def main(argv=None):
     helper.configure_logging("master")
     grouping.raise_open_file_limit()
     try:
-        master = Master(args.port, args.host)
-    except OSError as error:
+        master = Master(args.port, args.host, args.keep_intermediate, args.keep_failed)
+    except (OSError, vardir.VarUnavailable) as error:
         LOG.error("cannot start: %s", error)
         return 1
     signal.signal(signal.SIGTERM, lambda *_: master.post(master.on_shutdown))

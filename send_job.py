@@ -11,9 +11,11 @@ be reached, 2 the job is invalid (checked here before sending).
 """
 import argparse
 import os
+import signal
 import sys
 
 import helper
+from mrlib import outputdir
 from mrlib.grouping import raise_open_file_limit
 from mrlib.jobspec import JobRejected, JobSpec
 from mrlib.runner import TaskFailed
@@ -43,7 +45,11 @@ def parse_args(argv):
     parser.add_argument("--input-base", help="a base name: every file starting with it, "
                                              "in name order (input/book_ -> book_0, book_1 ...)")
     parser.add_argument("--output", default=DEFAULT_OUTPUT,
-                        help=f"output directory (default: {DEFAULT_OUTPUT})")
+                        help=f"output directory (default: {DEFAULT_OUTPUT}); must be empty "
+                             f"or new, unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="remove an earlier job's output files from the output directory "
+                             "first (and nothing else)")
     parser.add_argument("--mapper", default=DEFAULT_MAPPER, help="map executable")
     parser.add_argument("--reducer", default=DEFAULT_REDUCER, help="reduce executable")
     parser.add_argument("--combiner", help="combiner executable, run over each map output")
@@ -62,6 +68,8 @@ def parse_args(argv):
     parser.add_argument("--output-base", help="name outputs BASE_00, BASE_01 ... ")
     parser.add_argument("--speculative", action="store_true", default=None,
                         help="run backup copies of slow tasks near the end of a phase")
+    parser.add_argument("--keep-intermediate", action="store_true", default=None,
+                        help="keep the job's intermediate files in the master's var/job-N")
     parser.add_argument("--sequential", action="store_true",
                         help="run the job here, in one process, with no master or workers")
     parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
@@ -117,7 +125,7 @@ def build_job(args):
         combiner_executable=_resolve(args.combiner, local), partitioner=args.partitioner,
         task_timeout=args.timeout, max_attempts=args.max_attempts,
         env=parse_env(args.env) or None, output_base_name=args.output_base,
-        speculative=args.speculative)
+        speculative=args.speculative, keep_intermediate=args.keep_intermediate)
     if args.input_base and args.input_base.endswith(os.sep):
         raise JobRejected(f"--input-base {args.input_base} names a directory; use --input")
     helper.validate(message)
@@ -156,9 +164,6 @@ def summarize(status):
     if status.get("state") == "succeeded":
         print(f"job {status['job_id']} succeeded: {len(status.get('outputs', []))} file(s) in "
               f"{status.get('output_directory')}")
-        if status.get("removed_outputs"):
-            print(f"  removed from the output directory, written there by an earlier job: "
-                  f"{', '.join(status['removed_outputs'])}")
         for group, counters in sorted((status.get("counters") or {}).items()):
             for name, amount in sorted(counters.items()):
                 print(f"  counter {group}.{name} = {amount}")
@@ -173,6 +178,21 @@ def summarize(status):
     return 1
 
 
+def prepare_output(args):
+    """Refuse a used output directory, or clear it for --overwrite; False if refused."""
+    try:
+        removed = outputdir.prepare(args.output, args.overwrite, args.output_base)
+    except outputdir.OutputDirectoryInUse as refusal:
+        print(f"send_job: {refusal}", file=sys.stderr)
+        return False
+    except OSError as error:
+        print(f"send_job: cannot clear output directory {args.output}: {error}", file=sys.stderr)
+        return False
+    if removed:
+        print(f"removed {len(removed)} earlier output file(s) from {args.output}", flush=True)
+    return True
+
+
 def run_sequential(args):
     """Run the job in this process; print what --wait would; return the exit code."""
     try:
@@ -180,7 +200,11 @@ def run_sequential(args):
     except (JobRejected, helper.ProtocolError) as error:
         print(f"send_job: invalid job: {error}", file=sys.stderr)
         return 2
+    if not prepare_output(args):
+        return 2
     raise_open_file_limit()
+    # A terminated run unwinds like Ctrl-C does, so it removes its scratch directory.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         job = SequentialRun(spec).run()
     except (OSError, TaskFailed, TooManySplits) as error:
@@ -194,6 +218,8 @@ def submit(args):
         message = build_job(args)
     except (JobRejected, helper.ProtocolError) as error:
         print(f"send_job: invalid job: {error}", file=sys.stderr)
+        return 2
+    if not prepare_output(args):
         return 2
     try:
         reply = helper.request(args.host, args.port, message)

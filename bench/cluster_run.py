@@ -148,6 +148,12 @@ def detection_seconds(cluster, killed_at):
     return None
 
 
+def disk_kib(path):
+    """What `du -sk PATH` says: KiB of disk used, each hard-linked file counted once."""
+    result = subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True)
+    return int(result.stdout.split()[0]) if result.returncode == 0 else None
+
+
 def collect(output_directory, destination, env):
     """Join the job's outputs with collect.py; (exit code, seconds)."""
     return timed([localcluster.PYTHON, str(localcluster.REPO / "collect.py"),
@@ -165,6 +171,10 @@ def run(args):
         ready = time.perf_counter()
         code, job_seconds, status, killed_at = run_job(cluster, args.job,
                                                        args.kill_worker_after)
+        # After the job, as a long-lived master keeps it: var/ should hold no
+        # more than the output (its reducer-output shares the output's blocks).
+        disk = {"var_kib": disk_kib(cluster.workdir / "var"),
+                "output_kib": disk_kib(status["output_directory"])}
         collect_seconds = None
         if code == 0 and args.collect:
             code, collect_seconds = collect(status["output_directory"], args.collect,
@@ -186,6 +196,7 @@ def run(args):
         "collect_seconds": round(collect_seconds, 3) if collect_seconds is not None else None,
         "phases": status.get("timings", {}), "counters": status.get("counters", {}),
         "killed_worker_declared_dead_after_seconds": detected,
+        "disk": disk,
         "events": status.get("events", []),
         "master": master, "workers": workers,
         "largest_program": {"name": program, "peak_rss_mib": round(program_peak / MIB, 1)},

@@ -58,7 +58,8 @@ SPLIT_MIB = 64
 # count, {out} the file the result goes to, {scratch} a directory of its own,
 # {report} where cluster_run.py writes its JSON.
 CLUSTER = ("{python} {repo}/bench/cluster_run.py --report {report} --collect {out} -- "
-           "--input {input} --output {scratch}/out --mappers {files} --reducers 2 {options}")
+           "--input {input} --output {scratch}/out --overwrite --mappers {files} --reducers 2 "
+           "{options}")
 WC_MAP, WC_REDUCE = "{repo}/exec/word_count/map.py", "{repo}/exec/word_count/reduce.py"
 WC_COMBINING_MAP = "{repo}/bench/programs/wc_map_combining.py"
 
@@ -110,7 +111,7 @@ WORD_COUNT = [
          f"cat {{input}}/* | {WC_COMBINING_MAP} | LC_ALL=C sort -T {{scratch}} | {WC_REDUCE}"
          " > {out}", note="map counts words in a dict (bench/programs/wc_map_combining.py)"),
     Case("ours, --sequential mode",
-         "{python} {repo}/send_job.py --sequential --input {input} --output {scratch}/out "
+         "{python} {repo}/send_job.py --sequential --input {input} --output {scratch}/out --overwrite "
          f"--mapper {WC_MAP} --reducer {WC_REDUCE} --mappers {{files}} --reducers 2 > /dev/null"
          " && {python} {repo}/collect.py {scratch}/out {out} > /dev/null",
          note="one process, no master or workers"),
@@ -296,7 +297,7 @@ class Runner:
                          for flag, value in cluster_flags.items())
         collected = os.path.join(self.work, f"{name}-collected")
         command = fill("{python} {repo}/bench/cluster_run.py --report {report} "
-                       "--collect {collected} {flags} -- --input {input} --output {output} "
+                       "--collect {collected} {flags} -- --input {input} --output {output} --overwrite "
                        "{options}", report=report_path, collected=collected, flags=flags,
                        input=directory, output=output, options=fill(options))
         seconds, code, stderr = run_once(command, os.path.join(self.work, "scratch"))

@@ -5,20 +5,21 @@ addressed everywhere by the paths it outputs, because that is all a status
 message from any implementation's worker carries.
 """
 import collections
-import json
 import os
 import shutil
-import stat
 import time
 
 import helper
+from mrlib import grouping
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 SPLIT, MAP, GROUP, MERGE, REDUCE, DONE = "split", "map", "group", "merge", "reduce", "done"
+PUBLISH = "publish"  # outputs into the output directory, intermediates removed
 SORT = "sort"  # the kind of the group phase's tasks
 EVENT_HISTORY = 50
-# In an output directory: the names of the files the last job wrote there.
-MANIFEST = ".mapreduce-outputs"
+REDUCER_OUTPUT = "reducer-output"
+# What of var/job-N a successful job keeps: the spec's own test reads it.
+KEPT_AFTER_SUCCESS = (REDUCER_OUTPUT,)
 
 
 def task_key(paths):
@@ -95,7 +96,7 @@ class Job:
         self.mapper_dir = os.path.join(self.directory, "mapper-output")
         self.grouper_dir = os.path.join(self.directory, "grouper-output")
         self.splits_dir = os.path.join(self.directory, "splits")
-        self.reducer_dir = os.path.join(self.directory, "reducer-output")
+        self.reducer_dir = os.path.join(self.directory, REDUCER_OUTPUT)
         self.state = QUEUED
         self.phase = QUEUED
         self.tasks = {}
@@ -103,7 +104,6 @@ class Job:
         self.map_only_names = []
         self.sorted_files = set()  # map outputs a worker reported as sorted
         self.outputs = []
-        self.removed_outputs = []
         self.error = None
         self.events = collections.deque(maxlen=EVENT_HISTORY)
         self.counters = {}
@@ -178,8 +178,8 @@ class Job:
 
     def reduce_tasks(self):
         tasks = []
-        for number in range(self.spec.num_reducers):
-            source = os.path.join(self.grouper_dir, f"input_{number}")
+        partitions = grouping.partition_paths(self.grouper_dir, self.spec.num_reducers)
+        for number, source in enumerate(partitions):
             context = None
             if self.spec.uses_extensions():
                 context = {"env": dict(self.spec.env, mapreduce_task_partition=str(number))}
@@ -230,7 +230,8 @@ class Job:
         """The files that make up the job's output, in order."""
         if self.spec.num_reducers == 0:
             return self.map_outputs
-        return [task.outputs[0] for task in sorted(self.tasks.values(), key=lambda t: t.number)]
+        partitions = grouping.partition_paths(self.grouper_dir, self.spec.num_reducers)
+        return [helper.output_path(self.reducer_dir, source) for source in partitions]
 
     def output_names(self, count):
         base = self.spec.output_base_name
@@ -240,21 +241,32 @@ class Job:
         return [f"{base}_{number:0{width}d}" for number in range(count)]
 
     def publish_outputs(self):
-        """Hard-link (or copy) the final files into output_directory."""
+        """Hard-link (or copy) the final files into output_directory.
+
+        A map-only job's files are first linked into reducer-output too, so
+        that every job's results stay readable there, as the spec's test reads them.
+        """
         sources = self.final_sources()
         names = self.output_names(len(sources))
         if names is None:
             names = (self.map_only_names if self.spec.num_reducers == 0
                      else [os.path.basename(s) for s in sources])
+        if self.spec.num_reducers == 0:
+            staged = [os.path.join(self.reducer_dir, name) for name in names]
+            for source, destination in zip(sources, staged):
+                link_or_copy(source, destination)
+            sources = staged
         os.makedirs(self.spec.output_directory, exist_ok=True)
         self.outputs = []
         for source, name in zip(sources, names):
             destination = os.path.join(self.spec.output_directory, name)
             link_or_copy(source, destination)
             self.outputs.append(destination)
-        self.removed_outputs = replace_manifest(self.spec.output_directory, names,
-                                                self.spec.input_files())
-        return self.removed_outputs
+
+    def intermediate_paths(self):
+        """What a successful job no longer needs: all of var/job-N but reducer-output."""
+        return [os.path.join(self.directory, name) for name in sorted(os.listdir(self.directory))
+                if name not in KEPT_AFTER_SUCCESS]
 
     def snapshot(self):
         """What a client may see of this job (see helper.job_status)."""
@@ -262,7 +274,6 @@ class Job:
         return {"message_type": "job_status_reply", "job_id": self.id, "state": self.state,
                 "phase": self.phase, "tasks_done": done, "tasks_total": len(self.tasks),
                 "output_directory": self.spec.output_directory, "outputs": list(self.outputs),
-                "removed_outputs": list(self.removed_outputs),
                 "job_directory": self.directory, "error": self.error,
                 "events": list(self.events), "counters": self.counters,
                 "timings": dict(self.timings)}
@@ -279,67 +290,6 @@ class WholeFile:
         return {"mapreduce_map_input_file": self.path, "mapreduce_map_input_start": "0",
                 "mapreduce_map_input_length": str(os.path.getsize(self.path)),
                 "mapreduce_task_partition": str(task_number)}
-
-
-def replace_manifest(directory, names, inputs):
-    """Record `names` as the directory's job output, and remove the files
-    the previous job recorded there that this one did not write (input_7 of
-    a job with more reducers), so `cat DIR/*` and collect.py see only this
-    job's output. A file is removed only if it is still the one that job
-    wrote (same inode, size and mtime), never an input. Best effort: the
-    output is already in place, so a failure here never fails the job.
-    Returns the names removed."""
-    path = os.path.join(directory, MANIFEST)
-    keep, removed = set(names), []
-    inputs = {os.path.realpath(p) for p in inputs}
-    for name, identity in _read_manifest(path).items():
-        stale = os.path.join(directory, name)
-        if name in keep or name.startswith(MANIFEST) or os.path.basename(name) != name \
-                or _identity(stale) != identity or os.path.realpath(stale) in inputs:
-            continue
-        try:
-            os.unlink(stale)
-        except OSError:
-            continue
-        removed.append(name)
-    _write_manifest(path, {name: _identity(os.path.join(directory, name)) for name in names})
-    return removed
-
-
-def _identity(path):
-    """(inode, size, mtime) of a regular file, not followed through links; else None."""
-    try:
-        info = os.lstat(path)
-    except (OSError, ValueError):
-        return None
-    if not stat.S_ISREG(info.st_mode):
-        return None
-    return [info.st_ino, info.st_size, info.st_mtime_ns]
-
-
-def _read_manifest(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            entries = json.load(handle)
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(entries, dict):
-        return {}
-    return {name: identity for name, identity in entries.items()
-            if isinstance(identity, list) and name}
-
-
-def _write_manifest(path, entries):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(entries, handle)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # no record: the next job into this directory removes nothing
-    finally:
-        if os.path.lexists(tmp) and not os.path.isdir(tmp):
-            os.unlink(tmp)
 
 
 def link_or_copy(source, destination):

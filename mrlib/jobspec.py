@@ -40,13 +40,18 @@ class JobSpec:
     output_base_name: str = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     speculative: bool = False
+    keep_intermediate: bool = False
 
     @classmethod
-    def from_message(cls, message):
-        """Build and check a spec from a validated new_master_job message."""
+    def from_message(cls, message, var_directory=None):
+        """Build and check a spec from a validated new_master_job message.
+
+        `var_directory`, the master's, is a place no output may go.
+        """
         fields = {f.name for f in dataclasses.fields(cls)}
         spec = cls(**{k: v for k, v in message.items() if k in fields and v is not None})
         spec.check()
+        spec.check_output(var_directory)
         return spec
 
     def check(self):
@@ -68,8 +73,6 @@ class JobSpec:
             check_executable("combiner_executable", self.combiner_executable)
         self.check_inputs()
         self.check_options()
-        if os.path.exists(self.output_directory) and not os.path.isdir(self.output_directory):
-            raise JobRejected(f"output_directory {self.output_directory} exists and is not a directory")
 
     def check_inputs(self):
         if self.input_file is not None:
@@ -102,6 +105,39 @@ class JobSpec:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
             raise JobRejected("env must map names to string values")
 
+    def check_output(self, var_directory=None):
+        """Refuse an output directory the job could not write, or would damage.
+
+        Its files would be read back as input by the next run if it were the
+        input directory (or inside it); it must not be the root or the
+        master's var/; and it must exist as a writable directory or be
+        creatable, found out now rather than after the whole job ran.
+        """
+        where = self.output_directory
+        real = os.path.realpath(where)
+        if real == os.path.realpath(os.sep):
+            raise JobRejected(f"output_directory {where} is the filesystem root")
+        self.check_output_outside_input(real)
+        if var_directory is not None and _within(real, os.path.realpath(var_directory)):
+            raise JobRejected(f"output_directory {where} is inside the master's working "
+                              f"directory {var_directory}")
+        check_writable_directory(where)
+
+    def check_output_outside_input(self, real_output):
+        """The next run must not read this one's outputs (or have them replace its input)."""
+        where = self.output_directory
+        if self.input_file is None and self.input_base_name is None:
+            if _within(real_output, os.path.realpath(self.input_directory)):
+                raise JobRejected(f"output_directory {where} is input_directory "
+                                  f"{self.input_directory} or inside it: the next job "
+                                  f"would read these outputs as input")
+            return
+        field, path = (("input_file", self.input_file) if self.input_file is not None
+                       else ("input_base_name", self.input_base_name))
+        if real_output == os.path.realpath(os.path.dirname(path) or "."):
+            raise JobRejected(f"output_directory {where} is the directory of {field} {path}: "
+                              f"the outputs would land among the inputs")
+
     def uses_extensions(self):
         """True if tasks need our optional fields (context), i.e. not a plain spec job."""
         return bool(self.env or self.split_size or self.record_size or self.input_file
@@ -123,6 +159,30 @@ def check_executable(field, path):
         raise JobRejected(f"{field} {path} is not a file")
     if not os.access(path, os.X_OK):
         raise JobRejected(f"{field} {path} is not executable (chmod +x it)")
+
+
+def check_writable_directory(path):
+    """Raise JobRejected unless `path` is a writable directory or can be made one."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise JobRejected(f"output_directory {path} exists and is not a directory")
+    existing = path
+    while not os.path.lexists(existing):
+        parent = os.path.dirname(os.path.abspath(existing))
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        raise JobRejected(f"output_directory {path} cannot be created: {existing} is not "
+                          f"a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be created in {existing}"
+        raise JobRejected(f"output_directory {path} {what} (permission denied or "
+                          f"a read-only filesystem)")
+
+
+def _within(path, directory):
+    """True if real path `path` is `directory` or below it."""
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def directory_files(directory):

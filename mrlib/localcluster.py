@@ -176,8 +176,9 @@ class LocalCluster:
         self.sessions.append(process.pid)
         return process
 
-    def start_master(self, preexec_fn=None):
-        self.master = self.spawn([REPO / "master.py", self.port], "master.log", preexec_fn)
+    def start_master(self, preexec_fn=None, extra=()):
+        self.master = self.spawn([REPO / "master.py", self.port, *extra], "master.log",
+                                 preexec_fn)
         wait_until(lambda: listening(self.port) or self.master.poll() is not None,
                    what="the master to listen")
         assert self.master.poll() is None, self.log("master.log")

@@ -8,12 +8,19 @@ sorted data, however it is spread over files, so its output files are
 byte-identical to a cluster run's, and its wall time is the baseline every
 benchmark compares against.
 """
+import fcntl
+import glob
 import os
 import shutil
 import tempfile
 
 from mrlib import grouping, runner, splits
 from mrlib.job import GROUP, MAP, REDUCE, SUCCEEDED, Job
+
+SCRATCH_PREFIX = ".mapreduce-sequential-"
+# Inside a scratch directory, locked while its run lives: a scratch directory
+# whose lock can be taken belongs to a run that was killed.
+SCRATCH_LOCK = "running.lock"
 
 
 class SequentialRun:
@@ -23,8 +30,13 @@ class SequentialRun:
         self.spec = spec
         parent = os.path.dirname(os.path.abspath(spec.output_directory))
         os.makedirs(parent, exist_ok=True)
+        remove_abandoned_scratch(parent)
         # Beside the output, so the final hard links need no copy.
-        self.scratch = tempfile.mkdtemp(prefix=".mapreduce-sequential-", dir=parent)
+        self.scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent)
+        # Locked before it gets the name other runs look for.
+        lock_path = os.path.join(self.scratch, SCRATCH_LOCK)
+        self.lock = _lock(lock_path + ".new", blocking=True)
+        os.rename(lock_path + ".new", lock_path)
         self.job = Job(0, spec, self.scratch)
         self.counters = runner.Report()
 
@@ -42,6 +54,7 @@ class SequentialRun:
             self.job.publish_outputs()
         finally:
             shutil.rmtree(self.scratch, ignore_errors=True)
+            os.close(self.lock)
         self.job.counters = self.counters.counters
         self.job.end(SUCCEEDED)
         return self.job
@@ -73,3 +86,30 @@ class SequentialRun:
             self.counters.merge(runner.run_task_program(
                 task.executable, path, output, combiner=combiner,
                 env=context.environment(path), timeout=self.spec.task_timeout))
+
+
+def remove_abandoned_scratch(parent):
+    """Remove scratch directories of killed runs here; never one whose run still lives."""
+    for scratch in glob.glob(os.path.join(glob.escape(parent), SCRATCH_PREFIX + "*")):
+        lock_path = os.path.join(scratch, SCRATCH_LOCK)
+        if os.path.islink(scratch) or not os.path.isfile(lock_path):
+            continue  # not a directory this code made
+        try:
+            lock = _lock(lock_path, blocking=False)
+        except OSError:
+            continue  # locked: a run in progress
+        try:
+            shutil.rmtree(scratch, ignore_errors=True)
+        finally:
+            os.close(lock)
+
+
+def _lock(path, blocking):
+    """An fd holding an exclusive flock on `path` (created if needed); OSError if taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

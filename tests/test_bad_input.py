@@ -390,10 +390,13 @@ def test_unwritable_output_fails_the_job_and_leaves_no_scratch(cluster, tmp_path
     cluster.start_worker()
     output = tmp_path / "out"
     (output / "input_0").mkdir(parents=True)
-    result = cluster.send_job("--input", write_files(tmp_path / "in", SMALL_INPUT),
-                              "--output", output, "--wait")
-    assert result.returncode == 1
-    assert f"cannot write the output to {output}" in result.stdout.decode() + result.stderr.decode()
+    # Straight to the master: send_job.py would refuse the used directory itself.
+    message = helper.new_master_job(str(write_files(tmp_path / "in", SMALL_INPUT)), str(output),
+                                    str(WORD_COUNT[0]), str(WORD_COUNT[1]), 2, 2)
+    job_id = helper.request("localhost", cluster.port, message)["job_id"]
+    wait_until(lambda: "failed" in cluster.send_job("--status", job_id).stdout.decode(),
+               JOB_TIMEOUT, what="the job to fail")
+    assert f"cannot write the output to {output}" in cluster.master_log()
     assert sorted(p.name for p in output.iterdir()) == ["input_0"]
     run_good_job(cluster, tmp_path)
 

@@ -110,7 +110,7 @@ def tree_size(directory):
 
 
 def visible_files(directory):
-    """A job's output files, sorted: what `DIR/*` names (not the hidden manifest)."""
+    """A job's output files, sorted: what `DIR/*` names."""
     return sorted(p for p in Path(directory).iterdir() if not p.name.startswith("."))
 
 
@@ -194,7 +194,7 @@ def test_split_sizes_give_identical_word_count(workers, tmp_path):
     for size in SPLIT_SIZES:
         output = tmp_path / f"out-{size}"
         stdout = run(workers, *word_count_args(inputs, output, "--reducers", 3,
-                                               "--split-size", size))
+                                               "--split-size", size, "--keep-intermediate"))
         assert collect(workers, output) == expected, f"split size {size}"
         groups = splits_by_source(job_directory(workers, stdout) / "splits")
         assert sorted(groups) == sorted(p.name for p in inputs.iterdir())
@@ -224,7 +224,8 @@ def test_fixed_size_records_are_never_cut(workers, tmp_path):
     cat = script(tmp_path / "cat.sh", CAT)
     output = tmp_path / "out"
     stdout = run(workers, "--input", inputs, "--output", output, "--mapper", cat,
-                 "--reducers", 0, "--record-size", RECORD_SIZE, "--split-size", RECORD_SPLIT_SIZE)
+                 "--reducers", 0, "--record-size", RECORD_SIZE, "--split-size", RECORD_SPLIT_SIZE,
+                 "--keep-intermediate")
     groups = splits_by_source(job_directory(workers, stdout) / "splits")
     assert sorted(groups) == sorted(contents)
     for source, parts in groups.items():
@@ -371,9 +372,10 @@ def test_combiner_same_output_less_intermediate_data(workers, tmp_path):
     """word count with reduce.py as combiner: same output as without, less map output on disk."""
     inputs = repetitive_inputs(tmp_path / "in")
     expected = sequential(sorted(inputs.iterdir()), *WORD_COUNT)
-    plain = run(workers, *word_count_args(inputs, tmp_path / "plain", "--reducers", 2))
+    plain = run(workers, *word_count_args(inputs, tmp_path / "plain", "--reducers", 2,
+                                          "--keep-intermediate"))
     combined = run(workers, *word_count_args(inputs, tmp_path / "combined", "--reducers", 2,
-                                             "--combiner", WORD_COUNT[1]))
+                                             "--combiner", WORD_COUNT[1], "--keep-intermediate"))
     assert collect(workers, tmp_path / "plain") == expected
     assert collect(workers, tmp_path / "combined") == expected
     without = tree_size(job_directory(workers, plain) / "mapper-output")

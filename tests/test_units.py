@@ -5,7 +5,7 @@ import random
 import pytest
 
 import helper
-from mrlib import grouping, runner
+from mrlib import grouping, outputdir, runner
 from mrlib import job as jobs
 from mrlib.jobspec import base_name_files
 
@@ -231,25 +231,11 @@ def test_stderr_is_read_in_bounded_pieces():
     assert len(report.stderr_tail) <= runner.STDERR_TAIL_BYTES
 
 
-def test_manifest_removes_only_what_the_last_job_wrote(tmp_path):
-    """Names the previous job wrote and this one does not are removed, unless since replaced."""
-    for name in ("input_0", "input_1", "input_2", "mine.txt"):
-        (tmp_path / name).write_bytes(name.encode())
-    assert jobs.replace_manifest(str(tmp_path), ["input_0", "input_1", "input_2"], []) == []
-    (tmp_path / "input_2").write_bytes(b"the user's own, written since")
-    removed = jobs.replace_manifest(str(tmp_path), ["input_0"], [])
-    assert removed == ["input_1"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == \
-        [jobs.MANIFEST, "input_0", "input_2", "mine.txt"]
-    assert jobs.replace_manifest(str(tmp_path), ["input_0"], []) == []
-
-
-def test_a_broken_manifest_never_fails_publishing(tmp_path):
-    """A manifest that is a directory, or garbage, is ignored; nothing is removed."""
-    (tmp_path / "input_0").write_bytes(b"x")
-    (tmp_path / jobs.MANIFEST).mkdir()
-    assert jobs.replace_manifest(str(tmp_path), ["input_0"], []) == []
-    (tmp_path / jobs.MANIFEST).rmdir()
-    (tmp_path / jobs.MANIFEST).write_bytes(b"\xff not json")
-    assert jobs.replace_manifest(str(tmp_path), ["input_0"], []) == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == [jobs.MANIFEST, "input_0"]
+@pytest.mark.parametrize("name,ours", [
+    ("input_0", True), ("input_12", True), ("000003_part-a", True), ("count_07", True),
+    (".input_1.tmp-4242", True), ("input_", False), ("input_1.txt", False),
+    ("notes.txt", False), ("count_x", False), ("00003_short", False), (".hidden", False),
+])
+def test_overwrite_recognises_only_job_output_names(name, ours):
+    """--overwrite may remove input_N, map-only NNNNNN_name, BASE_NN and their temporary links, nothing else."""
+    assert bool(outputdir.output_name_pattern("count").fullmatch(name)) == ours

@@ -1,0 +1,471 @@
+"""Safe to operate: a user's data is never destroyed, and jobs leave exactly their outputs.
+
+The master touches only a `var/` it made (or an empty one), after binding its
+ports, and one master at a time per directory; output directories hold the
+job's outputs and nothing else; a successful job's intermediates are removed,
+failed jobs' kept up to a bound; the client refuses to mix a new job's outputs
+with old files unless told to overwrite them, and never removes anything else.
+"""
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import helper
+from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, Cluster, assert_matches_sequential,
+                      free_master_port, kill_session, partition_files, sequential, wait_until, write_files)
+from mrlib import vardir
+
+SMALL_INPUT = {
+    "part-a": b"the quick brown fox\njumps over the lazy dog\n",
+    "part-b": b"the dog barks\nthe fox runs\n",
+    "part-c": b"lazy lazy dog\n",
+}
+PRECIOUS = b"a user's file that must survive\n"
+REFUSAL_TIMEOUT = 15.0
+SEND_JOB_INVALID = 2
+KEEP_FAILED = 2
+
+
+def run_master(workdir, port, *extra):
+    """Run master.py in `workdir` until it exits (it is expected to refuse)."""
+    return subprocess.run([PYTHON, str(REPO / "master.py"), str(port), *extra], cwd=workdir,
+                          capture_output=True, timeout=REFUSAL_TIMEOUT)
+
+
+def foreign_var(workdir):
+    """A var/ with a user's file in it, as on any machine with a /var."""
+    precious = Path(workdir) / "var" / "lib" / "important.txt"
+    precious.parent.mkdir(parents=True)
+    precious.write_bytes(PRECIOUS)
+    return precious
+
+
+def one_line(text):
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def sleepy_mapper(tmp_path, seconds):
+    path = tmp_path / "sleepy-map.sh"
+    path.write_text(f"#!/bin/sh\nsleep {seconds}\nexec {WORD_COUNT[0]}\n")
+    path.chmod(0o755)
+    return path
+
+
+def failing_mapper(tmp_path):
+    path = tmp_path / "failing-map.sh"
+    path.write_text("#!/bin/sh\ncat >/dev/null\nexit 3\n")
+    path.chmod(0o755)
+    return path
+
+
+def job_id(stdout):
+    return int(stdout.decode().split()[1])
+
+
+# --- the master's var/ --------------------------------------------------------
+
+def test_foreign_var_survives_a_start_on_a_busy_port(tmp_path):
+    """A master whose port is taken exits without touching a var/ it did not make."""
+    precious = foreign_var(tmp_path)
+    port = free_master_port()
+    with socket.create_server(("localhost", port)):
+        result = run_master(tmp_path, port)
+    assert result.returncode != 0
+    assert precious.read_bytes() == PRECIOUS
+    assert sorted(os.listdir(tmp_path / "var")) == ["lib"]
+
+
+def test_foreign_var_survives_a_start_on_a_free_port(tmp_path):
+    """A master refuses to start in a directory whose var/ it did not make, naming it, and leaves it whole."""
+    precious = foreign_var(tmp_path)
+    result = run_master(tmp_path, free_master_port())
+    assert result.returncode != 0
+    line = one_line(result.stderr.decode())
+    assert str(tmp_path / "var") in line
+    assert precious.read_bytes() == PRECIOUS
+    assert sorted(os.listdir(tmp_path / "var")) == ["lib"]
+
+
+def test_a_marker_the_master_did_not_write_is_not_trusted(tmp_path):
+    """A var/ holding a file named like the master's marker, but not written by a master, is left whole."""
+    precious = foreign_var(tmp_path)
+    (tmp_path / "var" / vardir.MARKER).write_bytes(b"someone else's file\n")
+    result = run_master(tmp_path, free_master_port())
+    assert result.returncode != 0
+    assert str(tmp_path / "var") in one_line(result.stderr.decode())
+    assert precious.read_bytes() == PRECIOUS
+    assert (tmp_path / "var" / vardir.MARKER).read_bytes() == b"someone else's file\n"
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink to an empty directory"])
+def test_var_that_is_not_a_directory_is_left_alone(tmp_path, kind):
+    """A var that is a file, or a link to some other (even empty) directory, is refused and left as it was."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    if kind == "file":
+        (tmp_path / "var").write_bytes(PRECIOUS)
+    else:
+        (tmp_path / "var").symlink_to(target)
+    result = run_master(tmp_path, free_master_port())
+    assert result.returncode != 0
+    assert str(tmp_path / "var") in one_line(result.stderr.decode())
+    assert os.listdir(target) == []
+    if kind == "file":
+        assert (tmp_path / "var").read_bytes() == PRECIOUS
+
+
+def test_an_empty_var_is_taken_and_a_job_runs(tmp_path):
+    """An empty var/ the master did not make is used, as the spec's fresh var/."""
+    (tmp_path / "var").mkdir()
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_master()
+        cluster.start_worker()
+        inputs = write_files(tmp_path / "in", SMALL_INPUT)
+        outputs = cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out", 2, 2)
+        assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+    finally:
+        cluster.stop()
+
+
+def test_second_master_in_the_same_directory_refuses_and_the_first_job_finishes(cluster, tmp_path):
+    """A second master in a running master's directory refuses without touching its files; the first one's job completes."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    client = cluster.send_job_async("--input", inputs, "--output", output,
+                                    "--mapper", sleepy_mapper(tmp_path, 1),
+                                    "--mappers", 3, "--reducers", 2, "--wait")
+    try:
+        wait_until(lambda: (cluster.workdir / "var" / "job-0" / "mapper-output").is_dir(),
+                   what="the first job to start")
+        before = sorted(os.listdir(cluster.workdir / "var" / "job-0"))
+        second = run_master(cluster.workdir, free_master_port())
+        assert second.returncode != 0
+        line = one_line(second.stderr.decode())
+        assert "in use by another master" in line and f"port {cluster.port}" in line, line
+        assert sorted(os.listdir(cluster.workdir / "var" / "job-0")) == before
+        stdout, stderr = client.communicate(timeout=JOB_TIMEOUT)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode == 0, stdout.decode() + stderr.decode() + cluster.master_log()
+    expected = sequential(sorted(inputs.iterdir()), *WORD_COUNT)
+    assert b"".join(p.read_bytes() for p in partition_files(output)) == expected
+
+
+@pytest.mark.parametrize("how", ["shutdown", "SIGKILL"])
+def test_a_restarted_master_gets_a_fresh_var(tmp_path, how):
+    """A master restarted in the same directory, after a clean stop or a SIGKILL, starts from an empty var/."""
+    first = Cluster(tmp_path)
+    try:
+        first.start_master()
+        first.start_worker()
+        inputs = write_files(tmp_path / "in", SMALL_INPUT)
+        first.run_job(*WORD_COUNT, inputs, tmp_path / "out", 2, 2)
+        assert (tmp_path / "var" / "job-0").is_dir()
+        if how == "shutdown":
+            first.shutdown()
+            first.master.wait(REFUSAL_TIMEOUT)
+        else:
+            first.master.send_signal(signal.SIGKILL)
+            first.master.wait(REFUSAL_TIMEOUT)
+    finally:
+        first.stop()
+    second = Cluster(tmp_path)
+    try:
+        second.start_master()
+        wait_until(lambda: os.listdir(tmp_path / "var") == [vardir.MARKER],
+                   what=f"a fresh var/: {os.listdir(tmp_path / 'var')}")
+        second.start_worker()
+        outputs = second.run_job(*WORD_COUNT, inputs, tmp_path / "out2", 2, 2)
+        assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+    finally:
+        second.stop()
+
+
+# --- output directories hold exactly the outputs --------------------------------
+
+@pytest.mark.parametrize("options,names", [
+    ((), ["input_0", "input_1", "input_2"]),
+    (("--output-base", "count"), ["count_00", "count_01", "count_02"]),
+    (("--reducers", 0), ["000000_part-a", "000001_part-b", "000002_part-c"]),
+    (("--split-size", 20), ["input_0", "input_1", "input_2"]),
+])
+def test_output_directory_lists_exactly_the_outputs(cluster, tmp_path, options, names):
+    """After a job, listing the output directory (hidden files too) gives exactly its R outputs, and var/job-N only reducer-output."""
+    cluster.start_workers(2)
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    result = cluster.send_job("--input", inputs, "--output", output, "--mappers", 3,
+                              "--reducers", 3, *options, "--wait")
+    assert result.returncode == 0, result.stderr.decode() + cluster.master_log()[-2000:]
+    assert sorted(os.listdir(output)) == names
+    job_dir = cluster.workdir / "var" / f"job-{job_id(result.stdout)}"
+    assert os.listdir(job_dir) == ["reducer-output"]
+    assert sorted(os.listdir(job_dir / "reducer-output")) == \
+        (names if "--reducers" in options else ["input_0", "input_1", "input_2"])
+
+
+def test_keep_intermediate_keeps_every_file(cluster, tmp_path):
+    """--keep-intermediate keeps the job's splits, map and group files in var/job-N."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--split-size", 20,
+                              "--keep-intermediate", "--wait")
+    assert result.returncode == 0, result.stderr.decode()
+    job_dir = cluster.workdir / "var" / f"job-{job_id(result.stdout)}"
+    assert sorted(os.listdir(job_dir)) == ["grouper-output", "mapper-output", "reducer-output",
+                                           "splits"]
+    assert os.listdir(job_dir / "mapper-output")
+
+
+def test_master_keep_intermediate_flag(tmp_path):
+    """master.py --keep-intermediate keeps every job's intermediates."""
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_master(extra=("--keep-intermediate",))
+        cluster.start_worker()
+        inputs = write_files(tmp_path / "in", SMALL_INPUT)
+        cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out", 2, 2)
+        assert sorted(os.listdir(tmp_path / "var" / "job-0")) == \
+            ["grouper-output", "mapper-output", "reducer-output"]
+    finally:
+        cluster.stop()
+
+
+def test_only_the_last_failed_jobs_keep_their_files(tmp_path):
+    """Failed jobs keep their files for inspection, but only the last --keep-failed of them."""
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_master(extra=("--keep-failed", KEEP_FAILED))
+        cluster.start_worker()
+        inputs = write_files(tmp_path / "in", SMALL_INPUT)
+        failing = failing_mapper(tmp_path)
+        for number in range(KEEP_FAILED + 2):
+            result = cluster.send_job("--input", inputs, "--output", tmp_path / f"out{number}",
+                                      "--mapper", failing, "--max-attempts", 1, "--wait")
+            assert result.returncode == 1, result.stdout.decode() + result.stderr.decode()
+        kept = [f"job-{n}" for n in range(2, KEEP_FAILED + 2)]
+        wait_until(lambda: sorted(os.listdir(tmp_path / "var")) ==
+                   sorted([vardir.MARKER] + kept),
+                   what=f"only {kept} in var/: {sorted(os.listdir(tmp_path / 'var'))}")
+        assert os.listdir(tmp_path / "var" / kept[-1] / "mapper-output") is not None
+    finally:
+        cluster.stop()
+
+
+# --- output directories the master refuses -----------------------------------------
+
+def rejected(cluster, tmp_path, output, **changes):
+    """Submit a job straight to the master (no client checks); return its rejection."""
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    message = helper.new_master_job(str(inputs), str(output), str(WORD_COUNT[0]),
+                                    str(WORD_COUNT[1]), 2, 2)
+    message.update(changes)
+    reply = helper.request("localhost", cluster.port, message)
+    assert reply["message_type"] == "job_rejected", reply
+    return reply["error"]
+
+
+@pytest.mark.parametrize("case", ["the input directory", "inside the input directory",
+                                  "the root", "inside var", "under a file"])
+def test_master_rejects_a_bad_output_directory_at_submission(cluster, tmp_path, case):
+    """An output directory that is the input (or in it), /, inside var/ or impossible is rejected at once, naming the field."""
+    inputs = tmp_path / "in"
+    (tmp_path / "a-file").write_bytes(b"x")
+    output = {"the input directory": inputs, "inside the input directory": inputs / "out",
+              "the root": Path("/"), "inside var": cluster.workdir / "var" / "out",
+              "under a file": tmp_path / "a-file" / "out"}[case]
+    error = rejected(cluster, tmp_path, output)
+    assert "output_directory" in error and str(output) in error, error
+    assert not (tmp_path / "in" / "out").exists()
+    assert sorted(os.listdir(tmp_path / "in")) == sorted(SMALL_INPUT)
+    cluster.start_worker()
+    outputs = cluster.run_job(*WORD_COUNT, inputs, tmp_path / "good", 2, 2)
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+
+
+def test_read_only_output_directory_is_rejected(cluster, tmp_path):
+    """An output directory on a read-only filesystem is rejected at submission, not after the job ran."""
+    mount_point = tmp_path / "read-only"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs",
+                              str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        error = rejected(cluster, tmp_path, mount_point / "out")
+        assert "output_directory" in error and "cannot be created" in error, error
+        error = rejected(cluster, tmp_path, mount_point)
+        assert "output_directory" in error and "not writable" in error, error
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_send_job_refuses_the_input_directory_as_output(cluster, tmp_path):
+    """send_job.py refuses an output directory equal to the input, before sending, with one line."""
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    result = cluster.send_job("--input", inputs, "--output", inputs)
+    assert result.returncode == SEND_JOB_INVALID
+    line = one_line(result.stderr.decode())
+    assert "output_directory" in line and str(inputs) in line, line
+    assert sorted(os.listdir(inputs)) == sorted(SMALL_INPUT)
+    assert "accepted" not in cluster.master_log()
+
+
+# --- the client: non-empty output directories and --overwrite ------------------------
+
+def test_non_empty_output_is_refused_without_overwrite(cluster, tmp_path):
+    """A second job into a used output directory is refused, naming the files and both ways out; nothing is touched."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    first = cluster.run_job(*WORD_COUNT, inputs, output, 2, 2)
+    before = {p.name: (p.stat().st_ino, p.read_bytes()) for p in first}
+    result = cluster.send_job("--input", inputs, "--output", output)
+    assert result.returncode == SEND_JOB_INVALID
+    line = one_line(result.stderr.decode())
+    for part in ("input_0", "--overwrite", "--output", str(output.name)):
+        assert part in line, line
+    assert {p.name: (p.stat().st_ino, p.read_bytes()) for p in output.iterdir()} == before
+    assert "job 1" not in cluster.master_log()
+
+
+def test_overwrite_replaces_an_earlier_jobs_outputs_only(cluster, tmp_path):
+    """--overwrite removes an earlier job's outputs (more partitions than now) and the directory then holds exactly the new ones."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    cluster.run_job(*WORD_COUNT, inputs, output, 2, 4)
+    result = cluster.send_job("--input", inputs, "--output", output, "--reducers", 2,
+                              "--overwrite", "--wait")
+    assert result.returncode == 0, result.stderr.decode()
+    assert sorted(os.listdir(output)) == ["input_0", "input_1"]
+    assert_matches_sequential(partition_files(output), inputs, *WORD_COUNT, 2)
+
+
+def test_overwrite_never_removes_a_users_file(cluster, tmp_path):
+    """--overwrite into a directory that also holds a user's files refuses, naming them, and removes nothing."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    cluster.run_job(*WORD_COUNT, inputs, output, 2, 2)
+    (output / "notes.txt").write_bytes(PRECIOUS)
+    (output / ".hidden").write_bytes(PRECIOUS)
+    (output / "input_7").mkdir()
+    result = cluster.send_job("--input", inputs, "--output", output, "--overwrite")
+    assert result.returncode == SEND_JOB_INVALID
+    line = one_line(result.stderr.decode())
+    for name in ("notes.txt", ".hidden", "input_7"):
+        assert name in line, line
+    assert sorted(os.listdir(output)) == [".hidden", "input_0", "input_1", "input_7",
+                                          "notes.txt"]
+
+
+def test_the_same_overwrite_command_twice_works(cluster, tmp_path):
+    """The README's quick-start submission, run twice, succeeds both times with the right output."""
+    cluster.start_workers(2)
+    for _ in range(2):
+        result = cluster.send_job("--wait", "--overwrite")
+        assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    output = cluster.workdir / "output"
+    assert sorted(os.listdir(output)) == ["input_0", "input_1"]
+    assert_matches_sequential(partition_files(output), REPO / "input" / "sample1",
+                              *WORD_COUNT, 2)
+
+
+def test_sequential_mode_refuses_a_used_output_too(tmp_path):
+    """send_job.py --sequential refuses a non-empty output directory unless --overwrite."""
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = write_files(tmp_path / "out", {"input_0": b"old\n", "input_5": b"older\n"})
+    arguments = [PYTHON, str(REPO / "send_job.py"), "--sequential", "--input", str(inputs),
+                 "--output", str(output)]
+    refused = subprocess.run(arguments, capture_output=True, timeout=JOB_TIMEOUT)
+    assert refused.returncode == SEND_JOB_INVALID
+    assert (output / "input_5").read_bytes() == b"older\n"
+    done = subprocess.run(arguments + ["--overwrite"], capture_output=True, timeout=JOB_TIMEOUT)
+    assert done.returncode == 0, done.stderr.decode()
+    assert sorted(os.listdir(output)) == ["input_0", "input_1"]
+    assert b"".join(p.read_bytes() for p in partition_files(output)) == \
+        sequential(sorted(inputs.iterdir()), *WORD_COUNT)
+
+
+# --- collect.py and sequential runs -------------------------------------------------------
+
+def test_collect_twice_into_the_output_directory_does_not_double(cluster, tmp_path):
+    """collect.py never reads its own destination, so collecting twice gives the same file."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    cluster.run_job(*WORD_COUNT, inputs, output, 2, 2, "--output-base", "wc")
+    destination = output / "all"
+    for _ in range(2):
+        subprocess.run([PYTHON, str(REPO / "collect.py"), str(output), str(destination)],
+                       check=True, capture_output=True, timeout=JOB_TIMEOUT)
+    assert destination.read_bytes() == sequential(sorted(inputs.iterdir()), *WORD_COUNT)
+
+
+def scratch_directories(parent):
+    """The scratch directories of sequential runs that have started (their lock is in place)."""
+    return sorted(p for p in Path(parent).iterdir()
+                  if p.name.startswith(".mapreduce-sequential-") and (p / "running.lock").exists())
+
+
+def sequential_run(tmp_path, output, mapper):
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    return subprocess.Popen([PYTHON, str(REPO / "send_job.py"), "--sequential", "--input",
+                             str(inputs), "--output", str(output), "--mapper", str(mapper)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def kill_group(process):
+    """Kill the run and whatever programs it left (all in the session it leads)."""
+    kill_session(process.pid)
+    process.communicate()
+
+
+def test_killed_sequential_run_leaves_nothing_after_the_next_run(tmp_path):
+    """A SIGKILLed --sequential run's scratch directory is removed by the next run, but a live run's never is."""
+    output = tmp_path / "out"
+    killed = sequential_run(tmp_path, output, sleepy_mapper(tmp_path, 30))
+    try:
+        wait_until(lambda: scratch_directories(tmp_path), what="the scratch directory")
+        abandoned = scratch_directories(tmp_path)
+        kill_group(killed)
+        live = sequential_run(tmp_path, tmp_path / "out-live", sleepy_mapper(tmp_path, 30))
+        try:
+            wait_until(lambda: len(scratch_directories(tmp_path)) == 1 and
+                       not any(p in abandoned for p in scratch_directories(tmp_path)),
+                       what="the live run to start and remove the abandoned scratch")
+            live_scratch = scratch_directories(tmp_path)
+            done = subprocess.run([PYTHON, str(REPO / "send_job.py"), "--sequential", "--input",
+                                   str(tmp_path / "in"), "--output", str(output)],
+                                  capture_output=True, timeout=JOB_TIMEOUT)
+            assert done.returncode == 0, done.stderr.decode()
+            assert scratch_directories(tmp_path) == live_scratch, "a live run's scratch was removed"
+        finally:
+            kill_group(live)
+    finally:
+        kill_group(killed)
+
+
+def test_terminated_sequential_run_removes_its_scratch(tmp_path):
+    """A --sequential run stopped with SIGTERM removes its scratch directory before exiting."""
+    run = sequential_run(tmp_path, tmp_path / "out", sleepy_mapper(tmp_path, 2))
+    try:
+        wait_until(lambda: scratch_directories(tmp_path), what="the scratch directory")
+        run.send_signal(signal.SIGTERM)
+        run.communicate(timeout=JOB_TIMEOUT)
+        assert run.returncode != 0
+        assert scratch_directories(tmp_path) == []
+    finally:
+        kill_group(run)
