@@ -9,6 +9,7 @@ call json or recv themselves.
 import json
 import logging
 import os
+import selectors
 import socket
 import threading
 import time
@@ -29,6 +30,27 @@ STOP_POLL_INTERVAL = 0.2
 LISTEN_BACKLOG = 128
 # After a failed accept (say, out of file descriptors), wait this long.
 ACCEPT_RETRY_DELAY = 0.1
+# Connections a server holds open at once, read or being answered. A
+# legitimate message takes milliseconds from connect to EOF and a cluster has
+# tens of workers, so this leaves room for bursts, while keeping open files
+# far below the usual limit of 1024. When full, the connection open longest
+# (an idle or trickling one) is closed to make room for the new one.
+MAX_CONNECTIONS = 256
+# Bytes buffered across all the messages still arriving: four messages at
+# MAX_MESSAGE_BYTES fit at once. Past it the connection holding the most
+# bytes is closed, so connections that never finish cost at most this.
+MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+# Messages handled at once, each on its own thread. The master's handlers
+# may wait (a job submission up to 10 s, a long poll up to 30 s). When all
+# are busy the server reads nothing until one frees, leaving the bytes in
+# the kernel: a dropped message could not be told from a delivered one.
+MAX_HANDLERS = 64
+# Connections accepted before the server reads again, so that a burst of new
+# connections cannot push out a message that has arrived but is unread.
+ACCEPT_BATCH = 32
+# Connections closed for a limit are logged at most once per this interval,
+# with their count: a flood costs a few lines, not one per connection.
+LIMIT_LOG_INTERVAL = 10.0
 MAX_DATAGRAM = 64 * 1024
 
 
@@ -359,13 +381,64 @@ def parse_address(text, default_host="localhost"):
 
 # --- servers ---------------------------------------------------------------
 
-class MessageServer:
-    """A TCP server: one thread per connection, one message per connection.
+class _Arriving:
+    """A connection whose message is still arriving: its bytes so far and its deadline.
 
-    `handler(message)` is called for every valid message; if it returns a
-    dict, that dict is written back on the connection (our client's
-    extension). Empty connections are ignored silently; bad messages are
-    logged with the reason and dropped; the server always goes on.
+    The bytes are kept in pieces of up to RECV_CHUNK, each filled before the
+    next is begun: a peer sending a byte at a time costs a byte a byte, not
+    an object each, and no large buffer is ever grown by copying.
+    """
+
+    __slots__ = ("sock", "chunks", "size", "deadline")
+
+    def __init__(self, sock, deadline):
+        self.sock = sock
+        self.chunks = []
+        self.size = 0
+        self.deadline = deadline
+
+    def append(self, data):
+        if self.chunks and len(self.chunks[-1]) + len(data) <= RECV_CHUNK:
+            self.chunks[-1] += data
+        else:
+            self.chunks.append(bytearray(data))
+        self.size += len(data)
+
+
+class _DropLog:
+    """Log connections closed for a limit: the first at once, then counts per interval."""
+
+    def __init__(self, name):
+        self.name = name
+        self.counts = {}  # reason -> connections dropped since the last line
+        self.logged_at = None
+
+    def count(self, reason):
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        self.flush()
+
+    def flush(self):
+        now = time.monotonic()
+        if not self.counts or (self.logged_at is not None
+                               and now - self.logged_at < LIMIT_LOG_INTERVAL):
+            return
+        for reason, count in self.counts.items():
+            LOG.warning("%s: dropped %d connection(s): %s", self.name, count, reason)
+        self.counts.clear()
+        self.logged_at = now
+
+
+class MessageServer:
+    """A TCP server, one message per connection: read on one thread, handled on a few.
+
+    One thread accepts every connection and reads them all without blocking,
+    each into a buffer of its own, within MAX_CONNECTIONS open,
+    MAX_BUFFERED_BYTES across them, MAX_MESSAGE_BYTES per message and
+    READ_TIMEOUT for all of it. At EOF the message is decoded and
+    `handler(message)` runs on a thread of its own, at most MAX_HANDLERS at
+    once; if it returns a dict, that dict is written back on the connection
+    (our client's extension). Empty connections are ignored silently; bad
+    messages are logged with the reason and dropped; the server always goes on.
     """
 
     def __init__(self, host, port, handler, name):
@@ -373,68 +446,240 @@ class MessageServer:
         self.name = name
         self.stopping = threading.Event()
         self.sock = socket.create_server((host, port), backlog=LISTEN_BACKLOG)
-        self.sock.settimeout(STOP_POLL_INTERVAL)
+        self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.sock, selectors.EVENT_READ)
         self.thread = threading.Thread(target=self.serve, name=f"{name}-tcp", daemon=True)
-        self.connections = set()
+        self.arriving = {}  # _Arriving -> None, in accept order: the oldest first
+        self.buffered = 0  # bytes held across self.arriving
+        self.accept_failing = False
+        self.accept_paused_until = None  # after a failed accept, a time.monotonic()
+        self.dropped = _DropLog(name)
+        self.slots = threading.BoundedSemaphore(MAX_HANDLERS)
+        self.handling = set()  # running handler threads
         self.lock = threading.Lock()
+        self.scratch = memoryview(bytearray(RECV_CHUNK))  # every read lands here first
 
     def start(self):
         self.thread.start()
         return self
 
+    def stop(self, join_timeout=2.0):
+        """Stop serving; join the server thread and every handler thread."""
+        self.stopping.set()
+        self.thread.join(join_timeout)
+        with self.lock:
+            pending = [t for t in self.handling if t is not threading.current_thread()]
+        for thread in pending:
+            thread.join(join_timeout)
+
+    # --- the server thread ---------------------------------------------------
+
     def serve(self):
-        failing = False
         while not self.stopping.is_set():
             try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError as error:
-                if self.stopping.is_set():
-                    break
-                # e.g. out of file descriptors: wait for connections to close
-                # instead of spinning and flooding the log.
-                if not failing:
-                    LOG.error("%s: accept failed: %s; retrying", self.name, error)
-                failing = True
+                self.serve_once()
+            except Exception:  # a bug here must not stop the server
+                LOG.exception("%s: error in the server loop", self.name)
                 self.stopping.wait(ACCEPT_RETRY_DELAY)
-                continue
-            if failing:
-                LOG.info("%s: accepting connections again", self.name)
-            failing = False
-            thread = threading.Thread(target=self.handle_connection, args=(conn,),
-                                      name=f"{self.name}-conn", daemon=True)
-            with self.lock:
-                self.connections.add(thread)
-            try:
-                thread.start()
-            except RuntimeError as error:  # no thread to be had: drop this one, go on
-                LOG.error("%s: dropped a connection: %s", self.name, error)
-                with self.lock:
-                    self.connections.discard(thread)
-                conn.close()
+        self.close()
+
+    def serve_once(self):
+        for key, _ in self.selector.select(self.poll_timeout()):
+            if key.fileobj is self.sock:
+                self.accept()
+            elif key.data in self.arriving:  # not dropped earlier in this round
+                self.read(key.data)
+        self.expire()
+        self.resume_accepting()
+        self.dropped.flush()
+
+    def poll_timeout(self):
+        if self.accept_paused_until is None:
+            return STOP_POLL_INTERVAL
+        return min(STOP_POLL_INTERVAL, max(0.0, self.accept_paused_until - time.monotonic()))
+
+    def close(self):
+        for conn in list(self.arriving):
+            self.discard(conn)
+        self.selector.close()
         self.sock.close()
 
-    def handle_connection(self, conn):
-        try:
-            with conn:
-                self.process(conn)
-        finally:
-            with self.lock:
-                self.connections.discard(threading.current_thread())
+    def accept(self):
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _ = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                self.pause_accepting(error)
+                return
+            if self.accept_failing:
+                LOG.info("%s: accepting connections again", self.name)
+            self.accept_failing = False
+            self.admit(sock)
 
-    def process(self, conn):
+    def pause_accepting(self, error):
+        """Out of file descriptors, say: wait for connections to close, quietly."""
+        if not self.accept_failing:
+            LOG.error("%s: accept failed: %s; retrying", self.name, error)
+        self.accept_failing = True
+        self.selector.unregister(self.sock)
+        self.accept_paused_until = time.monotonic() + ACCEPT_RETRY_DELAY
+
+    def resume_accepting(self):
+        if self.accept_paused_until is not None and time.monotonic() >= self.accept_paused_until:
+            self.accept_paused_until = None
+            self.selector.register(self.sock, selectors.EVENT_READ)
+
+    def admit(self, sock):
+        """Take a new connection, closing the oldest if at the limit; read what it sent."""
+        while self.arriving and self.open_connections() >= MAX_CONNECTIONS:
+            self.drop(next(iter(self.arriving)),
+                      f"open longest, at the limit of {MAX_CONNECTIONS} open connections")
+        conn = _Arriving(sock, time.monotonic() + READ_TIMEOUT)
         try:
-            message = recv_message(conn, deadline=time.monotonic() + READ_TIMEOUT)
-        except (ProtocolError, OSError) as error:
-            LOG.warning("%s: dropped a message: %s", self.name, error)
+            sock.setblocking(False)
+            self.selector.register(sock, selectors.EVENT_READ, conn)
+        except (OSError, ValueError) as error:
+            LOG.error("%s: dropped a connection: %s", self.name, error)
+            sock.close()
             return
+        self.arriving[conn] = None
+        self.read(conn)  # a message sent right after connecting is usually here already
+
+    def open_connections(self):
+        with self.lock:
+            return len(self.arriving) + len(self.handling)
+
+    def read(self, conn):
+        """Read what has arrived on a connection; at EOF, pass its message on."""
+        try:
+            count = conn.sock.recv_into(self.scratch)
+        except BlockingIOError:
+            return
+        except OSError as error:  # e.g. reset by the peer
+            if conn.size:
+                self.drop(conn, f"failed before the end of a message: {error}")
+            else:
+                self.discard(conn)  # as good as an empty connection
+            return
+        if not count:
+            self.finish(conn)
+            return
+        conn.append(self.scratch[:count])
+        self.buffered += count
+        if conn.size > MAX_MESSAGE_BYTES:
+            self.discard(conn)
+            LOG.warning("%s: dropped a message: message exceeds %d bytes",
+                        self.name, MAX_MESSAGE_BYTES)
+            return
+        self.keep_within_budget()
+
+    def keep_within_budget(self):
+        while self.buffered > MAX_BUFFERED_BYTES:
+            largest = max(self.arriving, key=lambda conn: conn.size)
+            self.drop(largest, f"held the most bytes, at the limit of "
+                               f"{MAX_BUFFERED_BYTES // 2**20} MiB buffered across connections")
+
+    def expire(self):
+        """Drop connections whose message did not arrive in READ_TIMEOUT.
+
+        Deadlines grow in accept order (a wait for a handler moves them all
+        on alike), so only the oldest connections need looking at.
+        """
+        now = time.monotonic()
+        while self.arriving:
+            oldest = next(iter(self.arriving))
+            if oldest.deadline > now:
+                return
+            self.drop(oldest, f"no complete message within {READ_TIMEOUT:g} s")
+
+    def drop(self, conn, reason):
+        """Close a connection for a limit; the log gets a count per interval."""
+        self.discard(conn)
+        self.dropped.count(reason)
+
+    def discard(self, conn):
+        self.forget(conn)
+        conn.sock.close()
+
+    def forget(self, conn):
+        """Stop reading a connection; return its chunks, which leave the budget."""
+        self.selector.unregister(conn.sock)
+        del self.arriving[conn]
+        chunks, conn.chunks = conn.chunks, None
+        self.buffered -= conn.size
+        return chunks
+
+    def finish(self, conn):
+        """The peer has sent all: decode its message and hand it to a handler."""
+        data = b"".join(self.forget(conn))
+        message = None if not data or data.isspace() else self.parse(data)
+        del data  # a large message's bytes are not kept while it is handled
+        if message is None:
+            conn.sock.close()
+        else:
+            self.dispatch(conn.sock, message)
+
+    def parse(self, data):
+        """Decode a message; None (and a log line) if it is bad."""
+        try:
+            return decode(data)
+        except ProtocolError as error:
+            LOG.warning("%s: dropped a message: %s", self.name, error)
         except Exception as error:  # e.g. MemoryError: drop it, keep serving
             LOG.error("%s: dropped a message: %s: %s", self.name, type(error).__name__, error)
+        return None
+
+    def dispatch(self, sock, message):
+        """Run the handler on a thread of its own, once a handler slot is free."""
+        if not self.wait_for_slot():
+            sock.close()
             return
-        if message is None:
-            return
+        thread = threading.Thread(target=self.answer, args=(sock, message),
+                                  name=f"{self.name}-handler", daemon=True)
+        with self.lock:
+            self.handling.add(thread)
+        try:
+            thread.start()
+        except RuntimeError as error:  # no thread to be had: drop this one, go on
+            LOG.error("%s: dropped a %s: %s", self.name, message["message_type"], error)
+            with self.lock:
+                self.handling.discard(thread)
+            self.slots.release()
+            sock.close()
+
+    def wait_for_slot(self):
+        """Wait for a free handler slot; False if the server stops first.
+
+        Meanwhile nothing is read: senders' bytes wait in the kernel. The
+        delay is ours, not the senders', so their deadlines move on by it.
+        """
+        if self.slots.acquire(blocking=False):
+            return True
+        began = time.monotonic()
+        while not self.slots.acquire(timeout=STOP_POLL_INTERVAL):
+            if self.stopping.is_set():
+                return False
+        waited = time.monotonic() - began
+        for conn in self.arriving:
+            conn.deadline += waited
+        return True
+
+    # --- handler threads -----------------------------------------------------
+
+    def answer(self, sock, message):
+        try:
+            with sock:
+                self.respond(sock, message)
+        finally:
+            with self.lock:
+                self.handling.discard(threading.current_thread())
+            self.slots.release()
+
+    def respond(self, sock, message):
         try:
             reply = self.handler(message)
         except Exception:  # one bad message must never stop the server
@@ -442,17 +687,10 @@ class MessageServer:
             return
         if reply is not None:
             try:
-                conn.sendall(encode(reply))
+                sock.settimeout(READ_TIMEOUT)
+                sock.sendall(encode(reply))
             except OSError:
                 pass  # the sender did not wait for a reply; that is allowed
-
-    def stop(self, join_timeout=2.0):
-        self.stopping.set()
-        self.thread.join(join_timeout)
-        with self.lock:
-            pending = list(self.connections)
-        for thread in pending:
-            thread.join(join_timeout)
 
 
 class HeartbeatListener:
