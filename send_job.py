@@ -33,6 +33,7 @@ STATUS_WAIT = 10.0
 # A job id no master hands out: asking for it tells our master from another.
 UNUSED_JOB_ID = -1
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 
 
 def parse_args(argv):
@@ -231,7 +232,12 @@ def submit(args):
     job_id = reply.get("job_id")
     print(f"job {job_id} submitted to {args.host}:{args.port}", flush=True)
     if args.wait:
-        return follow(args, job_id, args.quiet)
+        try:
+            return follow(args, job_id, args.quiet)
+        except KeyboardInterrupt:
+            print(f"\nsend_job: stopped following job {job_id}; it goes on. Its state: "
+                  f"python3 send_job.py {args.master} --status {job_id}", file=sys.stderr)
+            return INTERRUPTED
     return 0
 
 
@@ -255,7 +261,14 @@ def submitted_without_reply(args):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(parse_args(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:  # before a job was submitted, or outside --wait
+        print("\nsend_job: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def run(args):
     if args.sequential:
         return run_sequential(args)
     try:

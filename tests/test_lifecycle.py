@@ -1,0 +1,64 @@
+"""A job's life as its user sees it from the client: following it, and letting go of it."""
+import signal
+import subprocess
+
+from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, assert_matches_sequential,
+                      kill_session, partition_files, wait_until, write_files)
+
+INTERRUPTED = 130
+SMALL_INPUT = {"part-a": b"the quick brown fox\n", "part-b": b"the lazy dog\n"}
+
+
+def sleepy_mapper(tmp_path, seconds):
+    path = tmp_path / "sleepy-map.sh"
+    path.write_text(f"#!/bin/sh\nsleep {seconds}\nexec {WORD_COUNT[0]}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_ctrl_c_in_wait_detaches_and_the_job_goes_on(cluster, tmp_path):
+    """Ctrl-C in send_job.py --wait stops following with one line saying how to look again, no traceback, and the job still completes."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    client = cluster.send_job_async("--input", inputs, "--output", output, "--mappers", 2,
+                                    "--mapper", sleepy_mapper(tmp_path, 1), "--wait")
+    try:
+        first = client.stdout.readline().decode()
+        assert first.startswith("job 0 submitted"), first
+        client.send_signal(signal.SIGINT)
+        stdout, stderr = client.communicate(timeout=JOB_TIMEOUT)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    text = stderr.decode()
+    assert client.returncode == INTERRUPTED, text
+    assert "Traceback" not in text, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--status 0" in lines[0], text
+    wait_until(lambda: b"succeeded" in cluster.send_job("--status", 0).stdout, JOB_TIMEOUT,
+               what="the job to finish without its client")
+    assert_matches_sequential(partition_files(output), inputs, *WORD_COUNT, 2)
+
+
+def test_ctrl_c_in_a_sequential_run_is_one_line_and_leaves_nothing(tmp_path):
+    """Ctrl-C in send_job.py --sequential ends it with one line, no traceback, and removes its scratch directory."""
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    client = subprocess.Popen([PYTHON, str(REPO / "send_job.py"), "--sequential", "--input",
+                               str(inputs), "--output", str(tmp_path / "out"),
+                               "--mapper", str(sleepy_mapper(tmp_path, 30))],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              start_new_session=True)
+    try:
+        wait_until(lambda: list(tmp_path.glob(".mapreduce-sequential-*/running.lock")),
+                   what="the run to start")
+        client.send_signal(signal.SIGINT)
+        _, stderr = client.communicate(timeout=JOB_TIMEOUT)
+    finally:
+        kill_session(client.pid)
+        client.communicate()
+    text = stderr.decode()
+    assert client.returncode == INTERRUPTED, text
+    assert [line for line in text.splitlines() if line.strip()] == ["send_job: interrupted"], text
+    assert not list(tmp_path.glob(".mapreduce-sequential-*"))
