@@ -113,6 +113,7 @@ REQUIRED_FIELDS = {
     # Extensions between our client and our master only (never to workers).
     "job_status": {"job_id": INT},
     "cluster_status": {},
+    "cancel_job": {"job_id": INT},
 }
 
 OPTIONAL_FIELDS = {
@@ -354,6 +355,10 @@ def job_status(job_id, after_version=None, wait=None):
 
 def cluster_status():
     return {"message_type": "cluster_status"}
+
+
+def cancel_job(job_id):
+    return {"message_type": "cancel_job", "job_id": job_id}
 
 
 def output_path(output_directory, input_file):

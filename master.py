@@ -22,8 +22,8 @@ import time
 
 import helper
 from mrlib import grouping, runner, splits, vardir
-from mrlib.job import (FAILED, GROUP, MAP, MERGE, PUBLISH, REDUCE, SORT, SPLIT, SUCCEEDED,
-                       Job, task_key)
+from mrlib.job import (CANCELLED, ENDED, FAILED, GROUP, MAP, MERGE, PUBLISH, REDUCE, SORT,
+                       SPLIT, SUCCEEDED, Job, task_key)
 from mrlib.jobspec import DEFAULT_TASK_TIMEOUT, JobRejected, JobSpec
 
 LOG = logging.getLogger("master")
@@ -339,6 +339,12 @@ class Master:
             "status": self.on_status,
             "shutdown": self.on_shutdown,
         }
+        # Client requests answered from the master thread (see Reply).
+        self.client_handlers = {
+            "new_master_job": self.on_new_job,
+            "cluster_status": self.on_cluster_status,
+            "cancel_job": self.on_cancel,
+        }
 
     # --- other threads: only post events ----------------------------------
 
@@ -350,10 +356,9 @@ class Master:
         kind = message["message_type"]
         if kind == "job_status":
             return self.board.query(message)
-        if kind in ("new_master_job", "cluster_status"):
+        if kind in self.client_handlers:
             reply = Reply()
-            handler = self.on_new_job if kind == "new_master_job" else self.on_cluster_status
-            self.post(handler, message, reply)
+            self.post(self.client_handlers[kind], message, reply)
             return reply.wait(SUBMIT_REPLY_TIMEOUT)
         if kind not in self.handlers:
             LOG.warning("dropped a %s message: the master does not take it", kind)
@@ -575,6 +580,30 @@ class Master:
                  spec.output_directory, len(self.waiting))
         reply.set({"message_type": "job_accepted", "job_id": job.id})
         self.start_next_job()
+
+    def on_cancel(self, message, reply):
+        """Cancel a queued or running job: it ends, its files kept as a failed job's."""
+        job_id = message["job_id"]
+        job = self.current if self.current is not None and self.current.id == job_id else None
+        queued = [j for j in self.waiting if j.id == job_id]
+        if queued:
+            job = queued[0]
+            self.waiting.remove(job)
+        if job is None:
+            reply.set(self.board.query({"job_id": job_id}))  # unknown, or ended already
+            return
+        if job.phase == PUBLISH:
+            reply.set(dict(job.snapshot(), error=f"job {job_id} is publishing its outputs "
+                                                  f"and can no longer be cancelled"))
+            return
+        LOG.info("job %d cancelled by a client", job_id)
+        job.end(CANCELLED, "cancelled by a client")
+        self.keep_failed_job(job)
+        if job is self.current:
+            self.end_job(job)
+        else:
+            self.board.publish(job)
+        reply.set(job.snapshot())
 
     def start_next_job(self):
         if self.current is not None or not self.waiting or not self.workers.live():

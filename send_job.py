@@ -76,6 +76,9 @@ def parse_args(argv):
     parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
     parser.add_argument("--quiet", action="store_true", help="with --wait: only the result")
     parser.add_argument("--status", type=int, metavar="JOB_ID", help="print a job's state")
+    parser.add_argument("--kill", type=int, metavar="JOB_ID",
+                        help="cancel a queued or running job (its files are kept as a "
+                             "failed job's)")
     parser.add_argument("--workers", action="store_true", help="list the workers and their states")
     parser.add_argument("--shutdown", action="store_true", help="shut the cluster down")
     args = parser.parse_args(argv)
@@ -157,7 +160,7 @@ def follow(args, job_id, quiet):
                 print(f"job {job_id}: {event}", flush=True)
             print(describe(status), flush=True)
         seen_events = len(events)
-        if status.get("state") in ("succeeded", "failed", "unknown"):
+        if status.get("state") in ("succeeded", "failed", "cancelled", "unknown"):
             return summarize(status)
 
 
@@ -192,6 +195,23 @@ def prepare_output(args):
     if removed:
         print(f"removed {len(removed)} earlier output file(s) from {args.output}", flush=True)
     return True
+
+
+def kill(args):
+    """Cancel a job; 0 if it is now cancelled, 1 if it had ended, was unknown or publishing."""
+    status = helper.request(args.host, args.port, helper.cancel_job(args.kill))
+    state = status.get("state")
+    if state == "cancelled":  # now, or by an earlier --kill
+        print(f"job {args.kill} cancelled; its files are kept in {status.get('job_directory')}")
+        return 0
+    if state == "unknown":
+        print(f"send_job: no job {args.kill} on the master at {args.host}:{args.port}",
+              file=sys.stderr)
+    elif state in ("succeeded", "failed"):
+        print(f"send_job: job {args.kill} has already ended: {state}", file=sys.stderr)
+    else:
+        print(f"send_job: job {args.kill} not cancelled: {status.get('error')}", file=sys.stderr)
+    return 1
 
 
 def run_sequential(args):
@@ -282,6 +302,8 @@ def run(args):
                       f"{worker['state']} ({worker['tasks']} task(s), last heard "
                       f"{worker.get('since_heartbeat', 0):.1f} s ago)")
             return 0
+        if args.kill is not None:
+            return kill(args)
         if args.status is not None:
             status = helper.request(args.host, args.port, helper.job_status(args.status))
             print(describe(status))

@@ -62,3 +62,64 @@ def test_ctrl_c_in_a_sequential_run_is_one_line_and_leaves_nothing(tmp_path):
     assert client.returncode == INTERRUPTED, text
     assert [line for line in text.splitlines() if line.strip()] == ["send_job: interrupted"], text
     assert not list(tmp_path.glob(".mapreduce-sequential-*"))
+
+
+# --- cancelling a job: send_job.py --kill N --------------------------------------
+
+def job_state(cluster, job_id):
+    return cluster.send_job("--status", job_id).stdout.decode()
+
+
+def test_kill_a_running_job_then_the_next_job_runs(cluster, tmp_path):
+    """--kill of a running job ends it as cancelled (its follower exits 1, its files kept) and the next job runs correctly."""
+    cluster.start_workers(2)
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    follower = cluster.send_job_async("--input", inputs, "--output", tmp_path / "out0",
+                                      "--mappers", 2, "--mapper", sleepy_mapper(tmp_path, 3),
+                                      "--wait")
+    try:
+        wait_until(lambda: "map phase" in job_state(cluster, 0), what="job 0 to map")
+        killed = cluster.send_job("--kill", 0)
+        assert killed.returncode == 0, killed.stderr.decode()
+        assert "job 0 cancelled" in killed.stdout.decode()
+        stdout, stderr = follower.communicate(timeout=JOB_TIMEOUT)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.communicate()
+    assert follower.returncode == 1, stdout.decode() + stderr.decode()
+    assert "cancelled" in stderr.decode()
+    assert "cancelled" in job_state(cluster, 0)
+    outputs = cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out1", 2, 2)
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+    assert not (tmp_path / "out0").exists()
+    assert (cluster.workdir / "var" / "job-0" / "mapper-output").is_dir()
+
+
+def test_kill_a_queued_job(cluster, tmp_path):
+    """--kill of a queued job removes it from the queue; the job ahead of it completes and it never runs."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    first = cluster.send_job("--input", inputs, "--output", tmp_path / "out0", "--mappers", 2,
+                             "--mapper", sleepy_mapper(tmp_path, 2))
+    second = cluster.send_job("--input", inputs, "--output", tmp_path / "out1")
+    assert first.returncode == 0 and second.returncode == 0
+    killed = cluster.send_job("--kill", 1)
+    assert killed.returncode == 0, killed.stderr.decode()
+    wait_until(lambda: "succeeded" in job_state(cluster, 0), JOB_TIMEOUT, what="job 0")
+    assert "cancelled" in job_state(cluster, 1)
+    assert_matches_sequential(partition_files(tmp_path / "out0"), inputs, *WORD_COUNT, 2)
+    assert not (tmp_path / "out1").exists()
+
+
+def test_kill_of_an_unknown_or_ended_job_says_so(cluster, tmp_path):
+    """--kill of a job id the master never gave, or of a job that succeeded, exits 1 with one line."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out", 2, 2)
+    for job_id, words in ((7, "no job 7"), (0, "already ended: succeeded")):
+        result = cluster.send_job("--kill", job_id)
+        assert result.returncode == 1
+        lines = [line for line in result.stderr.decode().splitlines() if line.strip()]
+        assert len(lines) == 1 and words in lines[0], lines
+    assert "succeeded" in job_state(cluster, 0)
