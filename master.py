@@ -404,7 +404,8 @@ class Master:
                    for w in sorted(self.workers.by_pid.values(), key=lambda w: w.order) if w.acked]
         reply.set({"message_type": "cluster_status_reply", "workers": workers,
                    "current_job": self.current.id if self.current else None,
-                   "queued_jobs": [job.id for job in self.waiting]})
+                   "queued_jobs": [job.id for job in self.waiting],
+                   "var_directory": self.var.path})
 
     def on_shutdown(self, message=None):
         LOG.info("shutting down: telling %d worker(s)", len(self.workers.by_pid))
@@ -562,6 +563,7 @@ class Master:
         reply = reply or Reply()
         try:
             spec = JobSpec.from_message(message, self.var.path)
+            self.check_output_free(spec)
         except JobRejected as rejection:
             LOG.error("rejected a job: %s", rejection)
             reply.set({"message_type": "job_rejected", "error": str(rejection)})
@@ -604,6 +606,14 @@ class Master:
         else:
             self.board.publish(job)
         reply.set(job.snapshot())
+
+    def check_output_free(self, spec):
+        """Two jobs writing one output directory would leave a mix of both outputs."""
+        for job in ([self.current] if self.current else []) + list(self.waiting):
+            if os.path.realpath(job.spec.output_directory) == \
+                    os.path.realpath(spec.output_directory):
+                raise JobRejected(f"output_directory {spec.output_directory} is job {job.id}'s, "
+                                  f"which is {job.state}: wait for it, or choose another")
 
     def start_next_job(self):
         if self.current is not None or not self.waiting or not self.workers.live():

@@ -182,19 +182,53 @@ def summarize(status):
     return 1
 
 
-def prepare_output(args):
-    """Refuse a used output directory, or clear it for --overwrite; False if refused."""
+class Refused(Exception):
+    """The job is not sent; the message says why, in one line."""
+
+
+def outputs_to_replace(args, message):
+    """What --overwrite must remove from the output directory; Refused if it may not be used.
+
+    Only a path this client sees as the master does is looked at: any path
+    for a local master (send_job made it absolute), an absolute one else.
+    """
+    output = message["output_directory"]
+    if not os.path.isabs(output):
+        if args.overwrite:
+            raise Refused(f"--overwrite needs an absolute --output for a master on another "
+                          f"host, got {args.output}")
+        return []
+    local = args.host in LOCAL_HOSTS  # else the input paths may be the master's, not ours
+    inputs = JobSpec.from_message(message).input_files() if local else []
     try:
-        removed = outputdir.prepare(args.output, args.overwrite, args.output_base)
+        return outputdir.check(output, args.overwrite, args.output_base, inputs)
     except outputdir.OutputDirectoryInUse as refusal:
-        print(f"send_job: {refusal}", file=sys.stderr)
-        return False
+        raise Refused(str(refusal)) from None
+
+
+def replace_outputs(args, output, names, var_directory=None):
+    """Remove an earlier job's outputs, once nothing stands in the way of the new job."""
+    if var_directory and outputdir.within(output, var_directory):
+        raise Refused(f"output directory {args.output} is inside the master's working "
+                      f"directory {var_directory}")
+    try:
+        outputdir.remove(output, names)
     except OSError as error:
-        print(f"send_job: cannot clear output directory {args.output}: {error}", file=sys.stderr)
-        return False
-    if removed:
-        print(f"removed {len(removed)} earlier output file(s) from {args.output}", flush=True)
-    return True
+        raise Refused(f"cannot remove the earlier outputs from {args.output}: {error}") from None
+    print(f"removed {len(names)} earlier output file(s) from {args.output}: "
+          f"{outputdir.show(names)}", flush=True)
+
+
+def master_var_directory(args):
+    """Our master's var/ (where no output may go); None for another implementation's master.
+
+    Asked before anything is removed, so that a master that cannot be
+    reached (OSError, raised) costs the user no file.
+    """
+    try:
+        return helper.request(args.host, args.port, helper.cluster_status()).get("var_directory")
+    except helper.NoReply:
+        return None
 
 
 def kill(args):
@@ -221,7 +255,12 @@ def run_sequential(args):
     except (JobRejected, helper.ProtocolError) as error:
         print(f"send_job: invalid job: {error}", file=sys.stderr)
         return 2
-    if not prepare_output(args):
+    try:
+        names = outputs_to_replace(args, build_job(args))
+        if names:
+            replace_outputs(args, spec.output_directory, names)
+    except Refused as refusal:
+        print(f"send_job: {refusal}", file=sys.stderr)
         return 2
     raise_open_file_limit()
     # A terminated run unwinds like Ctrl-C does, so it removes its scratch directory.
@@ -240,7 +279,12 @@ def submit(args):
     except (JobRejected, helper.ProtocolError) as error:
         print(f"send_job: invalid job: {error}", file=sys.stderr)
         return 2
-    if not prepare_output(args):
+    try:
+        names = outputs_to_replace(args, message)
+        if names:
+            replace_outputs(args, message["output_directory"], names, master_var_directory(args))
+    except Refused as refusal:
+        print(f"send_job: {refusal}", file=sys.stderr)
         return 2
     try:
         reply = helper.request(args.host, args.port, message)

@@ -8,6 +8,8 @@ import dataclasses
 import os
 import re
 
+from mrlib.outputdir import within
+
 DEFAULT_TASK_TIMEOUT = 600.0  # seconds; a task running longer is a failed attempt
 DEFAULT_MAX_ATTEMPTS = 4      # Hadoop's default: a task may fail 3 times and still pass
 MAX_TASK_TIMEOUT = 7 * 24 * 3600.0  # a week; longer is a mistake (and overflows timers)
@@ -118,7 +120,7 @@ class JobSpec:
         if real == os.path.realpath(os.sep):
             raise JobRejected(f"output_directory {where} is the filesystem root")
         self.check_output_outside_input(real)
-        if var_directory is not None and _within(real, os.path.realpath(var_directory)):
+        if var_directory is not None and within(real, var_directory):
             raise JobRejected(f"output_directory {where} is inside the master's working "
                               f"directory {var_directory}")
         check_writable_directory(where)
@@ -127,7 +129,7 @@ class JobSpec:
         """The next run must not read this one's outputs (or have them replace its input)."""
         where = self.output_directory
         if self.input_file is None and self.input_base_name is None:
-            if _within(real_output, os.path.realpath(self.input_directory)):
+            if within(real_output, self.input_directory):
                 raise JobRejected(f"output_directory {where} is input_directory "
                                   f"{self.input_directory} or inside it: the next job "
                                   f"would read these outputs as input")
@@ -178,11 +180,6 @@ def check_writable_directory(path):
         what = "is not writable" if existing == path else f"cannot be created in {existing}"
         raise JobRejected(f"output_directory {path} {what} (permission denied or "
                           f"a read-only filesystem)")
-
-
-def _within(path, directory):
-    """True if real path `path` is `directory` or below it."""
-    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def directory_files(directory):

@@ -9,12 +9,15 @@ name their outputs, and refuses if anything else is there.
 import os
 import re
 
-# The names a job writes: input_N (reduce partitions), NNNNNN_<input> (a
-# map-only job's outputs, by position), BASE_NN (--output-base).
-REDUCE_OUTPUT = r"input_\d+"
-MAP_ONLY_OUTPUT = r"\d{6}_.+"
+# The names a job writes, each with its index: input_N (reduce partitions),
+# NNNNNN_<input> (a map-only job's outputs, by position), BASE_NN
+# (--output-base). One job writes indices 0, 1, ... K of one of these, so a
+# set of names is taken as an earlier job's output only if it is exactly
+# that: a lone `202401_budget.csv` or `report_2023` is a user's file.
+REDUCE_OUTPUT = r"input_(\d+)"
+MAP_ONLY_OUTPUT = r"(\d{6})_.+"
 # A publishing master that was killed may leave its temporary link behind.
-TEMPORARY = r"\.({names})\.tmp-\d+"
+TEMPORARY = re.compile(r"\.(.+)\.tmp-\d+", re.DOTALL)
 SHOWN_NAMES = 5
 
 
@@ -22,19 +25,37 @@ class OutputDirectoryInUse(Exception):
     """The output directory holds files; the message says which and the ways out."""
 
 
-def output_name_pattern(output_base=None):
-    names = [REDUCE_OUTPUT, MAP_ONLY_OUTPUT]
+def output_patterns(output_base=None):
+    patterns = [REDUCE_OUTPUT, MAP_ONLY_OUTPUT]
     if output_base:
-        names.append(re.escape(output_base) + r"_\d+")
-    either = "|".join(names)
-    return re.compile(rf"(?:{either})|" + TEMPORARY.format(names=either))
+        patterns.append(re.escape(output_base) + r"_(\d+)")
+    return [re.compile(pattern, re.DOTALL) for pattern in patterns]
 
 
-def prepare(directory, overwrite=False, output_base=None):
-    """Make sure a job may write into `directory`; with overwrite, clear its earlier outputs.
+def earlier_outputs(names, output_base=None):
+    """The names among `names` that one earlier job wrote: a whole 0..K set of one kind."""
+    ours = set()
+    for pattern in output_patterns(output_base):
+        indices = {}
+        for name in names:
+            match = pattern.fullmatch(name)
+            if match:
+                indices[name] = int(match.group(1))
+        if sorted(indices.values()) == list(range(len(indices))):
+            ours.update(indices)
+    for name in names:
+        match = TEMPORARY.fullmatch(name)
+        if match and any(p.fullmatch(match.group(1)) for p in output_patterns(output_base)):
+            ours.add(name)
+    return ours
 
-    Returns the names removed. Raises OutputDirectoryInUse (and removes
-    nothing) if the directory holds anything it may not remove.
+
+def check(directory, overwrite=False, output_base=None, inputs=()):
+    """The names --overwrite would remove from `directory` (none if it is empty or new).
+
+    Raises OutputDirectoryInUse if the directory is in use and overwrite is
+    off, or holds anything that is not an earlier job's output, or an input
+    of this job (a link from the input directory to an old output, say).
     """
     try:
         names = sorted(os.listdir(directory))
@@ -44,22 +65,37 @@ def prepare(directory, overwrite=False, output_base=None):
         return []
     if not overwrite:
         raise OutputDirectoryInUse(
-            f"output directory {directory} is not empty ({_show(names)}); add --overwrite to "
+            f"output directory {directory} is not empty ({show(names)}); add --overwrite to "
             f"replace an earlier job's output files, or choose another --output")
-    pattern = output_name_pattern(output_base)
-    ours = [n for n in names if pattern.fullmatch(n) and _is_plain_file(directory, n)]
-    others = [n for n in names if n not in ours]
+    ours = earlier_outputs(names, output_base)
+    others = [n for n in names if n not in ours or not _is_plain_file(directory, n)]
     if others:
         raise OutputDirectoryInUse(
-            f"output directory {directory} holds files no job wrote ({_show(others)}); "
+            f"output directory {directory} holds files no job wrote ({show(others)}); "
             f"--overwrite removes only earlier job outputs: move those away, or choose "
             f"another --output")
-    for name in ours:
+    used = [n for n in names if any(_same_file(os.path.join(directory, n), p) for p in inputs)]
+    if used:
+        raise OutputDirectoryInUse(
+            f"output directory {directory} holds this job's input ({show(used)}); "
+            f"choose another --output")
+    return names
+
+
+def remove(directory, names):
+    """Remove the names check() returned."""
+    for name in names:
         try:
             os.unlink(os.path.join(directory, name))
         except FileNotFoundError:
             pass
-    return ours
+
+
+def _same_file(path, other):
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
 
 
 def _is_plain_file(directory, name):
@@ -67,6 +103,14 @@ def _is_plain_file(directory, name):
     return os.path.isfile(path) and not os.path.islink(path)
 
 
-def _show(names):
+def within(path, directory):
+    """True if `path` is `directory` or below it, links resolved."""
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def show(names):
+    """Names for a one-line message: the first few, odd characters escaped."""
+    names = [n if n.isprintable() else repr(n) for n in names]
     shown = ", ".join(names[:SHOWN_NAMES])
     return shown + (f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else "")

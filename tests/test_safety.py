@@ -385,12 +385,13 @@ def test_the_same_overwrite_command_twice_works(cluster, tmp_path):
 def test_sequential_mode_refuses_a_used_output_too(tmp_path):
     """send_job.py --sequential refuses a non-empty output directory unless --overwrite."""
     inputs = write_files(tmp_path / "in", SMALL_INPUT)
-    output = write_files(tmp_path / "out", {"input_0": b"old\n", "input_5": b"older\n"})
+    output = write_files(tmp_path / "out", {"input_0": b"old\n", "input_1": b"old\n",
+                                            "input_2": b"older\n"})
     arguments = [PYTHON, str(REPO / "send_job.py"), "--sequential", "--input", str(inputs),
                  "--output", str(output)]
     refused = subprocess.run(arguments, capture_output=True, timeout=JOB_TIMEOUT)
     assert refused.returncode == SEND_JOB_INVALID
-    assert (output / "input_5").read_bytes() == b"older\n"
+    assert (output / "input_2").read_bytes() == b"older\n"
     done = subprocess.run(arguments + ["--overwrite"], capture_output=True, timeout=JOB_TIMEOUT)
     assert done.returncode == 0, done.stderr.decode()
     assert sorted(os.listdir(output)) == ["input_0", "input_1"]
@@ -469,3 +470,72 @@ def test_terminated_sequential_run_removes_its_scratch(tmp_path):
         assert scratch_directories(tmp_path) == []
     finally:
         kill_group(run)
+
+
+def test_overwrite_removes_nothing_when_the_master_cannot_be_reached(cluster, tmp_path):
+    """--overwrite to a master that is not there exits 1 and leaves the earlier outputs in place."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    cluster.run_job(*WORD_COUNT, inputs, output, 2, 2)
+    result = subprocess.run([PYTHON, str(REPO / "send_job.py"), str(free_master_port()),
+                             "--input", str(inputs), "--output", str(output), "--overwrite"],
+                            capture_output=True, timeout=JOB_TIMEOUT)
+    assert result.returncode == 1, result.stderr.decode()
+    assert sorted(os.listdir(output)) == ["input_0", "input_1"]
+
+
+def test_overwrite_never_clears_the_masters_var(cluster, tmp_path):
+    """--overwrite naming a directory inside the master's var/ is refused before anything is removed."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out", 2, 2)
+    kept = cluster.workdir / "var" / "job-0" / "reducer-output"
+    result = cluster.send_job("--input", inputs, "--output", kept, "--overwrite")
+    assert result.returncode == SEND_JOB_INVALID
+    assert "var" in one_line(result.stderr.decode())
+    assert sorted(os.listdir(kept)) == ["input_0", "input_1"]
+
+
+@pytest.mark.parametrize("name,options", [("202401_budget.csv", ()),
+                                          ("report_2023", ("--output-base", "report"))])
+def test_overwrite_keeps_a_user_file_named_like_an_output(cluster, tmp_path, name, options):
+    """A lone user file that merely looks like an output name (a date, a year) is not taken for an earlier job's."""
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = write_files(tmp_path / "out", {name: PRECIOUS})
+    result = cluster.send_job("--input", inputs, "--output", output, "--overwrite", *options)
+    assert result.returncode == SEND_JOB_INVALID
+    assert name in one_line(result.stderr.decode())
+    assert (output / name).read_bytes() == PRECIOUS
+
+
+def test_overwrite_never_removes_an_input(cluster, tmp_path):
+    """An input that is a link to an old output is not removed by --overwrite."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    cluster.run_job(*WORD_COUNT, inputs, output, 2, 2)
+    linked = tmp_path / "linked-in"
+    linked.mkdir()
+    (linked / "data").symlink_to(output / "input_0")
+    before = (output / "input_0").read_bytes()
+    result = cluster.send_job("--input-file", linked / "data", "--output", output, "--overwrite")
+    assert result.returncode == SEND_JOB_INVALID
+    assert "input" in one_line(result.stderr.decode())
+    assert (output / "input_0").read_bytes() == before
+
+
+def test_two_jobs_into_one_output_directory_are_not_mixed(cluster, tmp_path):
+    """A job into the output directory of a queued or running job is rejected, so no directory mixes two jobs' outputs."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    first = cluster.send_job("--input", inputs, "--output", output, "--reducers", 4,
+                             "--mapper", sleepy_mapper(tmp_path, 1))
+    assert first.returncode == 0, first.stderr.decode()
+    second = cluster.send_job("--input", inputs, "--output", output, "--reducers", 2)
+    assert second.returncode == SEND_JOB_INVALID
+    assert "job 0" in one_line(second.stderr.decode())
+    wait_until(lambda: b"succeeded" in cluster.send_job("--status", 0).stdout, JOB_TIMEOUT,
+               what="job 0")
+    assert sorted(os.listdir(output)) == [f"input_{n}" for n in range(4)]

@@ -231,11 +231,15 @@ def test_stderr_is_read_in_bounded_pieces():
     assert len(report.stderr_tail) <= runner.STDERR_TAIL_BYTES
 
 
-@pytest.mark.parametrize("name,ours", [
-    ("input_0", True), ("input_12", True), ("000003_part-a", True), ("count_07", True),
-    (".input_1.tmp-4242", True), ("input_", False), ("input_1.txt", False),
-    ("notes.txt", False), ("count_x", False), ("00003_short", False), (".hidden", False),
+@pytest.mark.parametrize("names,ours", [
+    (["input_0", "input_1", "input_2"], {"input_0", "input_1", "input_2"}),
+    (["000000_a", "000001_b"], {"000000_a", "000001_b"}),
+    (["count_00", "count_01"], {"count_00", "count_01"}),
+    (["input_0", ".input_1.tmp-4242"], {"input_0", ".input_1.tmp-4242"}),
+    (["000000_a\nb"], {"000000_a\nb"}),
+    (["input_0", "input_2"], set()), (["202401_budget.csv"], set()), (["count_2023"], set()),
+    (["input_1.txt", "notes.txt", ".hidden", "input_"], set()),
 ])
-def test_overwrite_recognises_only_job_output_names(name, ours):
-    """--overwrite may remove input_N, map-only NNNNNN_name, BASE_NN and their temporary links, nothing else."""
-    assert bool(outputdir.output_name_pattern("count").fullmatch(name)) == ours
+def test_overwrite_recognises_only_whole_sets_of_job_outputs(names, ours):
+    """--overwrite takes names for an earlier job's output only as one whole 0..K set of one kind."""
+    assert outputdir.earlier_outputs(names, "count") == ours
