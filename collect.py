@@ -18,6 +18,7 @@ from mrlib import grouping, runner
 from mrlib.jobspec import base_name_files, natural_key
 
 PARTITION_NAME = re.compile(r"input_(\d+)$")
+MAP_ONLY_NAME = re.compile(r"\d{6}_.+", re.DOTALL)
 
 
 def partition_files(source):
@@ -28,6 +29,9 @@ def partition_files(source):
         if numbered:
             numbered.sort(key=lambda n: int(PARTITION_NAME.match(n).group(1)))
             return [os.path.join(source, n) for n in numbered]
+        map_only = sorted(n for n in names if MAP_ONLY_NAME.fullmatch(n))
+        if map_only:
+            return [os.path.join(source, n) for n in map_only]
         names = sorted((n for n in names if not n.startswith(".")), key=natural_key)
         return [os.path.join(source, n) for n in names if os.path.isfile(os.path.join(source, n))]
     return base_name_files(source + "_")
@@ -38,6 +42,11 @@ def _same_file(path, other):
         return os.path.samefile(path, other)
     except OSError:
         return False
+
+
+def _is_output_name(name):
+    return bool(PARTITION_NAME.match(name) or MAP_ONLY_NAME.fullmatch(name)
+                or re.fullmatch(r".+_\d+", name, re.DOTALL))
 
 
 def concatenate(paths, destination):
@@ -56,9 +65,14 @@ def main(argv=None):
     parser.add_argument("--merge", action="store_true",
                         help="merge sorted partitions by key (for hash partitioning)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    # Never the destination itself: collecting into the output directory
-    # twice must not join the previous result in.
-    paths = [p for p in partition_files(args.source) if not _same_file(p, args.destination)]
+    paths = partition_files(args.source)
+    if any(_same_file(p, args.destination) for p in paths):
+        if len(paths) > 1 and _is_output_name(os.path.basename(args.destination)):
+            print(f"collect: {args.destination} is one of the job's output files; "
+                  f"write the result elsewhere", file=sys.stderr)
+            return 2
+        # An earlier collect's result: never joined into the new one.
+        paths = [p for p in paths if not _same_file(p, args.destination)]
     if not paths:
         print(f"collect: no output files found for {args.source}", file=sys.stderr)
         return 2

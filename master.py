@@ -324,9 +324,16 @@ class Master:
         self.board = JobBoard()
         self.guard = runner.ProgramGuard()
         # Bind first: a master that cannot have its ports never touches var/.
-        self.server = helper.MessageServer(host, port, self.receive, "master")
-        self.heartbeats = helper.HeartbeatListener(host, port - 1, self.receive_heartbeat,
-                                                   "master")
+        try:
+            self.server = helper.MessageServer(host, port, self.receive, "master")
+        except OSError as error:
+            raise OSError(f"cannot listen on TCP {host}:{port}: {error.strerror}") from None
+        try:
+            self.heartbeats = helper.HeartbeatListener(host, port - 1, self.receive_heartbeat,
+                                                       "master")
+        except OSError as error:
+            raise OSError(f"cannot listen for heartbeats on UDP {host}:{port - 1} (PORT-1): "
+                          f"{error.strerror}") from None
         self.var = vardir.VarDirectory(VAR_DIRECTORY, port).claim()
         self.keep_intermediate = keep_intermediate
         self.keep_failed = keep_failed
@@ -756,11 +763,14 @@ class Master:
     def keep_failed_job(self, job):
         """Keep a failed job's files; past keep_failed of them, remove the oldest."""
         self.failed_jobs.append(job)
-        while len(self.failed_jobs) > self.keep_failed:
+        while len(self.failed_jobs) > self.keep_failed and not self.keep_intermediate:
             old = self.failed_jobs.popleft()
             LOG.info("job %d: removing %s (only the last %d failed jobs are kept)",
                      old.id, old.directory, self.keep_failed)
+            old.files_kept = False
             self.janitor.remove(old.directory)
+            if old is not job:
+                self.board.publish(old)
 
     def end_job(self, job):
         self.board.publish(job)

@@ -106,6 +106,7 @@ class Job:
         self.map_only_names = []
         self.sorted_files = set()  # map outputs a worker reported as sorted
         self.outputs = []
+        self.files_kept = True  # False once var/job-N is removed (old failed jobs)
         self.error = None
         self.events = collections.deque(maxlen=EVENT_HISTORY)
         self.counters = {}
@@ -255,15 +256,12 @@ class Job:
                      else [os.path.basename(s) for s in sources])
         if self.spec.num_reducers == 0:
             staged = [os.path.join(self.reducer_dir, name) for name in names]
-            for source, destination in zip(sources, staged):
-                link_or_copy(source, destination)
+            publish_all(sources, staged)
             sources = staged
         os.makedirs(self.spec.output_directory, exist_ok=True)
-        self.outputs = []
-        for source, name in zip(sources, names):
-            destination = os.path.join(self.spec.output_directory, name)
-            link_or_copy(source, destination)
-            self.outputs.append(destination)
+        destinations = [os.path.join(self.spec.output_directory, name) for name in names]
+        publish_all(sources, destinations)
+        self.outputs = destinations
 
     def intermediate_paths(self):
         """What a successful job no longer needs: all of var/job-N but reducer-output."""
@@ -276,7 +274,8 @@ class Job:
         return {"message_type": "job_status_reply", "job_id": self.id, "state": self.state,
                 "phase": self.phase, "tasks_done": done, "tasks_total": len(self.tasks),
                 "output_directory": self.spec.output_directory, "outputs": list(self.outputs),
-                "job_directory": self.directory, "error": self.error,
+                "job_directory": os.path.abspath(self.directory) if self.files_kept else None,
+                "error": self.error,
                 "events": list(self.events), "counters": self.counters,
                 "timings": dict(self.timings)}
 
@@ -294,20 +293,32 @@ class WholeFile:
                 "mapreduce_task_partition": str(task_number)}
 
 
-def link_or_copy(source, destination):
-    """Put `source` at `destination` atomically, sharing its data if possible."""
-    tmp = os.path.join(os.path.dirname(destination) or ".",
-                       f".{os.path.basename(destination)}.tmp-{os.getpid()}")
+def publish_all(sources, destinations):
+    """Put every source at its destination, or none of them (all or nothing).
+
+    Each is first linked (or copied, across filesystems) to a hidden
+    temporary name beside its destination; only when all are there are they
+    renamed into place, so a full disk half-way leaves no partial output
+    that looks like a real one.
+    """
+    temporaries = [os.path.join(os.path.dirname(d) or ".",
+                                f".{os.path.basename(d)}.tmp-{os.getpid()}") for d in destinations]
     try:
-        os.unlink(tmp)
+        for source, temporary in zip(sources, temporaries):
+            _discard(temporary)
+            try:
+                os.link(source, temporary)
+            except OSError:
+                shutil.copyfile(source, temporary)
+        for temporary, destination in zip(temporaries, destinations):
+            os.replace(temporary, destination)
+    finally:
+        for temporary in temporaries:
+            _discard(temporary)
+
+
+def _discard(path):
+    try:
+        os.unlink(path)
     except FileNotFoundError:
         pass
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, destination)
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)

@@ -38,6 +38,8 @@ class SequentialRun:
         self.lock = _lock(lock_path + ".new", blocking=True)
         os.rename(lock_path + ".new", lock_path)
         self.job = Job(0, spec, self.scratch)
+        # Programs die with this process, even on SIGKILL (a reaper watches it).
+        self.guard = runner.ProgramGuard()
         self.counters = runner.Report()
 
     def run(self):
@@ -53,6 +55,7 @@ class SequentialRun:
                 self.reduce()
             self.job.publish_outputs()
         finally:
+            self.guard.close()
             shutil.rmtree(self.scratch, ignore_errors=True)
             os.close(self.lock)
         self.job.counters = self.counters.counters
@@ -70,9 +73,9 @@ class SequentialRun:
 
     def group(self):
         ordered = os.path.join(self.job.grouper_dir, "sorted_0")
-        runner.sort_files(self.job.map_outputs, ordered)
+        runner.sort_files(self.job.map_outputs, ordered, guard=self.guard)
         grouping.merge_and_partition([ordered], self.job.grouper_dir, self.spec.num_reducers,
-                                     self.spec.partitioner)
+                                     self.spec.partitioner, self.guard)
 
     def reduce(self):
         tasks = self.job.reduce_tasks()
@@ -85,7 +88,8 @@ class SequentialRun:
         for path, output in zip(task.inputs, task.outputs):
             self.counters.merge(runner.run_task_program(
                 task.executable, path, output, combiner=combiner,
-                env=context.environment(path), timeout=self.spec.task_timeout))
+                env=context.environment(path), timeout=self.spec.task_timeout,
+                guard=self.guard))
 
 
 def remove_abandoned_scratch(parent):

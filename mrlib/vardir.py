@@ -18,6 +18,7 @@ import logging
 import os
 import queue
 import shutil
+import stat
 import threading
 
 LOG = logging.getLogger("master")
@@ -85,7 +86,7 @@ class VarDirectory:
             raise VarUnavailable(f"{self.path} has a {MARKER} the master cannot open "
                                  f"({error.strerror}); move {self.path} away, or start the "
                                  f"master in another directory") from None
-        if not _is_ours(fd):
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _is_ours(fd):
             os.close(fd)
             raise VarUnavailable(self._foreign())
         return fd
@@ -101,8 +102,8 @@ class VarDirectory:
         return fd
 
     def _foreign(self):
-        return (f"{self.path} was not made by a MapReduce master (no {MARKER} inside) "
-                f"and is not empty; it is left alone: move it away, or start the master "
+        return (f"{self.path} was not made by a MapReduce master (no {MARKER} written by "
+                f"one inside) and is not empty; it is left alone: move it away, or start the master "
                 f"in another directory")
 
     def _empty(self):

@@ -16,7 +16,8 @@ import pytest
 
 import helper
 from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, Cluster, assert_matches_sequential,
-                      free_master_port, kill_session, partition_files, sequential, wait_until, write_files)
+                      free_master_port, kill_session, partition_files, pid_alive, sequential,
+                      wait_until, write_files)
 from mrlib import vardir
 
 SMALL_INPUT = {
@@ -539,3 +540,86 @@ def test_two_jobs_into_one_output_directory_are_not_mixed(cluster, tmp_path):
     wait_until(lambda: b"succeeded" in cluster.send_job("--status", 0).stdout, JOB_TIMEOUT,
                what="job 0")
     assert sorted(os.listdir(output)) == [f"input_{n}" for n in range(4)]
+
+
+def test_publishing_is_all_or_nothing(cluster, tmp_path):
+    """A job whose outputs do not all fit on the output's filesystem fails and leaves no partial output there."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        cluster.start_worker()
+        words = b" ".join(b"w%07d" % n for n in range(300_000))  # ~3.3 MB of output
+        inputs = write_files(tmp_path / "in", {"words": words + b"\n"})
+        output = mount_point / "out"
+        result = cluster.send_job("--input", inputs, "--output", output, "--mappers", 1,
+                                  "--reducers", 2, "--wait")
+        assert result.returncode == 1, result.stdout.decode()
+        assert "No space left" in result.stderr.decode(), result.stderr.decode()
+        assert os.listdir(output) == []
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_collect_never_overwrites_an_output_and_joins_only_outputs(cluster, tmp_path):
+    """collect.py refuses to write over one of the job's outputs, and for map-only output joins only the outputs."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    cluster.run_job(*WORD_COUNT, inputs, output, 2, 3)
+    before = (output / "input_2").read_bytes()
+    refused = subprocess.run([PYTHON, str(REPO / "collect.py"), str(output), str(output / "input_2")],
+                             capture_output=True, timeout=JOB_TIMEOUT)
+    assert refused.returncode == 2
+    assert (output / "input_2").read_bytes() == before
+    map_only = tmp_path / "map-only"
+    result = cluster.send_job("--input", inputs, "--output", map_only, "--reducers", 0, "--wait")
+    assert result.returncode == 0, result.stderr.decode()
+    (map_only / "notes.txt").write_bytes(PRECIOUS)
+    for destination in ("all", "all2"):
+        subprocess.run([PYTHON, str(REPO / "collect.py"), str(map_only), str(map_only / destination)],
+                       check=True, capture_output=True, timeout=JOB_TIMEOUT)
+    assert (map_only / "all2").read_bytes() == (map_only / "all").read_bytes()
+    mapped = b"".join(subprocess.run([str(WORD_COUNT[0])], input=(inputs / name).read_bytes(),
+                                     capture_output=True, check=True).stdout
+                      for name in sorted(SMALL_INPUT))
+    assert (map_only / "all").read_bytes() == mapped
+
+
+def test_a_killed_sequential_run_takes_its_programs_with_it(tmp_path):
+    """SIGKILL of a --sequential run ends the program it was running and the program's children."""
+    pid_file = tmp_path / "mapper.pid"
+    mapper = tmp_path / "pid-map.sh"
+    mapper.write_text(f'#!/bin/sh\nsleep 60 &\necho $! > "{pid_file}"\nwait\n')
+    mapper.chmod(0o755)
+    run = sequential_run(tmp_path, tmp_path / "out", mapper)
+    try:
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(),
+                   what="the mapper to start")
+        program = int(pid_file.read_text())
+        os.kill(run.pid, signal.SIGKILL)
+        run.communicate()
+        wait_until(lambda: not pid_alive(program), what=f"the mapper's child {program} to die")
+    finally:
+        kill_group(run)
+
+
+def test_master_keep_intermediate_keeps_failed_jobs_too(tmp_path):
+    """master.py --keep-intermediate keeps every failed job's files, whatever --keep-failed says."""
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_master(extra=("--keep-intermediate", "--keep-failed", 0))
+        cluster.start_worker()
+        inputs = write_files(tmp_path / "in", SMALL_INPUT)
+        for number in range(2):
+            result = cluster.send_job("--input", inputs, "--output", tmp_path / f"out{number}",
+                                      "--mapper", failing_mapper(tmp_path), "--max-attempts", 1,
+                                      "--wait")
+            assert result.returncode == 1
+            assert str(tmp_path / "var" / f"job-{number}") in result.stderr.decode()
+        assert sorted(os.listdir(tmp_path / "var")) == [vardir.MARKER, "job-0", "job-1"]
+    finally:
+        cluster.stop()
