@@ -17,6 +17,11 @@
 # cluster's, since reused by an unrelated program) is a stale file: it is
 # removed and its process never signalled.
 #
+# A start or a stop holds an exclusive lock (flock) on clusters/PORT/ itself
+# from before it reads a pid file until it exits, so two runs on one port never
+# interleave: the second says another start.sh is working there and touches
+# nothing. The master and workers do not inherit the lock.
+#
 # Lists of pid file names are split on spaces on purpose: start.sh only ever
 # reads names it writes itself (master.pid, worker-WPORT.pid), see pid_files.
 # shellcheck disable=SC2046,SC2086
@@ -26,11 +31,17 @@ case $PYTHON in  # the processes start in clusters/PORT/, where a relative path 
     /*) ;;
     */*) PYTHON=$(pwd)/$PYTHON ;;
 esac
-# Physical path, so it matches what /proc shows of the processes started here.
-TOP=$(cd -P "$(dirname "$0")" && pwd -P)
+# Physical path, so it matches what /proc shows of the processes started here;
+# the script's own, not a link's to it, so that master.py is found beside it.
+TOP=$(cd -P "$(dirname "$(readlink -f "$0")")" && pwd -P)
+# For the hints printed: they work from any directory.
+SELF="sh $TOP/start.sh"
 CLUSTERS=clusters
 DEFAULT_WORKERS=2
 DEFAULT_PORT=6000
+# More workers than a laptop's cores many times over: a larger WORKERS is
+# most likely a port typed without the WORKERS before it.
+MAX_WORKERS=64
 # The master's heartbeat port, PORT-1, must be a port too; the workers'
 # ports PORT+1 ... PORT+WORKERS must not pass the last one.
 MIN_PORT=3
@@ -72,8 +83,8 @@ number() {  # VALUE: true for a plain decimal number the shell's arithmetic read
     [ "${#1}" -le 5 ]  # no port or worker count is longer; longer ones could overflow
 }
 
-say_stale() {  # NAME PID WHY
-    echo "start.sh: removed stale pid file $CLUSTERS/$PORT/$1 ($2 $3; left alone)" >&2
+say_stale() {  # NAME WHY
+    echo "start.sh: removed stale pid file $CLUSTERS/$PORT/$1 ($2)" >&2
 }
 
 # --- what runs: /proc ------------------------------------------------------------
@@ -178,7 +189,11 @@ sweep() {  # print the names of this cluster's live processes; remove stale pid 
         if owns "$name"; then
             echo "$name"
         else
-            say_stale "$name" "pid '$PID'" "is not this cluster's ${name%.pid}"
+            if number "$PID" && [ ! -d "/proc/$PID" ]; then
+                say_stale "$name" "its process, pid $PID, is gone"
+            else
+                say_stale "$name" "pid '$PID' is not this cluster's ${name%.pid}; left alone"
+            fi
             rm -f "$CLUSTER_DIR/$name"
         fi
     done
@@ -235,10 +250,30 @@ EOF
 spawn() {  # NAME SCRIPT ARG...: start this checkout's SCRIPT in CLUSTER_DIR; pid to NAME.pid
     name=$1 script=$2
     shift 2
-    # exec, so that $! is the Python process itself and /proc shows its command line.
-    (cd "$CLUSTER_DIR" && exec "$PYTHON" "$TOP/$script" "$@") > "$CLUSTER_DIR/$name.log" 2>&1 &
-    echo "$!" > "$CLUSTER_DIR/$name.pid"
+    # exec, so that $! is the Python process itself and /proc shows its command line;
+    # without fd 9, so that the cluster does not hold this script's lock.
+    (cd "$CLUSTER_DIR" && exec "$PYTHON" "$TOP/$script" "$@" 9<&-) \
+        > "$CLUSTER_DIR/$name.log" 2>&1 &
+    UNRECORDED=$! UNRECORDED_NAME=$name  # until its pid file is written: see fail_start
+    if ! error=$( { echo "$UNRECORDED" > "$CLUSTER_DIR/$name.pid"; } 2>&1 ); then
+        fail_start "$name" "could not write its pid to $CLUSTERS/$PORT/$name.pid (${error##*: })"
+    fi
+    UNRECORDED=
     STARTED="$STARTED $name.pid"
+}
+
+end_unrecorded() {  # stop the child started last, whose pid file could not be written
+    [ -n "$UNRECORDED" ] || return 0
+    # Our child, not yet waited for: its pid cannot have been reused.
+    echo "start.sh: $UNRECORDED_NAME (pid $UNRECORDED) $WHY_TERM; sending SIGTERM" >&2
+    kill -TERM "$UNRECORDED" 2>/dev/null || true
+    deadline=$(($(date +%s) + TERM_TIMEOUT))
+    while running "$UNRECORDED" && [ "$(date +%s)" -lt "$deadline" ]; do
+        sleep "$POLL_SECONDS"
+    done
+    kill -KILL "$UNRECORDED" 2>/dev/null || true
+    wait "$UNRECORDED" 2>/dev/null || true
+    UNRECORDED=
 }
 
 fail_start() {  # NAME WHY: stop what this run started, show NAME's log, exit 1
@@ -249,6 +284,7 @@ fail_start() {  # NAME WHY: stop what this run started, show NAME's log, exit 1
         tail -n "$LOG_TAIL_LINES" "$CLUSTER_DIR/$1.log" | sed 's/^/    /' >&2
     fi
     WHY_TERM="was started by this failed start"
+    end_unrecorded
     end_processes $STARTED || true
     remove_gone $STARTED
     echo "start.sh: nothing left running on port $PORT" >&2
@@ -309,7 +345,7 @@ refuse_if_running() {  # exit 1 if a process of this cluster still runs
     name=$(printf '%s\n' "$live" | head -n 1)
     owns "$name" || true
     echo "start.sh: a cluster is already running on port $PORT (${name%.pid}, pid $PID);" \
-         "stop it first: sh start.sh stop $PORT" >&2
+         "stop it first: $SELF stop $PORT" >&2
     exit 1
 }
 
@@ -320,7 +356,8 @@ start_cluster() {
         echo "start.sh: cannot start on port $PORT, in use: $busy; nothing started" >&2
         exit 1
     fi
-    STARTED=
+    STARTED=''
+    UNRECORDED=''
     trap 'fail_start start "interrupted"' INT TERM HUP
     spawn master master.py "$PORT"
     wait_master
@@ -336,8 +373,8 @@ start_cluster() {
     ports="ports $((PORT + 1))-$((PORT + WORKERS))"
     [ "$WORKERS" -gt 1 ] || ports="port $((PORT + 1))"
     echo "start.sh: master on port $PORT with $WORKERS worker(s) on $ports, all registered"
-    echo "start.sh: submit: python3 send_job.py $PORT --wait    stop: sh start.sh stop $PORT" \
-         "   logs: $CLUSTERS/$PORT/"
+    echo "start.sh: submit: python3 $TOP/send_job.py $PORT --wait    stop: $SELF stop $PORT" \
+         "   logs: $CLUSTER_DIR/"
 }
 
 # --- arguments -----------------------------------------------------------------------
@@ -376,18 +413,52 @@ case ${1:-} in
             bad_usage "WORKERS must be a whole number, 1 or more, not '$WORKERS'"
         fi
         PORT=${2-$DEFAULT_PORT}
-        [ "$WORKERS" -le $((MAX_PORT - MIN_PORT)) ] ||
-            bad_usage "WORKERS must be at most $((MAX_PORT - MIN_PORT)) (one port each), not '$WORKERS'"
+        if [ "$WORKERS" -gt "$MAX_WORKERS" ]; then
+            # `start.sh 7000`: most likely a port, meant with the default WORKERS.
+            if [ $# -eq 1 ] && [ "$WORKERS" -le $((MAX_PORT - DEFAULT_WORKERS)) ]; then
+                bad_usage "$WORKERS workers is more than $MAX_WORKERS; to start\
+ $DEFAULT_WORKERS workers on port $WORKERS: $SELF $DEFAULT_WORKERS $WORKERS"
+            fi
+            bad_usage "WORKERS must be at most $MAX_WORKERS, not '$WORKERS'"
+        fi
         check_port "$PORT" "$WORKERS"
         COMMAND=start ;;
 esac
 
+lock_cluster() {  # hold an exclusive lock on CLUSTER_DIR until this script exits, or exit 1
+    command -v flock >/dev/null 2>&1 ||
+        { echo "start.sh: flock (from util-linux) is needed and not installed" >&2; exit 1; }
+    # `command`: a directory that cannot be opened is an error here, not the shell's exit.
+    if ! { command exec 9<"$CLUSTER_DIR"; } 2>/dev/null; then
+        [ ! -d "$CLUSTER_DIR" ] ||  # else an empty one, just removed by the run that held it
+            { echo "start.sh: cannot open $CLUSTER_DIR to lock it; nothing done" >&2; exit 1; }
+    elif flock -n 9 &&
+            [ "$(stat -L -c %d:%i "/proc/$$/fd/9")" = \
+              "$(stat -c %d:%i "$CLUSTER_DIR" 2>/dev/null)" ]; then
+        return 0
+    fi
+    # Locked by another run, or locked after the run that held it removed the empty
+    # directory (which this run had opened just before).
+    echo "start.sh: another start.sh is working on port $PORT; nothing done" >&2
+    exit 1
+}
+
 CLUSTER_DIR=$TOP/$CLUSTERS/$PORT
+CREATED=
 if [ "$COMMAND" = stop ]; then
     [ -d "$CLUSTER_DIR" ] || { echo "start.sh: no cluster running on port $PORT"; exit 0; }
 else
-    mkdir -p "$CLUSTER_DIR"
+    mkdir -p "$TOP/$CLUSTERS"
+    if mkdir "$CLUSTER_DIR" 2>/dev/null; then
+        CREATED=yes
+    elif [ ! -d "$CLUSTER_DIR" ]; then
+        mkdir "$CLUSTER_DIR"  # says why it cannot
+    fi
 fi
 # Physical, as /proc shows the processes' working directory (clusters/ may be a link).
 CLUSTER_DIR=$(cd -P "$CLUSTER_DIR" && pwd -P)
+lock_cluster
+# A start refused before it wrote a file leaves no empty clusters/PORT/ behind;
+# rmdir, under the lock, removes nothing else.
+[ -z "$CREATED" ] || trap 'rmdir "$CLUSTER_DIR" 2>/dev/null || true' EXIT
 "${COMMAND}_cluster"

@@ -7,6 +7,7 @@ end: the `checkout` fixture leaves no process behind, even when a test fails.
 It kills only processes of those sessions, or processes running the copy's
 master.py or worker.py: never anything else.
 """
+import fcntl
 import os
 import re
 import shutil
@@ -45,7 +46,12 @@ JUNK_ARGUMENTS = [
     (["2", "6000", "extra"], "'2 6000 extra'"), (["--bogus"], "'--bogus'"), ([""], "''"),
     (["stop", "abc"], "'abc'"), (["stop", "6000", "extra"], "'stop 6000 extra'"),
     (["--help", "extra"], "'--help extra'"),
+    # More than start.sh's cap of 64 workers (a port that would fit with 65 workers is
+    # refused on the count, not on the port).
+    (["65", "65000"], "'65'"),
 ]
+# Concurrent starts on one port in the race test: one wins, the others touch nothing.
+RACING_STARTS = 3
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -125,17 +131,27 @@ class Checkout:
     def __init__(self, tmp_path):
         self.tmp_path = tmp_path
         self.root = copy_repository(tmp_path / "repo")
+        self.top = self.root.resolve()  # as start.sh names it in its hints
         self.env = dict(os.environ, PYTHON=PYTHON)
         self.env.pop("PYTHONUNBUFFERED", None)
         self.sessions = []
 
-    def run(self, *arguments):
-        """Run `sh start.sh ARGS` from outside the copy, in a session of its own."""
-        process = subprocess.Popen(["sh", str(self.root / "start.sh"), *map(str, arguments)],
+    def launch(self, *arguments, script=None):
+        """Begin `sh start.sh ARGS` (or `sh SCRIPT ARGS`) from outside the copy, in a session of its own."""
+        script = self.root / "start.sh" if script is None else script
+        process = subprocess.Popen(["sh", str(script), *map(str, arguments)],
                                    cwd=self.tmp_path, env=self.env, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    start_new_session=True)
         self.sessions.append(process.pid)
+        return process
+
+    def run(self, *arguments, script=None):
+        """Run `sh start.sh ARGS` (or `sh SCRIPT ARGS`) from outside the copy, to its end."""
+        return self.finish(self.launch(*arguments, script=script))
+
+    @staticmethod
+    def finish(process):
         try:
             stdout, stderr = process.communicate(timeout=SCRIPT_DEADLINE)
         except subprocess.TimeoutExpired:
@@ -187,9 +203,12 @@ class Checkout:
                                   self.root / "exec" / "word_count" / "reduce.py",
                                   SAMPLE_REDUCERS)
 
-    def assert_nothing_started(self):
+    def assert_nothing_started_but_pid_files(self):
         assert not self.processes(), self.processes()
         assert not any(session_members(s) for s in self.sessions)
+
+    def assert_nothing_started(self):
+        self.assert_nothing_started_but_pid_files()
         assert not self.pid_files(), self.pid_files()
 
     def kill_everything(self):
@@ -214,8 +233,10 @@ def test_start_script_starts_and_stops_a_cluster(checkout):
     """`sh start.sh N PORT` starts a working cluster in clusters/PORT/ that says how to stop it, and `sh start.sh stop PORT` leaves no process and no pid file behind."""
     port = free_port_block(WORKERS)
     started = checkout.start(port)
-    assert f"sh start.sh stop {port}" in started.stdout, started.stdout
-    assert f"send_job.py {port}" in started.stdout, started.stdout
+    # Absolute paths, which work from any directory: the script ran from outside the copy.
+    assert f"sh {checkout.top}/start.sh stop {port}" in started.stdout, started.stdout
+    assert f"python3 {checkout.top}/send_job.py {port}" in started.stdout, started.stdout
+    assert f"logs: {checkout.top}/clusters/{port}/" in started.stdout, started.stdout
     # Ready when the script returns: the master lists every worker as registered.
     assert len(checkout.ready_workers(port)) == WORKERS
     processes = checkout.processes()
@@ -243,7 +264,7 @@ def test_start_refuses_a_port_whose_cluster_runs(checkout):
 
     again = checkout.run(WORKERS, port)
     assert again.returncode == 1, again.stdout + again.stderr
-    assert "already running" in again.stderr and f"sh start.sh stop {port}" in again.stderr, \
+    assert "already running" in again.stderr and f"start.sh stop {port}" in again.stderr, \
         again.stderr
     assert checkout.processes() == running
     assert len(checkout.ready_workers(port)) == WORKERS
@@ -388,7 +409,8 @@ def test_busy_port_is_named_and_nothing_starts(checkout, held):
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert named in refused.stderr, refused.stderr
     checkout.assert_nothing_started()
-    assert not (checkout.cluster_dir(port) / "master.log").exists()
+    # The run made clusters/PORT/ and wrote nothing in it: it removed it again.
+    assert not checkout.cluster_dir(port).exists(), list(checkout.cluster_dir(port).iterdir())
 
 
 def test_failed_worker_stops_what_was_started(checkout):
@@ -406,3 +428,118 @@ def test_failed_worker_stops_what_was_started(checkout):
     # start.sh waited for the master to exit before it returned.
     checkout.assert_nothing_started()
     assert (checkout.cluster_dir(port) / "master.log").exists()
+
+
+def test_concurrent_starts_on_one_port_leave_one_cluster(checkout):
+    """Starts run at once on one port: one starts the cluster, the others exit 1 touching nothing, and `stop` then leaves no process and no pid file."""
+    port = free_port_block(WORKERS)
+    runs = [checkout.launch(WORKERS, port) for _ in range(RACING_STARTS)]
+    results = [checkout.finish(run) for run in runs]
+    everything = "\n".join(r.stdout + r.stderr for r in results)
+    assert sorted(r.returncode for r in results) == [0] + [1] * (RACING_STARTS - 1), everything
+    for result in results:
+        if result.returncode == 1:  # refused while the winner worked, or after it finished
+            assert f"another start.sh is working on port {port}" in result.stderr \
+                or "already running" in result.stderr, result.stderr
+            assert "failed" not in result.stderr and "SIG" not in result.stderr, result.stderr
+    processes = checkout.processes(port)
+    assert len(processes) == 1 + WORKERS, processes
+    pid_files = checkout.pid_files()
+    assert len(pid_files) == 1 + WORKERS, pid_files
+    assert sorted(int(path.read_text()) for path in pid_files) == processes
+    assert len(checkout.ready_workers(port)) == WORKERS
+    # Only the winner's master wrote its log.
+    assert (checkout.cluster_dir(port) / "master.log").read_text().count(" listening on ") == 1
+
+    checkout.stop(port)
+    wait_until(lambda: not checkout.processes(), EXIT_DEADLINE, what="the cluster to exit")
+    assert not checkout.pid_files(), checkout.pid_files()
+
+
+def test_start_and_stop_wait_for_no_one_holding_the_port_lock(checkout):
+    """While another start.sh holds clusters/PORT/'s lock, a start and a stop on PORT exit 1 saying so, and touch nothing."""
+    port = free_port_block(WORKERS)
+    directory = checkout.cluster_dir(port)
+    directory.mkdir(parents=True)
+    (directory / "master.pid").write_text("123456789\n")  # stale: only a stop that ran removes it
+    holder = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for arguments in ([WORKERS, port], ["stop", port]):
+            refused = checkout.run(*arguments)
+            assert refused.returncode == 1, (arguments, refused.stdout + refused.stderr)
+            assert refused.stderr == \
+                f"start.sh: another start.sh is working on port {port}; nothing done\n", \
+                refused.stderr
+            assert sorted(p.name for p in directory.iterdir()) == ["master.pid"]
+        checkout.assert_nothing_started_but_pid_files()
+    finally:
+        os.close(holder)
+    # The lock ends with its holder: the stop now runs.
+    stopped = checkout.run("stop", port)
+    assert stopped.returncode == 0 and "no cluster running" in stopped.stdout, \
+        stopped.stdout + stopped.stderr
+
+
+@pytest.mark.parametrize("which", ["master", "worker"])
+def test_a_pid_that_cannot_be_recorded_stops_its_process(checkout, which):
+    """When a pid file cannot be written (a directory is in its place), start.sh stops the process it just started and everything else it started, names the file, and exits 1."""
+    port = free_port_block(WORKERS)
+    name = "master.pid" if which == "master" else f"worker-{port + 1}.pid"
+    (checkout.cluster_dir(port) / name).mkdir(parents=True)
+    failed = checkout.run(WORKERS, port)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert f"could not write its pid to clusters/{port}/{name}" in failed.stderr, failed.stderr
+    assert f"nothing left running on port {port}" in failed.stderr, failed.stderr
+    checkout.assert_nothing_started_but_pid_files()
+    assert [p for p in checkout.pid_files() if not p.is_dir()] == []
+    assert (checkout.cluster_dir(port) / name).is_dir()  # the user's directory is left alone
+
+
+def test_a_port_alone_is_not_taken_for_thousands_of_workers(checkout):
+    """`start.sh PORT`, a port where WORKERS goes, exits 2 saying how to start workers on that port, and starts nothing."""
+    refused = checkout.run(60000)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stdout == ""
+    error, *rest = refused.stderr.splitlines()
+    assert error == (f"start.sh: 60000 workers is more than 64; to start 2 workers on port"
+                     f" 60000: sh {checkout.top}/start.sh 2 60000"), error
+    assert rest and rest[0].startswith("usage: sh start.sh"), refused.stderr
+    checkout.assert_nothing_started()
+    assert not (checkout.root / "clusters").exists()
+
+
+def test_stale_pid_file_of_an_exited_process_is_called_gone(checkout):
+    """A pid file whose process has exited is removed as stale, saying that its process is gone."""
+    port = free_port_block(WORKERS)
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    assert not os.path.exists(f"/proc/{exited.pid}")
+    directory = checkout.cluster_dir(port)
+    directory.mkdir(parents=True)
+    (directory / "master.pid").write_text(f"{exited.pid}\n")
+    stopped = checkout.run("stop", port)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert f"no cluster running on port {port}" in stopped.stdout, stopped.stdout
+    assert stopped.stderr == (f"start.sh: removed stale pid file clusters/{port}/master.pid"
+                              f" (its process, pid {exited.pid}, is gone)\n"), stopped.stderr
+    assert not checkout.pid_files(), checkout.pid_files()
+
+
+def test_start_script_run_through_a_symlink(checkout):
+    """`sh LINK` to start.sh, from another directory, starts and stops the checkout's cluster in its clusters/PORT/."""
+    link = checkout.tmp_path / "bin" / "start.sh"
+    link.parent.mkdir()
+    link.symlink_to(checkout.root / "start.sh")
+    port = free_port_block(WORKERS)
+    started = checkout.run(WORKERS, port, script=link)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert f"sh {checkout.top}/start.sh stop {port}" in started.stdout, started.stdout
+    processes = checkout.processes(port)
+    assert len(processes) == 1 + WORKERS, processes
+    assert not (link.parent / "clusters").exists()
+    stopped = checkout.run("stop", port, script=link)
+    assert stopped.returncode == 0 and f"cluster on port {port} stopped" in stopped.stdout, \
+        stopped.stdout + stopped.stderr
+    wait_until(lambda: not checkout.processes(), EXIT_DEADLINE, what="the cluster to exit")
+    assert not checkout.pid_files(), checkout.pid_files()
