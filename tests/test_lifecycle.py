@@ -4,16 +4,11 @@ import subprocess
 
 from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, assert_matches_sequential,
                       kill_session, partition_files, wait_until, write_files)
+from support.programs import sleepy_mapper
 
 INTERRUPTED = 130
 SMALL_INPUT = {"part-a": b"the quick brown fox\n", "part-b": b"the lazy dog\n"}
 
-
-def sleepy_mapper(tmp_path, seconds):
-    path = tmp_path / "sleepy-map.sh"
-    path.write_text(f"#!/bin/sh\nsleep {seconds}\nexec {WORD_COUNT[0]}\n")
-    path.chmod(0o755)
-    return path
 
 
 def test_ctrl_c_in_wait_detaches_and_the_job_goes_on(cluster, tmp_path):

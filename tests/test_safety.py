@@ -19,6 +19,7 @@ from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, Cluster, assert_mat
                       free_master_port, kill_session, partition_files, pid_alive, sequential,
                       wait_until, write_files)
 from mrlib import vardir
+from support.programs import failing_mapper, sleepy_mapper
 
 SMALL_INPUT = {
     "part-a": b"the quick brown fox\njumps over the lazy dog\n",
@@ -51,18 +52,6 @@ def one_line(text):
     return lines[0]
 
 
-def sleepy_mapper(tmp_path, seconds):
-    path = tmp_path / "sleepy-map.sh"
-    path.write_text(f"#!/bin/sh\nsleep {seconds}\nexec {WORD_COUNT[0]}\n")
-    path.chmod(0o755)
-    return path
-
-
-def failing_mapper(tmp_path):
-    path = tmp_path / "failing-map.sh"
-    path.write_text("#!/bin/sh\ncat >/dev/null\nexit 3\n")
-    path.chmod(0o755)
-    return path
 
 
 def job_id(stdout):

@@ -1,0 +1,22 @@
+"""Small map programs that tests write into their scratch directories."""
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent.parent
+WORD_COUNT_MAP = REPO / "exec" / "word_count" / "map.py"
+
+
+def script(path, body):
+    """Write an executable sh script and return its path."""
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def sleepy_mapper(directory, seconds):
+    """The word-count map, after sleeping: a task that takes a while."""
+    return script(Path(directory) / "sleepy-map.sh", f"sleep {seconds}\nexec {WORD_COUNT_MAP}\n")
+
+
+def failing_mapper(directory):
+    """A map that reads its input and exits 3."""
+    return script(Path(directory) / "failing-map.sh", "cat >/dev/null\nexit 3\n")
