@@ -114,6 +114,10 @@ REQUIRED_FIELDS = {
     "job_status": {"job_id": INT},
     "cluster_status": {},
     "cancel_job": {"job_id": INT},
+    # Our master to whoever sent a heartbeat it cannot place, on UDP, back to
+    # the heartbeat's source: our worker registers again (a restarted
+    # master); another worker never reads its heartbeat socket.
+    "unknown_worker": {"worker_pid": INT},
 }
 
 OPTIONAL_FIELDS = {
@@ -718,7 +722,7 @@ class HeartbeatListener:
     def serve(self):
         while not self.stopping.is_set():
             try:
-                data, _ = self.sock.recvfrom(MAX_DATAGRAM)
+                data, sender = self.sock.recvfrom(MAX_DATAGRAM)
             except socket.timeout:
                 continue
             except OSError:
@@ -726,12 +730,12 @@ class HeartbeatListener:
                     break
                 continue
             try:
-                self.process(data)
+                self.process(data, sender)
             except Exception:  # one datagram must never stop heartbeat handling
                 LOG.exception("%s: error handling a datagram", self.name)
         self.sock.close()
 
-    def process(self, data):
+    def process(self, data, sender):
         try:
             message = decode(data)
         except ProtocolError as error:
@@ -741,11 +745,38 @@ class HeartbeatListener:
             LOG.warning("%s: dropped a %s on the heartbeat port",
                         self.name, message["message_type"])
             return
-        self.on_heartbeat(message["worker_pid"])
+        self.on_heartbeat(message["worker_pid"], sender)
+
+    def reply(self, address, message):
+        """Send a datagram back to a heartbeat's sender; best effort, as UDP is."""
+        try:
+            self.sock.sendto(encode(message), address)
+        except OSError as error:
+            LOG.warning("%s: could not answer %s: %s", self.name, address, error)
 
     def stop(self, join_timeout=2.0):
         self.stopping.set()
         self.thread.join(join_timeout)
+
+
+def unknown_worker(pid):
+    return {"message_type": "unknown_worker", "worker_pid": pid}
+
+
+def receive_datagrams(sock):
+    """The valid messages waiting on a non-blocking UDP socket, without waiting."""
+    messages = []
+    while True:
+        try:
+            data = sock.recv(MAX_DATAGRAM)
+        except (BlockingIOError, InterruptedError):
+            return messages
+        except OSError:  # e.g. ICMP port unreachable from an earlier send
+            continue
+        try:
+            messages.append(decode(data))
+        except ProtocolError as error:
+            LOG.warning("dropped a datagram: %s", error)
 
 
 def send_heartbeat(sock, host, port, pid):

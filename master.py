@@ -373,8 +373,8 @@ class Master:
         self.post(self.handlers[kind], message)
         return None
 
-    def receive_heartbeat(self, pid):
-        self.post(self.on_heartbeat, pid)
+    def receive_heartbeat(self, pid, sender):
+        self.post(self.on_heartbeat, pid, sender)
 
     def tick_loop(self):
         while not self.stopping.wait(TICK_INTERVAL):
@@ -428,12 +428,19 @@ class Master:
 
     def on_register(self, message):
         pid, host, port = message["worker_pid"], message["worker_host"], message["worker_port"]
-        for old in self.workers.at_address(host, port):
-            if old.pid != pid:
-                self.declare_dead(old, f"replaced by worker {pid} on the same port")
         known = self.workers.get(pid)
-        if known is not None and known.acked and not known.dead \
-                and (known.host, known.port) == (host, port):
+        live = known is not None and known.acked and not known.dead
+        if live and (known.host, known.port) != (host, port):
+            # An impostor, or another host's worker that happens to have the
+            # same pid: either way the live worker stays. Ours registers again
+            # until acknowledged, so the other gets in once this one is gone.
+            LOG.warning("register from %s:%s ignored: pid %s is %s, which is alive",
+                        host, port, pid, known)
+            return
+        for old in self.workers.at_address(host, port):
+            if old.pid != pid:  # nothing else can listen there: it was restarted
+                self.declare_dead(old, f"replaced by worker {pid} on the same port")
+        if live:
             self.send_ack(known)  # a repeated register: acknowledge again, keep its tasks
             return
         if known is not None:
@@ -500,12 +507,15 @@ class Master:
         self.start_next_job()
         self.dispatch()
 
-    def on_heartbeat(self, pid):
+    def on_heartbeat(self, pid, sender=None):
         worker = self.workers.get(pid)
         if worker is None:
             if pid not in self.workers.unknown_warned:
                 self.workers.unknown_warned.add(pid)
-                LOG.warning("heartbeat from unregistered pid %s dropped", pid)
+                LOG.warning("heartbeat from unregistered pid %s dropped; asking it to "
+                            "register", pid)
+            if sender is not None:  # a worker of the master before a restart: ours rejoins
+                self.heartbeats.reply(sender, helper.unknown_worker(pid))
             return
         worker.last_seen = time.monotonic()
         if worker.dead and worker.acked:

@@ -27,6 +27,12 @@ LOG = logging.getLogger("worker")
 REGISTER_DEADLINE = 30.0
 # How long to keep retrying a status the master refused (it may be busy).
 STATUS_DEADLINE = 10.0
+# Not acknowledged this many heartbeat intervals after a register (a lost
+# ack, a live worker elsewhere with our pid), or told by the master that it
+# does not know us (it restarted): register again.
+REGISTER_RETRY_INTERVALS = 3
+# Once registered, how long a later register may keep being refused.
+REREGISTER_DEADLINE = 5.0
 
 
 class Task:
@@ -57,6 +63,8 @@ class Worker:
         self.host = advertise or host
         self.port = self.server.port
         self.heartbeat_thread = None
+        self.registered = threading.Event()  # cleared when the master does not know us
+        self.wake = threading.Event()  # keep_registered has something to look at
         self.executors = [threading.Thread(target=self.execute_loop, name=f"executor-{n}",
                                            daemon=True) for n in range(slots)]
         self.handlers = {
@@ -75,17 +83,33 @@ class Worker:
             thread.start()
         LOG.info("listening on %s:%s, registering with %s:%s",
                  self.host, self.port, *self.master)
-        if not helper.send_with_retry(*self.master, helper.register(self.host, self.port, self.pid),
-                                      REGISTER_DEADLINE, pause=0.2):
+        if not self.register(REGISTER_DEADLINE):
             LOG.error("could not reach the master at %s:%s", *self.master)
             self.stop()
             return 1
-        self.stopping.wait()
+        self.keep_registered()
         self.close()
         return 0
 
+    def register(self, deadline):
+        return helper.send_with_retry(*self.master, helper.register(self.host, self.port, self.pid),
+                                      deadline, pause=0.2)
+
+    def keep_registered(self):
+        """Until shut down: register again whenever the master does not know us."""
+        retry = REGISTER_RETRY_INTERVALS * helper.HEARTBEAT_INTERVAL
+        while True:
+            self.wake.wait(retry)
+            self.wake.clear()
+            if self.stopping.is_set():
+                return
+            if not self.registered.is_set():
+                LOG.info("not registered with the master: registering again")
+                self.register(REREGISTER_DEADLINE)
+
     def stop(self):
         self.stopping.set()
+        self.wake.set()
 
     def close(self):
         """Kill running programs, then stop every thread."""
@@ -113,6 +137,7 @@ class Worker:
         return None
 
     def on_register_ack(self, message):
+        self.registered.set()
         if self.heartbeat_thread is not None:
             return
         LOG.info("registered with the master")
@@ -135,12 +160,23 @@ class Worker:
     def heartbeat_loop(self):
         master_host, master_port = self.master
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
             while not self.stopping.is_set():
                 try:
                     helper.send_heartbeat(sock, master_host, master_port - 1, self.pid)
                 except OSError as error:
                     LOG.warning("heartbeat not sent: %s", error)
                 self.stopping.wait(helper.HEARTBEAT_INTERVAL)
+                self.read_master_datagrams(sock)
+
+    def read_master_datagrams(self, sock):
+        """Our master answers a heartbeat it cannot place: register again (it restarted)."""
+        for message in helper.receive_datagrams(sock):
+            if message["message_type"] == "unknown_worker" and message["worker_pid"] == self.pid \
+                    and self.registered.is_set():
+                LOG.warning("the master does not know this worker (restarted?): registering again")
+                self.registered.clear()
+                self.wake.set()
 
     def execute_loop(self):
         while not self.stopping.is_set():

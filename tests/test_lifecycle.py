@@ -1,6 +1,9 @@
 """A job's life as its user sees it from the client: following it, and letting go of it."""
 import signal
+import socket
 import subprocess
+
+import helper
 
 from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, assert_matches_sequential,
                       kill_session, partition_files, wait_until, write_files)
@@ -118,3 +121,57 @@ def test_kill_of_an_unknown_or_ended_job_says_so(cluster, tmp_path):
         lines = [line for line in result.stderr.decode().splitlines() if line.strip()]
         assert len(lines) == 1 and words in lines[0], lines
     assert "succeeded" in job_state(cluster, 0)
+
+
+# --- workers: identity and rejoining -------------------------------------------------
+
+FAST_HEARTBEATS = {"MAPREDUCE_HEARTBEAT_INTERVAL": "0.2"}
+# Long enough that no worker is declared dead by silence during a test.
+SLOW_HEARTBEATS = {"MAPREDUCE_HEARTBEAT_INTERVAL": "30"}
+
+
+def worker_states(cluster):
+    return {w["pid"]: (w["state"], w["port"]) for w in cluster.cluster_status()["workers"]}
+
+
+def test_workers_rejoin_a_restarted_master(make_cluster, tmp_path):
+    """After the master is SIGKILLed and started again in place, the same workers register by themselves and run the next job."""
+    cluster = make_cluster(env=FAST_HEARTBEATS)
+    workers = cluster.start_workers(2)
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out0", 2, 2)
+    cluster.master.send_signal(signal.SIGKILL)
+    cluster.master.wait(JOB_TIMEOUT)
+    cluster.start_master()
+    wait_until(lambda: all(worker_states(cluster).get(w.pid, ("",))[0] == "ready"
+                           for w in workers), what="both workers to register again")
+    outputs = cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out1", 2, 2)
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+    assert all(w.poll() is None for w in workers), "a worker was restarted"
+
+
+def test_a_register_reusing_a_live_workers_pid_does_not_hide_it(cluster, tmp_path):
+    """A register from another address with a live worker's pid leaves that worker listed and working."""
+    real = cluster.start_worker()
+    with socket.create_server(("localhost", 0)) as impostor:
+        impostor.settimeout(0.1)
+        helper.send_message("localhost", cluster.port,
+                            helper.register("localhost", impostor.getsockname()[1], real.pid))
+        inputs = write_files(tmp_path / "in", SMALL_INPUT)
+        outputs = cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out", 2, 2)
+        assert worker_states(cluster) == {real.pid: ("ready", real.worker_port)}
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+
+
+def test_a_worker_restarted_on_its_port_replaces_the_old_one_at_once(make_cluster, tmp_path):
+    """A worker started on the port of one that was killed takes its place at once, long before heartbeats would tell."""
+    cluster = make_cluster(env=SLOW_HEARTBEATS)
+    old = cluster.start_worker()
+    old.send_signal(signal.SIGKILL)
+    old.wait(JOB_TIMEOUT)
+    new = cluster.start_worker(port=old.worker_port)
+    assert worker_states(cluster)[old.pid][0] == "dead"
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    outputs = cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out", 2, 2)
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+    assert worker_states(cluster)[new.pid][0] == "ready"
