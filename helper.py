@@ -133,7 +133,7 @@ OPTIONAL_FIELDS = {
     "new_sort_job": {"timeout": NUM, "presorted": BOOL},
     "status": {"output_files": STR_LIST, "output_file": STR, "exit_code": INT,
                "error": STR, "stderr_tail": STR, "input_file": STR,
-               "counters": DICT, "task_status": STR, "sorted": BOOL},
+               "counters": DICT, "task_status": STR, "sorted": BOOL, "unfit": BOOL},
     "job_status": {"after_version": INT, "wait": NUM},
 }
 

@@ -64,6 +64,9 @@ class WorkerRecord:
         self.order = order
         self.acked = False
         self.dead = False
+        # It cannot run this master's tasks (it does not see their files):
+        # set aside like a dead worker, and not taken back by its heartbeats.
+        self.unfit = False
         self.last_seen = time.monotonic()
         self.tasks = set()  # keys of tasks of the current job assigned to it
         # Keys of tasks it is still running although they no longer count
@@ -79,7 +82,7 @@ class WorkerRecord:
     @property
     def state(self):
         if self.dead:
-            return "dead"
+            return "unfit" if self.unfit else "dead"
         return "ready" if self.idle else "busy"
 
     @property
@@ -518,7 +521,7 @@ class Master:
                 self.heartbeats.reply(sender, helper.unknown_worker(pid))
             return
         worker.last_seen = time.monotonic()
-        if worker.dead and worker.acked:
+        if worker.dead and worker.acked and not worker.unfit:
             worker.dead = False
             LOG.info("%s is heartbeating again: taken back as ready", worker)
             self.note(f"worker {pid} heartbeating again, taken back")
@@ -872,10 +875,19 @@ class Master:
             if task.done or pid not in task.holders():
                 LOG.info("ignored a stale failure of %s from %s", task.name, worker)
                 return
+            if message.get("unfit") is True:
+                self.set_unfit(worker, message.get("error") or "unfit")
+                return
             self.attempt_failed(job, task, pid, _failure_text(message))
         else:
             LOG.warning("status %r from %s dropped: expected finished or failed",
                         message["status"], worker)
+
+    def set_unfit(self, worker, reason):
+        """The failure was the worker's, not the task's: set the worker aside, count no attempt."""
+        LOG.error("%s set aside: %s", worker, reason)
+        worker.unfit = True
+        self.declare_dead(worker, f"unfit: {reason}")
 
     def task_finished(self, job, task, worker, message):
         if task.done:

@@ -192,19 +192,45 @@ class Worker:
     def execute(self, task):
         """Run a task; return the status message to send. Never raises."""
         try:
+            reason = self.unfit_for(task)
+            if reason is not None:
+                LOG.error("cannot run %s: %s", task.describe(), reason)
+                return self.failed_status(task, error=reason, unfit=True)
             if task.kind == "new_sort_job":
                 return self.execute_sort(task.message)
             return self.execute_programs(task.message)
         except Exception as error:  # a bug or an odd input must not end this thread
             LOG.exception("task %s failed unexpectedly", task.describe())
             failure = runner.TaskFailed(f"worker error: {error!r}")
-            if task.kind == "new_sort_job":
-                return helper.status_file(task.message["output_file"], self.pid, helper.FAILED,
-                                          **_failure_fields(failure))
-            outputs = [helper.output_path(task.message["output_directory"], path)
-                       for path in task.message["input_files"]]
-            return helper.status_files(outputs, self.pid, helper.FAILED,
-                                       **_failure_fields(failure))
+            return self.failed_status(task, **_failure_fields(failure))
+
+    def failed_status(self, task, **fields):
+        if task.kind == "new_sort_job":
+            return helper.status_file(task.message["output_file"], self.pid, helper.FAILED,
+                                      **fields)
+        outputs = [helper.output_path(task.message["output_directory"], path)
+                   for path in task.message["input_files"]]
+        return helper.status_files(outputs, self.pid, helper.FAILED, **fields)
+
+    @staticmethod
+    def unfit_for(task):
+        """Why this worker cannot run the task at all (its fault, not the task's), or None.
+
+        The master makes a job's directories before it sends a task, so a
+        worker that cannot see them runs in the wrong directory, or on a host
+        without the shared filesystem; the same goes for a missing program.
+        """
+        message = task.message
+        if task.kind == "new_sort_job":
+            directory = os.path.dirname(helper.normalize_path(message["output_file"])) or "."
+        else:
+            directory = message["output_directory"]
+        if not os.path.isdir(directory):
+            return (f"this worker cannot see {directory} from {os.getcwd()}: start it in the "
+                    f"master's working directory, or give it --workdir")
+        if task.kind != "new_sort_job" and not os.path.exists(message["executable"]):
+            return f"the program {message['executable']} does not exist on this worker's host"
+        return None
 
     def execute_sort(self, message):
         output = helper.normalize_path(message["output_file"])

@@ -167,9 +167,10 @@ class LocalCluster:
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
-    def spawn(self, argv, log_name, preexec_fn=None, env=None):
+    def spawn(self, argv, log_name, preexec_fn=None, env=None, cwd=None):
         with open(self.logs / log_name, "ab") as log:
-            process = subprocess.Popen([PYTHON] + [str(a) for a in argv], cwd=self.workdir,
+            process = subprocess.Popen([PYTHON] + [str(a) for a in argv],
+                                       cwd=cwd or self.workdir,
                                        stdout=log, stderr=subprocess.STDOUT,
                                        env=env or self.env, start_new_session=True,
                                        preexec_fn=preexec_fn)
@@ -184,10 +185,10 @@ class LocalCluster:
         assert self.master.poll() is None, self.log("master.log")
         return self.master
 
-    def start_worker(self, port=None, wait=True, extra=(), preexec_fn=None, env=None):
+    def start_worker(self, port=None, wait=True, extra=(), preexec_fn=None, env=None, cwd=None):
         port = port or free_port()
         process = self.spawn([REPO / "worker.py", self.port, port, *extra],
-                             f"worker-{port}.log", preexec_fn, env)
+                             f"worker-{port}.log", preexec_fn, env, cwd)
         process.worker_port = port
         self.workers.append(process)
         if wait:

@@ -2,6 +2,7 @@
 import signal
 import socket
 import subprocess
+import time
 
 import helper
 
@@ -175,3 +176,27 @@ def test_a_worker_restarted_on_its_port_replaces_the_old_one_at_once(make_cluste
     outputs = cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out", 2, 2)
     assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
     assert worker_states(cluster)[new.pid][0] == "ready"
+
+
+def test_a_worker_in_the_wrong_directory_is_set_aside(make_cluster, tmp_path):
+    """A worker that cannot see the job's files (no --workdir) is set aside without using up attempts, stays aside while it heartbeats, and the job completes on the other."""
+    cluster = make_cluster(env=FAST_HEARTBEATS)
+    good = cluster.start_worker()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lost = cluster.start_worker(cwd=elsewhere)
+    inputs = write_files(tmp_path / "in", {f"part-{n}": b"the quick brown fox %d\n" % n
+                                           for n in range(6)})
+    outputs = cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out", 6, 2, "--max-attempts", 1)
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+    ended = time.monotonic()
+
+    def heartbeat_since_the_job():
+        for worker in cluster.cluster_status()["workers"]:
+            if worker["pid"] == lost.pid:
+                return worker["since_heartbeat"] < time.monotonic() - ended
+        return False
+    wait_until(heartbeat_since_the_job, what="a heartbeat from the set-aside worker")
+    states = worker_states(cluster)
+    assert states[lost.pid][0] == "unfit" and states[good.pid][0] == "ready", states
+    assert lost.poll() is None
