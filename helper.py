@@ -6,6 +6,7 @@ of the spec with their field types, the constructors for each message, and
 the small TCP / UDP servers both roles run. master.py and worker.py never
 call json or recv themselves.
 """
+import hashlib
 import json
 import logging
 import os
@@ -118,6 +119,9 @@ REQUIRED_FIELDS = {
     # the heartbeat's source: our worker registers again (a restarted
     # master); another worker never reads its heartbeat socket.
     "unknown_worker": {"worker_pid": INT},
+    # Our master to our worker, the same way: stop this attempt, it no longer
+    # counts (its job ended, another copy won, it was given up on).
+    "cancel_task": {"worker_pid": INT, "task_id": STR},
 }
 
 OPTIONAL_FIELDS = {
@@ -761,6 +765,16 @@ class HeartbeatListener:
 
 def unknown_worker(pid):
     return {"message_type": "unknown_worker", "worker_pid": pid}
+
+
+def cancel_task(pid, task_id):
+    return {"message_type": "cancel_task", "worker_pid": pid, "task_id": task_id}
+
+
+def task_id(output_paths):
+    """A short name for a task both master and worker compute: its outputs, however spelled."""
+    key = "\n".join(sorted(os.path.abspath(p) for p in output_paths))
+    return hashlib.sha1(os.fsencode(key)).hexdigest()[:20]
 
 
 def receive_datagrams(sock):

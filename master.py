@@ -68,6 +68,7 @@ class WorkerRecord:
         # set aside like a dead worker, and not taken back by its heartbeats.
         self.unfit = False
         self.last_seen = time.monotonic()
+        self.heartbeat_address = None  # where its heartbeats come from (UDP)
         self.tasks = set()  # keys of tasks of the current job assigned to it
         # Keys of tasks it is still running although they no longer count
         # (a backup won, its job ended, it was wrongly declared dead), with
@@ -521,6 +522,7 @@ class Master:
                 self.heartbeats.reply(sender, helper.unknown_worker(pid))
             return
         worker.last_seen = time.monotonic()
+        worker.heartbeat_address = sender
         if worker.dead and worker.acked and not worker.unfit:
             worker.dead = False
             LOG.info("%s is heartbeating again: taken back as ready", worker)
@@ -536,8 +538,23 @@ class Master:
             self.declare_dead(worker, f"no heartbeat for {now - worker.last_seen:.1f} s")
         self.check_timeouts(now)
         self.forget_lost_leftovers(now)
+        self.stop_leftovers()
         if self.current is not None:  # the dead workers' tasks: declare_dead posted a dispatch
             self.speculate(self.current)
+
+    def stop_leftovers(self):
+        """Ask our workers to stop the attempts that no longer count, until they report them.
+
+        Over UDP, to the worker's heartbeat socket, which only our worker
+        reads: another implementation's worker finishes them and is ignored.
+        Sent again every tick, as a datagram may be lost.
+        """
+        for worker in self.workers.by_pid.values():
+            if worker.heartbeat_address is None:
+                continue
+            for key in worker.leftovers:
+                self.heartbeats.reply(worker.heartbeat_address,
+                                      helper.cancel_task(worker.pid, helper.task_id(key)))
 
     def forget_lost_leftovers(self, now):
         timeout = max(DEFAULT_TASK_TIMEOUT,

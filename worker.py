@@ -9,6 +9,7 @@ order; a heartbeat thread starts after `register_ack`. Mutable state is the
 task queue (a queue.Queue, thread-safe by itself) and the stop event.
 """
 import argparse
+import collections
 import logging
 import os
 import queue
@@ -33,6 +34,9 @@ STATUS_DEADLINE = 10.0
 REGISTER_RETRY_INTERVALS = 3
 # Once registered, how long a later register may keep being refused.
 REREGISTER_DEADLINE = 5.0
+# Cancels remembered for tasks not started yet (the master only cancels tasks
+# it delivered, so these are queued here, or already done).
+CANCELS_REMEMBERED = 1024
 
 
 class Task:
@@ -41,6 +45,13 @@ class Task:
     def __init__(self, message):
         self.message = message
         self.kind = message["message_type"]
+        self.id = helper.task_id(self.outputs())
+
+    def outputs(self):
+        if self.kind == "new_sort_job":
+            return [helper.normalize_path(self.message["output_file"])]
+        return [helper.output_path(self.message["output_directory"], path)
+                for path in self.message["input_files"]]
 
     def describe(self):
         if self.kind == "new_sort_job":
@@ -64,6 +75,10 @@ class Worker:
         self.port = self.server.port
         self.heartbeat_thread = None
         self.registered = threading.Event()  # cleared when the master does not know us
+        # Task id -> TaskGuard of a running task; ids cancelled before they ran.
+        self.running = {}
+        self.cancelled = collections.deque(maxlen=CANCELS_REMEMBERED)
+        self.lock = threading.Lock()
         self.wake = threading.Event()  # keep_registered has something to look at
         self.executors = [threading.Thread(target=self.execute_loop, name=f"executor-{n}",
                                            daemon=True) for n in range(slots)]
@@ -172,11 +187,34 @@ class Worker:
     def read_master_datagrams(self, sock):
         """Our master answers a heartbeat it cannot place: register again (it restarted)."""
         for message in helper.receive_datagrams(sock):
+            if message["message_type"] == "cancel_task" and message["worker_pid"] == self.pid:
+                self.cancel(message["task_id"])
             if message["message_type"] == "unknown_worker" and message["worker_pid"] == self.pid \
                     and self.registered.is_set():
                 LOG.warning("the master does not know this worker (restarted?): registering again")
                 self.registered.clear()
                 self.wake.set()
+
+    def cancel(self, task_id):
+        """Stop a task the master no longer counts: kill it if it runs, skip it if queued."""
+        with self.lock:
+            guard = self.running.get(task_id)
+            if guard is None:
+                if task_id not in self.cancelled:
+                    self.cancelled.append(task_id)
+                return
+        if not guard.cancelled:
+            LOG.info("task %s cancelled by the master: stopping it", task_id)
+        guard.cancel()
+
+    def start(self, task):
+        """The task's own guard, or None if it was cancelled before it started."""
+        with self.lock:
+            if task.id in self.cancelled:
+                self.cancelled.remove(task.id)
+                return None
+            guard = self.running[task.id] = runner.TaskGuard(self.guard)
+            return guard
 
     def execute_loop(self):
         while not self.stopping.is_set():
@@ -191,26 +229,34 @@ class Worker:
 
     def execute(self, task):
         """Run a task; return the status message to send. Never raises."""
+        guard = self.start(task)
+        if guard is None:
+            return self.failed_status(task, error="cancelled by the master before it started")
         try:
             reason = self.unfit_for(task)
             if reason is not None:
                 LOG.error("cannot run %s: %s", task.describe(), reason)
                 return self.failed_status(task, error=reason, unfit=True)
             if task.kind == "new_sort_job":
-                return self.execute_sort(task.message)
-            return self.execute_programs(task.message)
+                status = self.execute_sort(task.message, guard)
+            else:
+                status = self.execute_programs(task.message, guard)
+            if guard.cancelled:
+                return self.failed_status(task, error="cancelled by the master")
+            return status
         except Exception as error:  # a bug or an odd input must not end this thread
             LOG.exception("task %s failed unexpectedly", task.describe())
             failure = runner.TaskFailed(f"worker error: {error!r}")
             return self.failed_status(task, **_failure_fields(failure))
+        finally:
+            with self.lock:
+                self.running.pop(task.id, None)
 
     def failed_status(self, task, **fields):
         if task.kind == "new_sort_job":
             return helper.status_file(task.message["output_file"], self.pid, helper.FAILED,
                                       **fields)
-        outputs = [helper.output_path(task.message["output_directory"], path)
-                   for path in task.message["input_files"]]
-        return helper.status_files(outputs, self.pid, helper.FAILED, **fields)
+        return helper.status_files(task.outputs(), self.pid, helper.FAILED, **fields)
 
     @staticmethod
     def unfit_for(task):
@@ -232,12 +278,12 @@ class Worker:
             return f"the program {message['executable']} does not exist on this worker's host"
         return None
 
-    def execute_sort(self, message):
+    def execute_sort(self, message, guard):
         output = helper.normalize_path(message["output_file"])
         try:
             runner.sort_files(message["input_files"], output,
                               merge=message.get("presorted") is True,
-                              timeout=message.get("timeout"), guard=self.guard)
+                              timeout=message.get("timeout"), guard=guard)
         except runner.TaskFailed as failure:
             LOG.error("sort into %s failed: %s", output, failure)
             return helper.status_file(output, self.pid, helper.FAILED, **_failure_fields(failure))
@@ -247,7 +293,7 @@ class Worker:
         return helper.status_file(output, self.pid,
                                   sorted=True if "presorted" in message else None)
 
-    def execute_programs(self, message):
+    def execute_programs(self, message, guard):
         outputs = [helper.output_path(message["output_directory"], path)
                    for path in message["input_files"]]
         context = runner.TaskContext(message.get("context"))
@@ -259,7 +305,7 @@ class Worker:
                     message["executable"], input_file, output,
                     combiner=message.get("combiner_executable"), sort_output=sort_output,
                     env=context.environment(input_file), timeout=message.get("timeout"),
-                    guard=self.guard))
+                    guard=guard))
             except runner.TaskFailed as failure:
                 LOG.error("task failed: %s", failure)
                 return helper.status_files(outputs, self.pid, helper.FAILED,

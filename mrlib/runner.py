@@ -176,6 +176,41 @@ class ProgramGuard:
             self.reaper.wait()
 
 
+class TaskGuard:
+    """One task's share of a ProgramGuard: its programs can be killed alone.
+
+    For an attempt that no longer counts (its job was cancelled or failed,
+    or another copy won): cancel() kills the programs it runs, and any it
+    would start after that is killed as it starts.
+    """
+
+    def __init__(self, guard):
+        self.guard = guard
+        self.lock = threading.Lock()
+        self.groups = set()
+        self.cancelled = False
+
+    def started(self, group):
+        self.guard.started(group)
+        with self.lock:
+            self.groups.add(group)
+            cancelled = self.cancelled
+        if cancelled:
+            _kill_group(group)
+
+    def finished(self, group):
+        with self.lock:
+            self.groups.discard(group)
+        self.guard.finished(group)
+
+    def cancel(self):
+        with self.lock:
+            self.cancelled = True
+            groups = list(self.groups)
+        for group in groups:
+            _kill_group(group)
+
+
 def temp_path(final_path):
     """A hidden temporary name beside `final_path`, unique in this process."""
     directory, name = os.path.split(final_path)

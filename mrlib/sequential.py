@@ -8,6 +8,7 @@ sorted data, however it is spread over files, so its output files are
 byte-identical to a cluster run's, and its wall time is the baseline every
 benchmark compares against.
 """
+import contextlib
 import fcntl
 import glob
 import os
@@ -28,39 +29,37 @@ class SequentialRun:
 
     def __init__(self, spec):
         self.spec = spec
-        parent = os.path.dirname(os.path.abspath(spec.output_directory))
-        os.makedirs(parent, exist_ok=True)
-        remove_abandoned_scratch(parent)
-        # Beside the output, so the final hard links need no copy.
-        self.scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent)
-        # Locked before it gets the name other runs look for.
-        lock_path = os.path.join(self.scratch, SCRATCH_LOCK)
-        self.lock = _lock(lock_path + ".new", blocking=True)
-        os.rename(lock_path + ".new", lock_path)
-        self.job = Job(0, spec, self.scratch)
-        # Programs die with this process, even on SIGKILL (a reaper watches it).
-        self.guard = runner.ProgramGuard()
+        self.parent = os.path.dirname(os.path.abspath(spec.output_directory))
         self.counters = runner.Report()
+        self.job = None
+        self.guard = None
 
     def run(self):
         """Run every phase; return the ended job (outputs, counters, timings)."""
+        os.makedirs(self.parent, exist_ok=True)
+        remove_abandoned_scratch(self.parent)
+        # Programs die with this process, even on SIGKILL (a reaper watches it).
+        self.guard = runner.ProgramGuard()
         try:
-            self.job.make_directories()
-            self.job.begin_phase(MAP, [])
-            self.map()
-            if self.spec.num_reducers > 0:
-                self.job.begin_phase(GROUP, [])
-                self.group()
-                self.job.begin_phase(REDUCE, [])
-                self.reduce()
-            self.job.publish_outputs()
+            with scratch_directory(self.parent) as scratch:
+                self.job = Job(0, self.spec, scratch)
+                self.run_phases()
         finally:
             self.guard.close()
-            shutil.rmtree(self.scratch, ignore_errors=True)
-            os.close(self.lock)
         self.job.counters = self.counters.counters
         self.job.end(SUCCEEDED)
         return self.job
+
+    def run_phases(self):
+        self.job.make_directories()
+        self.job.begin_phase(MAP, [])
+        self.map()
+        if self.spec.num_reducers > 0:
+            self.job.begin_phase(GROUP, [])
+            self.group()
+            self.job.begin_phase(REDUCE, [])
+            self.reduce()
+        self.job.publish_outputs()
 
     def map(self):
         made = None
@@ -90,6 +89,24 @@ class SequentialRun:
                 task.executable, path, output, combiner=combiner,
                 env=context.environment(path), timeout=self.spec.task_timeout,
                 guard=self.guard))
+
+
+@contextlib.contextmanager
+def scratch_directory(parent):
+    """A locked scratch directory beside the output (so the final hard links
+    need no copy), removed however the block ends but SIGKILL."""
+    scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=parent)
+    lock = None
+    try:
+        # Locked before it gets the name other runs look for.
+        lock_path = os.path.join(scratch, SCRATCH_LOCK)
+        lock = _lock(lock_path + ".new", blocking=True)
+        os.rename(lock_path + ".new", lock_path)
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
 
 
 def remove_abandoned_scratch(parent):

@@ -7,8 +7,8 @@ import time
 import helper
 
 from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, assert_matches_sequential,
-                      kill_session, partition_files, wait_until, write_files)
-from support.programs import sleepy_mapper
+                      kill_session, partition_files, pid_alive, wait_until, write_files)
+from support.programs import script, sleepy_mapper
 
 INTERRUPTED = 130
 SMALL_INPUT = {"part-a": b"the quick brown fox\n", "part-b": b"the lazy dog\n"}
@@ -44,14 +44,17 @@ def test_ctrl_c_in_wait_detaches_and_the_job_goes_on(cluster, tmp_path):
 def test_ctrl_c_in_a_sequential_run_is_one_line_and_leaves_nothing(tmp_path):
     """Ctrl-C in send_job.py --sequential ends it with one line, no traceback, and removes its scratch directory."""
     inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    started = tmp_path / "mapper-started"
+    # Interrupted once its program runs: a signal that lands in the middle of
+    # a fork() is lost to Python (an exception in an at-fork hook is ignored).
+    mapper = script(tmp_path / "marking-map.sh", f'touch "{started}"\nexec sleep 30\n')
     client = subprocess.Popen([PYTHON, str(REPO / "send_job.py"), "--sequential", "--input",
                                str(inputs), "--output", str(tmp_path / "out"),
-                               "--mapper", str(sleepy_mapper(tmp_path, 30))],
+                               "--mapper", str(mapper)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               start_new_session=True)
     try:
-        wait_until(lambda: list(tmp_path.glob(".mapreduce-sequential-*/running.lock")),
-                   what="the run to start")
+        wait_until(started.exists, what="the run's first program to start")
         client.send_signal(signal.SIGINT)
         _, stderr = client.communicate(timeout=JOB_TIMEOUT)
     finally:
@@ -200,3 +203,44 @@ def test_a_worker_in_the_wrong_directory_is_set_aside(make_cluster, tmp_path):
     states = worker_states(cluster)
     assert states[lost.pid][0] == "unfit" and states[good.pid][0] == "ready", states
     assert lost.poll() is None
+
+
+# --- attempts that no longer count are stopped on our workers ----------------------------
+
+def recording_mapper(tmp_path):
+    """A map that fails at once on input containing 'fail', else records its pid and sleeps."""
+    return script(tmp_path / "recording-map.sh",
+                  f'if grep -q fail; then exit 3; fi\n'
+                  f'echo $$ >> "{tmp_path / "pids"}"\nexec sleep 60\n')
+
+
+def recorded_pids(tmp_path):
+    path = tmp_path / "pids"
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def test_a_cancelled_jobs_running_programs_are_stopped(cluster, tmp_path):
+    """--kill of a running job stops the programs its attempts run on our workers."""
+    cluster.start_workers(2)
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    submitted = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mappers", 2,
+                                 "--mapper", recording_mapper(tmp_path))
+    assert submitted.returncode == 0, submitted.stderr.decode()
+    pids = wait_until(lambda: len(recorded_pids(tmp_path)) == 2 and recorded_pids(tmp_path),
+                      what="both map programs to start")
+    assert cluster.send_job("--kill", 0).returncode == 0
+    wait_until(lambda: not any(pid_alive(pid) for pid in pids), what=f"programs {pids} to stop")
+    outputs = cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out1", 2, 2)
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+
+
+def test_a_failed_jobs_other_attempts_are_stopped(cluster, tmp_path):
+    """When a job fails, the programs its other attempts still run on our workers are stopped."""
+    cluster.start_workers(2)
+    inputs = write_files(tmp_path / "in", {"a-slow": b"sleep here\n", "b-fail": b"fail\n"})
+    failed = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mappers", 2,
+                              "--mapper", recording_mapper(tmp_path), "--max-attempts", 1,
+                              "--wait")
+    assert failed.returncode == 1, failed.stdout.decode()
+    pids = wait_until(lambda: recorded_pids(tmp_path), what="the slow program to start")
+    wait_until(lambda: not any(pid_alive(pid) for pid in pids), what=f"programs {pids} to stop")

@@ -1,7 +1,7 @@
 """Backup tasks: near a phase's end, idle workers re-run the slowest tasks."""
 import time
 
-from conftest import WORD_COUNT, assert_matches_sequential, partition_files, wait_until
+from conftest import WORD_COUNT, assert_matches_sequential, partition_files, pid_alive, wait_until
 from master import SPECULATIVE_MIN_SECONDS
 from test_reliability import FAST, corpus, job_status, script
 
@@ -67,3 +67,26 @@ def test_no_backups_unless_asked(make_cluster, tmp_path):
     finally:
         client.kill()
         client.wait()
+
+
+def test_losing_copies_are_stopped(make_cluster, tmp_path):
+    """The slow worker's losing copies are stopped once the backups win: their programs end long before they would have."""
+    pids = tmp_path / "slow-pids"
+    slow_mapper = f"""#!/bin/sh
+if [ -n "$MR_TEST_SLOW_WORKER" ]; then echo $$ >> "{pids}"; sleep 30; fi
+exec {MAPPER}
+"""
+    cluster = make_cluster(FAST)
+    cluster.start_worker()
+    cluster.env["MR_TEST_SLOW_WORKER"] = "1"
+    cluster.start_worker()
+    inputs = corpus(tmp_path / "in", files=4)
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
+                              script(tmp_path / "map.sh", slow_mapper), "--mappers", 4,
+                              "--speculative", "--wait", timeout=25)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert started
+    wait_until(lambda: not any(pid_alive(pid) for pid in started),
+               what=f"the losing copies {started} to stop")
+    assert_matches_sequential(partition_files(tmp_path / "out"), inputs, MAPPER, REDUCER, 2)
