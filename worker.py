@@ -251,6 +251,7 @@ class Worker:
         finally:
             with self.lock:
                 self.running.pop(task.id, None)
+            guard.close()  # what the attempt started and left running (setsid) dies now
 
     def failed_status(self, task, **fields):
         if task.kind == "new_sort_job":

@@ -10,9 +10,15 @@ import os
 import signal
 import sys
 
+# In every program's environment: which attempt started it (mrlib/runner.py
+# sets it). A program that leaves its process group (setsid, a daemonising
+# script) keeps it, so whatever an attempt started can be found and killed.
+ATTEMPT_VARIABLE = "MAPREDUCE_ATTEMPT"
+
 
 def main():
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C to the terminal is the worker's to handle
+    prefix = sys.argv[1] if len(sys.argv) > 1 else None
     groups = set()
     for line in sys.stdin.buffer:
         sign, number = line[:1], line[1:].strip()
@@ -27,6 +33,30 @@ def main():
             os.killpg(group, signal.SIGKILL)
         except OSError:
             pass
+    if prefix:
+        kill_tagged(prefix, whole=False)
+
+
+def kill_tagged(tag, whole=True):
+    """SIGKILL every process whose environment says an attempt tagged `tag` started it.
+
+    With whole=False, `tag` is a prefix: every attempt of one guard. Reads
+    /proc/*/environ (about half a millisecond for a hundred processes).
+    """
+    needle = f"\0{ATTEMPT_VARIABLE}={tag}{chr(0) if whole else ''}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environment = b"\0" + handle.read()
+        except OSError:
+            continue
+        if needle in environment:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import threading
 
 import sh
 
+from mrlib.reaper import ATTEMPT_VARIABLE, kill_tagged
+
 # How much of a failed program's stderr travels in its status message.
 STDERR_TAIL_BYTES = 2048
 # stderr is read in pieces of at most this much, however long its lines.
@@ -32,6 +34,7 @@ SORT_ENV = {"LC_ALL": "C"}
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _TEMP_COUNTER = itertools.count()
+
 
 
 class TaskFailed(Exception):
@@ -133,9 +136,14 @@ class ProgramGuard:
         self.lock = threading.Lock()
         self.groups = set()
         self.reaper = None
+        # Unique to this guard, even when the pid is reused: every attempt's
+        # tag starts with it, so all that this process started can be found.
+        self.prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"
+        self.tag = self.prefix + "shared"  # programs run on this guard directly
+        self.attempts = itertools.count()
         if use_reaper:
             reaper_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")
-            self.reaper = subprocess.Popen([sys.executable, "-S", reaper_path],
+            self.reaper = subprocess.Popen([sys.executable, "-S", reaper_path, self.prefix],
                                            stdin=subprocess.PIPE, close_fds=True)
 
     def _tell_reaper(self, line):
@@ -165,6 +173,10 @@ class ProgramGuard:
                 os.killpg(group, signal.SIGKILL)
             except OSError:
                 pass
+        kill_tagged(self.prefix, whole=False)
+
+    def attempt_tag(self):
+        return f"{self.prefix}{next(self.attempts)}"
 
     def close(self):
         self.kill_all()
@@ -186,6 +198,7 @@ class TaskGuard:
 
     def __init__(self, guard):
         self.guard = guard
+        self.tag = guard.attempt_tag()
         self.lock = threading.Lock()
         self.groups = set()
         self.cancelled = False
@@ -209,6 +222,11 @@ class TaskGuard:
             groups = list(self.groups)
         for group in groups:
             _kill_group(group)
+        self.close()
+
+    def close(self):
+        """The attempt is over: kill whatever it started that still runs (setsid ones too)."""
+        kill_tagged(self.tag)
 
 
 def temp_path(final_path):
@@ -333,6 +351,8 @@ class Pipeline:
 
     def _start(self, stage, stdin, stdout, stderr, input_label):
         env = dict(self.env, **stage.env)
+        if self.guard is not None:
+            env[ATTEMPT_VARIABLE] = self.guard.tag
         try:
             process = stage.command(*stage.argv, _in=stdin, _out=stdout, _err=stderr, _env=env,
                                     _bg=True, _new_group=True, _preexec_fn=_die_with_parent,

@@ -1,8 +1,11 @@
 """A job's life as its user sees it from the client: following it, and letting go of it."""
+import os
 import signal
 import socket
 import subprocess
 import time
+
+import pytest
 
 import helper
 
@@ -244,3 +247,57 @@ def test_a_failed_jobs_other_attempts_are_stopped(cluster, tmp_path):
     assert failed.returncode == 1, failed.stdout.decode()
     pids = wait_until(lambda: recorded_pids(tmp_path), what="the slow program to start")
     wait_until(lambda: not any(pid_alive(pid) for pid in pids), what=f"programs {pids} to stop")
+
+
+def escaping_mapper(tmp_path, then="exec " + str(WORD_COUNT[0])):
+    """A map that leaves a `setsid` grandchild behind (a daemonising script), recording its pid."""
+    pids = tmp_path / "escaped"
+    return script(tmp_path / "escaping-map.sh",
+                  f"setsid sh -c 'echo $$ >> \"{pids}\"; exec sleep 60' </dev/null >/dev/null 2>&1 &\n"
+                  f'while [ ! -s "{pids}" ]; do sleep 0.01; done\n{then}\n')
+
+
+def escaped_pids(tmp_path):
+    path = tmp_path / "escaped"
+    return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+@pytest.fixture
+def escapes(tmp_path):
+    """Kill, after the test, any recorded grandchild still running (a test that failed)."""
+    yield
+    for pid in escaped_pids(tmp_path):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                ours = handle.read().split(b"\0")[:2] == [b"sleep", b"60"]
+        except OSError:
+            continue
+        if ours:
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_setsid_grandchild_dies_with_its_task(cluster, tmp_path, escapes):
+    """A program's child that calls setsid is gone once its task has ended."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    outputs = cluster.run_job(escaping_mapper(tmp_path), WORD_COUNT[1], inputs, tmp_path / "out",
+                              1, 2)
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+    escaped = escaped_pids(tmp_path)
+    assert escaped
+    wait_until(lambda: not any(pid_alive(pid) for pid in escaped),
+               what=f"the escaped grandchildren {escaped} to die")
+
+
+def test_a_setsid_grandchild_dies_with_a_killed_worker(cluster, tmp_path, escapes):
+    """A setsid grandchild of a running task dies when its worker is SIGKILLed."""
+    worker = cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    mapper = escaping_mapper(tmp_path, then="exec sleep 60")
+    submitted = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mappers", 1,
+                                 "--mapper", mapper)
+    assert submitted.returncode == 0, submitted.stderr.decode()
+    escaped = wait_until(lambda: escaped_pids(tmp_path), what="the grandchild to start")
+    worker.send_signal(signal.SIGKILL)
+    wait_until(lambda: not any(pid_alive(pid) for pid in escaped),
+               what=f"the escaped grandchild {escaped} to die")

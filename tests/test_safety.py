@@ -19,7 +19,7 @@ from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, Cluster, assert_mat
                       free_master_port, kill_session, partition_files, pid_alive, sequential,
                       wait_until, write_files)
 from mrlib import vardir
-from support.programs import failing_mapper, sleepy_mapper
+from support.programs import failing_mapper, script, sleepy_mapper
 
 SMALL_INPUT = {
     "part-a": b"the quick brown fox\njumps over the lazy dog\n",
@@ -451,9 +451,13 @@ def test_killed_sequential_run_leaves_nothing_after_the_next_run(tmp_path):
 
 def test_terminated_sequential_run_removes_its_scratch(tmp_path):
     """A --sequential run stopped with SIGTERM removes its scratch directory before exiting."""
-    run = sequential_run(tmp_path, tmp_path / "out", sleepy_mapper(tmp_path, 2))
+    started = tmp_path / "mapper-started"
+    mapper = script(tmp_path / "marking-map.sh", f'touch "{started}"\nexec sleep 30\n')
+    run = sequential_run(tmp_path, tmp_path / "out", mapper)
     try:
-        wait_until(lambda: scratch_directories(tmp_path), what="the scratch directory")
+        # Once its program runs: a signal landing in the middle of a fork()
+        # is lost to Python (an exception in an at-fork hook is ignored).
+        wait_until(started.exists, what="the run's first program to start")
         run.send_signal(signal.SIGTERM)
         run.communicate(timeout=JOB_TIMEOUT)
         assert run.returncode != 0
