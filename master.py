@@ -22,8 +22,8 @@ import time
 
 import helper
 from mrlib import grouping, runner, splits, vardir
-from mrlib.job import (CANCELLED, ENDED, FAILED, GROUP, MAP, MERGE, PUBLISH, REDUCE, SORT,
-                       SPLIT, SUCCEEDED, Job, task_key)
+from mrlib.job import (CANCELLED, FAILED, GROUP, MAP, MERGE, PUBLISH, REDUCE, SORT, SPLIT,
+                       SUCCEEDED, Job, task_key)
 from mrlib.jobspec import DEFAULT_TASK_TIMEOUT, JobRejected, JobSpec
 
 LOG = logging.getLogger("master")

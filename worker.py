@@ -3,10 +3,12 @@
     python3 worker.py MASTER_PORT WORKER_PORT
     python3 worker.py MASTER_HOST:MASTER_PORT WORKER_PORT --host 0.0.0.0 --advertise HOST
 
-Threads: the TCP listener (one short thread per incoming message) only
-validates and queues; `slots` executor threads run queued tasks in arrival
-order; a heartbeat thread starts after `register_ack`. Mutable state is the
-task queue (a queue.Queue, thread-safe by itself) and the stop event.
+Threads: the TCP server only validates and queues; `slots` executor threads
+run queued tasks in arrival order; a heartbeat thread starts after
+`register_ack` and also reads what our master sends back to its socket
+(cancel a task, register again); the main thread registers again when told.
+Mutable state: the task queue (a queue.Queue), the events, and the running
+and cancelled tasks, under `Worker.lock`.
 """
 import argparse
 import collections
@@ -185,7 +187,7 @@ class Worker:
                 self.read_master_datagrams(sock)
 
     def read_master_datagrams(self, sock):
-        """Our master answers a heartbeat it cannot place: register again (it restarted)."""
+        """What our master sends back to the heartbeat socket: stop a task, or register again."""
         for message in helper.receive_datagrams(sock):
             if message["message_type"] == "cancel_task" and message["worker_pid"] == self.pid:
                 self.cancel(message["task_id"])

@@ -14,7 +14,6 @@ from mrlib import grouping
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 CANCELLED = "cancelled"
-ENDED = (SUCCEEDED, FAILED, CANCELLED)
 SPLIT, MAP, GROUP, MERGE, REDUCE, DONE = "split", "map", "group", "merge", "reduce", "done"
 PUBLISH = "publish"  # outputs into the output directory, intermediates removed
 SORT = "sort"  # the kind of the group phase's tasks

@@ -36,7 +36,6 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _TEMP_COUNTER = itertools.count()
 
 
-
 class TaskFailed(Exception):
     """A program (or sort) failed: names the input, exit code and stderr tail."""
 
