@@ -52,6 +52,10 @@ DELIVERY_RETRY_PAUSE = 0.5
 # phase's median task time, and at least this long, gets a copy on an idle worker.
 SPECULATIVE_SLOWDOWN = 1.5
 SPECULATIVE_MIN_SECONDS = 1.0
+# A worker the master does not know is asked to register again at most this
+# often (in heartbeat intervals): our worker registers within one, and an
+# answer to a heartbeat sent before it registered must not reach it after.
+REGISTER_ASK_INTERVALS = 3
 
 
 class WorkerRecord:
@@ -227,6 +231,7 @@ class WorkerRegistry:
         self.by_pid = {}
         self.registrations = 0
         self.unknown_warned = set()
+        self.asked_to_register = {}  # pid -> when it was last asked (monotonic)
 
     def add(self, pid, host, port):
         self.registrations += 1
@@ -519,7 +524,7 @@ class Master:
                 LOG.warning("heartbeat from unregistered pid %s dropped; asking it to "
                             "register", pid)
             if sender is not None:  # a worker of the master before a restart: ours rejoins
-                self.heartbeats.reply(sender, helper.unknown_worker(pid))
+                self.ask_to_register(pid, sender)
             return
         worker.last_seen = time.monotonic()
         worker.heartbeat_address = sender
@@ -529,6 +534,17 @@ class Master:
             self.note(f"worker {pid} heartbeating again, taken back")
             self.start_next_job()
             self.dispatch()
+
+    def ask_to_register(self, pid, sender):
+        now = time.monotonic()
+        every = REGISTER_ASK_INTERVALS * helper.HEARTBEAT_INTERVAL
+        asked = self.workers.asked_to_register
+        if now - asked.get(pid, float("-inf")) < every:
+            return
+        for old in [p for p, when in asked.items() if now - when >= every]:
+            del asked[old]  # bounded by the pids heard from in one interval
+        asked[pid] = now
+        self.heartbeats.reply(sender, helper.unknown_worker(pid))
 
     def on_tick(self):
         now = time.monotonic()

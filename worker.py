@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 import helper
 from mrlib import runner
@@ -77,9 +78,14 @@ class Worker:
         self.port = self.server.port
         self.heartbeat_thread = None
         self.registered = threading.Event()  # cleared when the master does not know us
+        self.acked_at = None  # time.monotonic() of the last register_ack
         # Task id -> TaskGuard of a running task; ids cancelled before they ran.
         self.running = {}
         self.cancelled = collections.deque(maxlen=CANCELS_REMEMBERED)
+        # Bumped when the master turns out to have restarted: the tasks of its
+        # earlier life are stopped, and no status of theirs is sent to the new
+        # one (its job ids, and so its task paths, start again from 0).
+        self.epoch = 0
         self.lock = threading.Lock()
         self.wake = threading.Event()  # keep_registered has something to look at
         self.executors = [threading.Thread(target=self.execute_loop, name=f"executor-{n}",
@@ -154,6 +160,7 @@ class Worker:
         return None
 
     def on_register_ack(self, message):
+        self.acked_at = time.monotonic()
         self.registered.set()
         if self.heartbeat_thread is not None:
             return
@@ -164,6 +171,8 @@ class Worker:
 
     def on_task(self, message):
         task = Task(message)
+        with self.lock:
+            task.epoch = self.epoch
         LOG.info("queued %s", task.describe())
         self.tasks.put(task)
 
@@ -177,12 +186,26 @@ class Worker:
     def heartbeat_loop(self):
         master_host, master_port = self.master
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
+            # Connected, so the kernel drops datagrams from anyone but the
+            # master: a cancel_task from elsewhere never reaches us.
             while not self.stopping.is_set():
                 try:
-                    helper.send_heartbeat(sock, master_host, master_port - 1, self.pid)
+                    sock.connect((master_host, master_port - 1))
+                    break
                 except OSError as error:
-                    LOG.warning("heartbeat not sent: %s", error)
+                    LOG.warning("cannot address heartbeats to %s:%s: %s", master_host,
+                                master_port - 1, error)
+                    self.stopping.wait(helper.HEARTBEAT_INTERVAL)
+            sock.setblocking(False)
+            failing = False
+            while not self.stopping.is_set():
+                try:
+                    sock.send(helper.encode(helper.heartbeat(self.pid)))
+                    failing = False
+                except OSError as error:  # e.g. refused while the master restarts
+                    if not failing:
+                        LOG.warning("heartbeat not sent: %s", error)
+                    failing = True
                 self.stopping.wait(helper.HEARTBEAT_INTERVAL)
                 self.read_master_datagrams(sock)
 
@@ -192,10 +215,29 @@ class Worker:
             if message["message_type"] == "cancel_task" and message["worker_pid"] == self.pid:
                 self.cancel(message["task_id"])
             if message["message_type"] == "unknown_worker" and message["worker_pid"] == self.pid \
-                    and self.registered.is_set():
-                LOG.warning("the master does not know this worker (restarted?): registering again")
+                    and self.registered.is_set() and not self.just_acked():
+                LOG.warning("the master does not know this worker (restarted?): stopping its "
+                            "earlier tasks and registering again")
+                self.forget_earlier_master()
                 self.registered.clear()
                 self.wake.set()
+
+    def just_acked(self):
+        """An answer to a heartbeat sent before our last register may still arrive: not news."""
+        return time.monotonic() - self.acked_at < 2 * helper.HEARTBEAT_INTERVAL
+
+    def forget_earlier_master(self):
+        """Stop every task of the master's earlier life; send none of their statuses."""
+        with self.lock:
+            self.epoch += 1
+            self.cancelled.clear()
+            guards = list(self.running.values())
+        for guard in guards:
+            guard.cancel()
+
+    def current(self, task):
+        with self.lock:
+            return task.epoch == self.epoch
 
     def cancel(self, task_id):
         """Stop a task the master no longer counts: kill it if it runs, skip it if queued."""
@@ -223,9 +265,14 @@ class Worker:
             task = self.tasks.get()
             if task is None or self.stopping.is_set():
                 return
+            if not self.current(task):
+                LOG.info("dropped %s: a task of the master before its restart", task.describe())
+                continue
             status = self.execute(task)
             if self.stopping.is_set():
                 return
+            if not self.current(task):  # the master restarted while it ran
+                continue
             if not helper.send_with_retry(*self.master, status, STATUS_DEADLINE, pause=0.2):
                 LOG.error("status for %s could not be delivered", task.describe())
 
@@ -267,7 +314,7 @@ class Worker:
 
         The master makes a job's directories before it sends a task, so a
         worker that cannot see them runs in the wrong directory, or on a host
-        without the shared filesystem; the same goes for a missing program.
+        without the shared filesystem.
         """
         message = task.message
         if task.kind == "new_sort_job":
@@ -277,8 +324,9 @@ class Worker:
         if not os.path.isdir(directory):
             return (f"this worker cannot see {directory} from {os.getcwd()}: start it in the "
                     f"master's working directory, or give it --workdir")
-        if task.kind != "new_sort_job" and not os.path.exists(message["executable"]):
-            return f"the program {message['executable']} does not exist on this worker's host"
+        # A missing program is not looked at here: it would be missing on
+        # every worker alike (say, removed after submission), and setting
+        # them all aside would stall every later job. It fails the task.
         return None
 
     def execute_sort(self, message, guard):

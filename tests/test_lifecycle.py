@@ -301,3 +301,96 @@ def test_a_setsid_grandchild_dies_with_a_killed_worker(cluster, tmp_path, escape
     worker.send_signal(signal.SIGKILL)
     wait_until(lambda: not any(pid_alive(pid) for pid in escaped),
                what=f"the escaped grandchild {escaped} to die")
+
+
+def test_tasks_of_a_master_before_its_restart_never_count_for_the_new_one(make_cluster, tmp_path):
+    """A rejoining worker drops what the master gave it before it restarted: the new master's job, whose task paths are the same, gets only its own results."""
+    cluster = make_cluster(env=FAST_HEARTBEATS)
+    worker = cluster.start_worker()
+    old = write_files(tmp_path / "old", {"a": b"old a\n", "b": b"old b\n", "c": b"old c\n"})
+    started = tmp_path / "old-started"
+    slow_cat = script(tmp_path / "slow-cat.sh", f'touch "{started}"\nsleep 3\nexec cat\n')
+    cat = script(tmp_path / "cat.sh", "exec cat\n")
+    first = cluster.send_job("--input", old, "--output", tmp_path / "out-old", "--mappers", 3,
+                             "--reducers", 1, "--mapper", slow_cat, "--reducer", cat)
+    assert first.returncode == 0, first.stderr.decode()
+    wait_until(started.exists, what="the first job's maps to start")
+    cluster.master.send_signal(signal.SIGKILL)
+    cluster.master.wait(JOB_TIMEOUT)
+    cluster.start_master()
+    wait_until(lambda: worker_states(cluster).get(worker.pid, ("",))[0] == "ready",
+               what="the worker to register again")
+    # The same name as the task that was running: its result, or its failure,
+    # would be taken for the new task's.
+    new = write_files(tmp_path / "new", {"a": b"new a\n"})
+    outputs = cluster.run_job(cat, cat, new, tmp_path / "out-new", 1, 1, "--max-attempts", 1)
+    assert [p.read_bytes() for p in outputs] == [b"new a\n"]
+
+
+def test_a_program_removed_after_submission_fails_its_job_only(cluster, tmp_path):
+    """A job whose program is gone by the time it runs fails; no worker is set aside, and the next job runs."""
+    workers = cluster.start_workers(2)
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    ahead = cluster.send_job("--input", inputs, "--output", tmp_path / "out0", "--mappers", 2,
+                             "--mapper", sleepy_mapper(tmp_path, 1))
+    doomed = script(tmp_path / "doomed-map.sh", f"exec {WORD_COUNT[0]}\n")
+    queued = cluster.send_job("--input", inputs, "--output", tmp_path / "out1", "--mapper", doomed)
+    assert ahead.returncode == 0 and queued.returncode == 0
+    doomed.unlink()
+    wait_until(lambda: "failed" in job_state(cluster, 1), JOB_TIMEOUT, what="job 1 to fail")
+    assert {state for state, _ in worker_states(cluster).values()} <= {"ready", "busy"}
+    outputs = cluster.run_job(*WORD_COUNT, inputs, tmp_path / "out2", 2, 2)
+    assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
+    assert all(w.poll() is None for w in workers)
+
+
+def udp_ports(pid):
+    """The local ports of a process's UDP sockets, from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = []
+    with open("/proc/net/udp") as table:
+        for row in list(table)[1:]:
+            fields = row.split()
+            if fields[9] in inodes:
+                ports.append(int(fields[1].split(":")[1], 16))
+    return ports
+
+
+def test_a_cancel_from_anyone_but_the_master_is_ignored(make_cluster, tmp_path):
+    """A cancel_task datagram sent to a worker's heartbeat socket from another address is not obeyed."""
+    cluster = make_cluster(env=FAST_HEARTBEATS)
+    worker = cluster.start_worker()
+    go = tmp_path / "go"
+    started = tmp_path / "started"
+    mapper = script(tmp_path / "waiting-map.sh",
+                    f'touch "{started}"\nwhile [ ! -e "{go}" ]; do sleep 0.05; done\n'
+                    f"exec {WORD_COUNT[0]}\n")
+    inputs = write_files(tmp_path / "in", {"only": b"one two two\n"})
+    client = cluster.send_job_async("--input", inputs, "--output", tmp_path / "out", "--mappers", 1,
+                                    "--mapper", mapper, "--max-attempts", 1, "--wait")
+    try:
+        wait_until(started.exists, what="the map program to start")
+        task = helper.task_id([str(cluster.workdir / "var" / "job-0" / "mapper-output" / "only")])
+        spoof = helper.encode(helper.cancel_task(worker.pid, task))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for port in udp_ports(worker.pid):
+                sock.sendto(spoof, ("127.0.0.1", port))
+        sent = time.monotonic()
+        for _ in range(2):  # two heartbeats later, the worker has read its socket since
+            wait_until(lambda: next(w["since_heartbeat"] for w in cluster.cluster_status()["workers"])
+                       < time.monotonic() - sent, what="a heartbeat after the spoofed cancel")
+            sent = time.monotonic()
+        go.touch()
+        stdout, stderr = client.communicate(timeout=JOB_TIMEOUT)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate()
+    assert client.returncode == 0, stdout.decode() + stderr.decode()
