@@ -217,9 +217,13 @@ def recording_mapper(tmp_path):
                   f'echo $$ >> "{tmp_path / "pids"}"\nexec sleep 60\n')
 
 
-def recorded_pids(tmp_path):
-    path = tmp_path / "pids"
+def pids_in(path):
+    """The pids a test program wrote to `path`, one a line; [] before it wrote any."""
     return [int(line) for line in path.read_text().split()] if path.exists() else []
+
+
+def recorded_pids(tmp_path):
+    return pids_in(tmp_path / "pids")
 
 
 def test_a_cancelled_jobs_running_programs_are_stopped(cluster, tmp_path):
@@ -258,8 +262,7 @@ def escaping_mapper(tmp_path, then="exec " + str(WORD_COUNT[0])):
 
 
 def escaped_pids(tmp_path):
-    path = tmp_path / "escaped"
-    return [int(line) for line in path.read_text().split()] if path.exists() else []
+    return pids_in(tmp_path / "escaped")
 
 
 @pytest.fixture
