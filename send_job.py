@@ -199,7 +199,9 @@ def outputs_to_replace(args, message):
                           f"host, got {args.output}")
         return []
     local = args.host in LOCAL_HOSTS  # else the input paths may be the master's, not ours
-    inputs = JobSpec.from_message(message).input_files() if local else []
+
+    def inputs():  # listed only if there is something --overwrite would remove
+        return JobSpec.from_message(message).input_files() if local else []
     try:
         return outputdir.check(output, args.overwrite, args.output_base, inputs)
     except outputdir.OutputDirectoryInUse as refusal:

@@ -50,12 +50,13 @@ def earlier_outputs(names, output_base=None):
     return ours
 
 
-def check(directory, overwrite=False, output_base=None, inputs=()):
+def check(directory, overwrite=False, output_base=None, inputs=list):
     """The names --overwrite would remove from `directory` (none if it is empty or new).
 
     Raises OutputDirectoryInUse if the directory is in use and overwrite is
     off, or holds anything that is not an earlier job's output, or an input
-    of this job (a link from the input directory to an old output, say).
+    of this job (a link from the input directory to an old output, say);
+    `inputs()` lists those, called only when there is something to remove.
     """
     try:
         names = sorted(os.listdir(directory))
@@ -74,7 +75,8 @@ def check(directory, overwrite=False, output_base=None, inputs=()):
             f"output directory {directory} holds files no job wrote ({show(others)}); "
             f"--overwrite removes only earlier job outputs: move those away, or choose "
             f"another --output")
-    used = [n for n in names if any(_same_file(os.path.join(directory, n), p) for p in inputs)]
+    listed = inputs()
+    used = [n for n in names if any(_same_file(os.path.join(directory, n), p) for p in listed)]
     if used:
         raise OutputDirectoryInUse(
             f"output directory {directory} holds this job's input ({show(used)}); "

@@ -11,7 +11,7 @@ import helper
 
 from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, assert_matches_sequential,
                       kill_session, partition_files, pid_alive, wait_until, write_files)
-from support.programs import script, sleepy_mapper
+from support.programs import script, sleepy_mapper, stop
 
 INTERRUPTED = 130
 SMALL_INPUT = {"part-a": b"the quick brown fox\n", "part-b": b"the lazy dog\n"}
@@ -31,9 +31,7 @@ def test_ctrl_c_in_wait_detaches_and_the_job_goes_on(cluster, tmp_path):
         client.send_signal(signal.SIGINT)
         stdout, stderr = client.communicate(timeout=JOB_TIMEOUT)
     finally:
-        if client.poll() is None:
-            client.kill()
-            client.communicate()
+        stop(client)
     text = stderr.decode()
     assert client.returncode == INTERRUPTED, text
     assert "Traceback" not in text, text
@@ -89,9 +87,7 @@ def test_kill_a_running_job_then_the_next_job_runs(cluster, tmp_path):
         assert "job 0 cancelled" in killed.stdout.decode()
         stdout, stderr = follower.communicate(timeout=JOB_TIMEOUT)
     finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.communicate()
+        stop(follower)
     assert follower.returncode == 1, stdout.decode() + stderr.decode()
     assert "cancelled" in stderr.decode()
     assert "cancelled" in job_state(cluster, 0)
@@ -393,7 +389,5 @@ def test_a_cancel_from_anyone_but_the_master_is_ignored(make_cluster, tmp_path):
         go.touch()
         stdout, stderr = client.communicate(timeout=JOB_TIMEOUT)
     finally:
-        if client.poll() is None:
-            client.kill()
-            client.communicate()
+        stop(client)
     assert client.returncode == 0, stdout.decode() + stderr.decode()

@@ -19,7 +19,7 @@ from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, Cluster, assert_mat
                       free_master_port, kill_session, partition_files, pid_alive, sequential,
                       wait_until, write_files)
 from mrlib import vardir
-from support.programs import failing_mapper, script, sleepy_mapper
+from support.programs import failing_mapper, script, sleepy_mapper, stop
 
 SMALL_INPUT = {
     "part-a": b"the quick brown fox\njumps over the lazy dog\n",
@@ -143,9 +143,7 @@ def test_second_master_in_the_same_directory_refuses_and_the_first_job_finishes(
         assert sorted(os.listdir(cluster.workdir / "var" / "job-0")) == before
         stdout, stderr = client.communicate(timeout=JOB_TIMEOUT)
     finally:
-        if client.poll() is None:
-            client.kill()
-            client.communicate()
+        stop(client)
     assert client.returncode == 0, stdout.decode() + stderr.decode() + cluster.master_log()
     expected = sequential(sorted(inputs.iterdir()), *WORD_COUNT)
     assert b"".join(p.read_bytes() for p in partition_files(output)) == expected

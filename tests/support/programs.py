@@ -20,3 +20,10 @@ def sleepy_mapper(directory, seconds):
 def failing_mapper(directory):
     """A map that reads its input and exits 3."""
     return script(Path(directory) / "failing-map.sh", "cat >/dev/null\nexit 3\n")
+
+
+def stop(process):
+    """End a client the test started, if it is still running (a test that failed)."""
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
