@@ -296,15 +296,13 @@ def submit(args):
         print(f"send_job: the master rejected the job: {reply.get('error')}", file=sys.stderr)
         return 2
     job_id = reply.get("job_id")
-    print(f"job {job_id} submitted to {args.host}:{args.port}", flush=True)
-    if args.wait:
-        try:
-            return follow(args, job_id, args.quiet)
-        except KeyboardInterrupt:
-            print(f"\nsend_job: stopped following job {job_id}; it goes on. Its state: "
-                  f"python3 send_job.py {args.master} --status {job_id}", file=sys.stderr)
-            return INTERRUPTED
-    return 0
+    try:  # from here on the job exists, so an interrupt says how to find it again
+        print(f"job {job_id} submitted to {args.host}:{args.port}", flush=True)
+        return follow(args, job_id, args.quiet) if args.wait else 0
+    except KeyboardInterrupt:
+        print(f"\nsend_job: stopped following job {job_id}; it goes on. Its state: "
+              f"python3 send_job.py {args.master} --status {job_id}", file=sys.stderr)
+        return INTERRUPTED
 
 
 def submitted_without_reply(args):
