@@ -239,14 +239,19 @@ def recv_message(sock, deadline=None):
     return decode(data)
 
 
-def send_message(host, port, message, timeout=CONNECT_TIMEOUT, still_wanted=None):
+def send_message(host, port, message, timeout=CONNECT_TIMEOUT, still_wanted=None,
+                 source=None):
     """Connect, send one message, close: the spec's one-message-per-connection.
 
     If `still_wanted()` says no once connected (the connect may have waited
     long), close without sending: an empty connection, which receivers
-    ignore. Returns whether the message was sent.
+    ignore. Returns whether the message was sent. With a `source` address,
+    the connection is made from it (any port): the receiver sees it as the
+    sender's address.
     """
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    source_address = None if source is None else (source, 0)
+    with socket.create_connection((host, port), timeout=timeout,
+                                  source_address=source_address) as sock:
         if still_wanted is not None and not still_wanted():
             return False
         sock.sendall(encode(message))
@@ -274,12 +279,12 @@ def request(host, port, message, timeout=CONNECT_TIMEOUT, reply_timeout=READ_TIM
     return reply
 
 
-def send_with_retry(host, port, message, deadline_seconds, pause=0.05):
+def send_with_retry(host, port, message, deadline_seconds, pause=0.05, source=None):
     """Send, retrying refused connections until the deadline; True if sent."""
     deadline = time.monotonic() + deadline_seconds
     while True:
         try:
-            send_message(host, port, message)
+            send_message(host, port, message, source=source)
             return True
         except OSError as error:
             if time.monotonic() >= deadline:
@@ -448,14 +453,16 @@ class MessageServer:
     each into a buffer of its own, within MAX_CONNECTIONS open,
     MAX_BUFFERED_BYTES across them, MAX_MESSAGE_BYTES per message and
     READ_TIMEOUT for all of it. At EOF the message is decoded and
-    `handler(message)` runs on a thread of its own, at most MAX_HANDLERS at
-    once; if it returns a dict, that dict is written back on the connection
-    (our client's extension). Empty connections are ignored silently; bad
-    messages are logged with the reason and dropped; the server always goes on.
+    `handler(message)` (or `handler(message, peer_ip)` with `with_peer`)
+    runs on a thread of its own, at most MAX_HANDLERS at once; if it returns
+    a dict, that dict is written back on the connection (our client's
+    extension). Empty connections are ignored silently; bad messages are
+    logged with the reason and dropped; the server always goes on.
     """
 
-    def __init__(self, host, port, handler, name):
+    def __init__(self, host, port, handler, name, with_peer=False):
         self.handler = handler
+        self.with_peer = with_peer
         self.name = name
         self.stopping = threading.Event()
         self.sock = socket.create_server((host, port), backlog=LISTEN_BACKLOG)
@@ -694,7 +701,10 @@ class MessageServer:
 
     def respond(self, sock, message):
         try:
-            reply = self.handler(message)
+            if self.with_peer:
+                reply = self.handler(message, _peer_address(sock))
+            else:
+                reply = self.handler(message)
         except Exception:  # one bad message must never stop the server
             LOG.exception("%s: error handling %s", self.name, message.get("message_type"))
             return
@@ -704,6 +714,14 @@ class MessageServer:
                 sock.sendall(encode(reply))
             except OSError:
                 pass  # the sender did not wait for a reply; that is allowed
+
+
+def _peer_address(sock):
+    """The IP a connection comes from, or None once it is gone."""
+    try:
+        return sock.getpeername()[0]
+    except OSError:
+        return None
 
 
 class HeartbeatListener:

@@ -12,6 +12,7 @@ and cancelled tasks, under `Worker.lock`.
 """
 import argparse
 import collections
+import ipaddress
 import logging
 import os
 import queue
@@ -75,6 +76,9 @@ class Worker:
         self.guard = runner.ProgramGuard()
         self.server = helper.MessageServer(host, port, self.handle, "worker")
         self.host = advertise or host
+        # What we send leaves from the address we listen on, when that is one
+        # address: the master knows a worker by that address and its pid.
+        self.source = source_address(host)
         self.port = self.server.port
         self.heartbeat_thread = None
         self.registered = threading.Event()  # cleared when the master does not know us
@@ -116,7 +120,7 @@ class Worker:
 
     def register(self, deadline):
         return helper.send_with_retry(*self.master, helper.register(self.host, self.port, self.pid),
-                                      deadline, pause=0.2)
+                                      deadline, pause=0.2, source=self.source)
 
     def keep_registered(self):
         """Until shut down: register again whenever the master does not know us."""
@@ -185,7 +189,13 @@ class Worker:
 
     def heartbeat_loop(self):
         master_host, master_port = self.master
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        family = socket.AF_INET6 if ":" in (self.source or "") else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            if self.source is not None:
+                try:
+                    sock.bind((self.source, 0))
+                except OSError as error:
+                    LOG.warning("heartbeats not sent from %s: %s", self.source, error)
             # Connected, so the kernel drops datagrams from anyone but the
             # master: a cancel_task from elsewhere never reaches us.
             while not self.stopping.is_set():
@@ -273,7 +283,8 @@ class Worker:
                 return
             if not self.current(task):  # the master restarted while it ran
                 continue
-            if not helper.send_with_retry(*self.master, status, STATUS_DEADLINE, pause=0.2):
+            if not helper.send_with_retry(*self.master, status, STATUS_DEADLINE, pause=0.2,
+                                          source=self.source):
                 LOG.error("status for %s could not be delivered", task.describe())
 
     def execute(self, task):
@@ -366,6 +377,19 @@ class Worker:
                                    task_status=report.status, sorted=sort_output or None)
 
 
+def source_address(host):
+    """The address to send from: `host` if it is one IP address, else None (any).
+
+    A wildcard (0.0.0.0, ::) or a host name leaves the choice to the kernel,
+    as before.
+    """
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return None if address.is_unspecified else host
+
+
 def _failure_fields(failure):
     return {"exit_code": failure.exit_code, "error": failure.reason,
             "stderr_tail": failure.stderr_tail or None, "input_file": failure.input_file}
@@ -376,7 +400,8 @@ def parse_args(argv):
     parser.add_argument("master", help="the master's TCP port, or HOST:PORT")
     parser.add_argument("port", type=int, help="the TCP port this worker listens on")
     parser.add_argument("--host", default="localhost",
-                        help="address to bind (default: localhost; 0.0.0.0 for all)")
+                        help="address to bind (default: localhost; 0.0.0.0 for all); "
+                             "an IP address is also the one messages to the master leave from")
     parser.add_argument("--advertise", default=None,
                         help="host name the master should use to reach this worker "
                              "(default: the --host value)")

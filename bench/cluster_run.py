@@ -37,7 +37,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import helper  # noqa: E402
-from mrlib import localcluster  # noqa: E402
+from tests.support import localcluster  # noqa: E402  (tests/ is a namespace package)
 
 # Peaks are the kernel's high-water marks (VmHWM), so sampling only has to
 # see each process once; a process living less than this may be missed.

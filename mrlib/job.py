@@ -1,10 +1,13 @@
 """A job's tasks, phases and files, as the master tracks them.
 
-Only the master thread touches these objects (see master.py). A task is
-addressed everywhere by the paths it outputs, because that is all a status
-message from any implementation's worker carries.
+Only the coordinator (or a sequential run) touches these objects. Inside, a
+task is (kind, number), as mrjob's (task_type, task_num); on the wire it is
+the set of paths it outputs, because that is all a status message from any
+implementation's worker carries.
 """
+import bisect
 import collections
+import copy
 import os
 import shutil
 import time
@@ -45,35 +48,17 @@ class Task:
         self.output_directory = output_directory
         self.context = context
         self.key = task_key(outputs)
-        self.worker = None      # pid of the worker believed to be running it
-        self.started = None     # monotonic time of the current attempt
-        self.backups = {}       # pid -> start time of speculative copies
-        self.duration = None    # seconds the winning attempt took
         self.done = False
         self.failures = 0       # attempts that failed (worker deaths do not count)
-        self.failed_on = set()  # pids it failed on or that never took it: avoided
-        self.finished_by = None
+        self.failed_on = set()  # workers it failed on or that never took it: avoided
+
+    @property
+    def id(self):
+        return (self.kind, self.number)
 
     @property
     def name(self):
         return f"{self.kind} task {self.number}"
-
-    def holders(self):
-        """Pids of the workers running this task: the primary, then any backups."""
-        return ([self.worker] if self.worker is not None else []) + list(self.backups)
-
-    def drop_holder(self, pid):
-        """Forget one holder; a backup takes over if the primary goes."""
-        if pid == self.worker:
-            self.worker, self.started = None, None
-            if self.backups:
-                self.worker = min(self.backups, key=self.backups.get)
-                self.started = self.backups.pop(self.worker)
-        else:
-            self.backups.pop(pid, None)
-
-    def started_by(self, pid):
-        return self.started if pid == self.worker else self.backups.get(pid)
 
     def describe_inputs(self):
         shown = ", ".join(self.inputs[:3])
@@ -90,8 +75,10 @@ class Task:
 class Job:
     """A submitted job: its directories, current phase and that phase's tasks."""
 
-    def __init__(self, job_id, spec, root):
+    def __init__(self, job_id, spec, root, changed=None):
         self.id = job_id
+        # Jobs whose snapshot may have changed: every change below adds this job.
+        self.changed = changed if changed is not None else set()
         self.spec = spec
         self.directory = os.path.join(root, f"job-{job_id}")
         self.mapper_dir = os.path.join(self.directory, "mapper-output")
@@ -101,6 +88,10 @@ class Job:
         self.state = QUEUED
         self.phase = QUEUED
         self.tasks = {}
+        self.done_count = 0
+        self.durations = []  # sorted seconds of this phase's finished tasks
+        self.splits = None  # split files, if the job cuts its input
+        self.sort_outputs = []  # the group phase's sorted files
         self.map_outputs = []
         self.map_only_names = []
         self.sorted_files = set()  # map outputs a worker reported as sorted
@@ -117,9 +108,17 @@ class Job:
         for directory in (self.mapper_dir, self.grouper_dir, self.reducer_dir):
             os.makedirs(directory, exist_ok=True)
 
+    def touch(self):
+        self.changed.add(self)
+
     def note(self, text):
         """Remember a notable event (death, reassignment, retry) for the client."""
         self.events.append(text)
+        self.touch()
+
+    def files_removed(self):
+        self.files_kept = False
+        self.touch()
 
     # --- phases ------------------------------------------------------------
 
@@ -131,12 +130,16 @@ class Job:
         self.phase = phase
         self.phase_started = now
         self.tasks = {task.key: task for task in tasks}
+        self.done_count = 0
+        self.durations = []
+        self.touch()
 
     def end(self, state, error=None):
         self.begin_phase(DONE, [])
         self.timings["total"] = round(time.monotonic() - self.submitted, 3)
         self.state = state
         self.error = error
+        self.touch()
 
     def map_tasks(self, splits=None):
         """One task per split if the job has splits; else files dealt round robin."""
@@ -175,9 +178,6 @@ class Job:
                      [os.path.join(self.grouper_dir, f"sorted_{number}")])
                 for number in range(count)]
 
-    def sorted_outputs(self):
-        return [task.outputs[0] for task in sorted(self.tasks.values(), key=lambda t: t.number)]
-
     def reduce_tasks(self):
         tasks = []
         partitions = grouping.partition_paths(self.grouper_dir, self.spec.num_reducers)
@@ -192,20 +192,23 @@ class Job:
 
     # --- progress ----------------------------------------------------------
 
-    def pending_tasks(self):
-        return [t for t in sorted(self.tasks.values(), key=lambda t: t.number)
-                if not t.done and t.worker is None]
+    def unfinished(self):
+        """This phase's tasks not done yet, in task order."""
+        return [t for t in self.tasks.values() if not t.done]
 
-    def running_tasks(self):
-        return [t for t in self.tasks.values() if not t.done and t.worker is not None]
+    def finish_task(self, task, duration):
+        task.done = True
+        self.done_count += 1
+        if duration is not None:
+            bisect.insort(self.durations, duration)
+        self.touch()
 
     def typical_duration(self):
         """The median duration of this phase's finished tasks, or None."""
-        durations = sorted(t.duration for t in self.tasks.values() if t.duration is not None)
-        return durations[len(durations) // 2] if durations else None
+        return self.durations[len(self.durations) // 2] if self.durations else None
 
     def phase_complete(self):
-        return all(task.done for task in self.tasks.values())
+        return self.done_count == len(self.tasks)
 
     def record_sorted(self, paths, is_sorted):
         keys = task_key(paths)
@@ -225,6 +228,7 @@ class Job:
             for name, amount in values.items():
                 if isinstance(amount, int) and not isinstance(amount, bool):
                     totals[str(name)] = totals.get(str(name), 0) + amount
+        self.touch()
 
     # --- wrap-up -----------------------------------------------------------
 
@@ -243,7 +247,7 @@ class Job:
         return [f"{base}_{number:0{width}d}" for number in range(count)]
 
     def publish_outputs(self):
-        """Hard-link (or copy) the final files into output_directory.
+        """Hard-link (or copy) the final files into output_directory; return their paths.
 
         A map-only job's files are first linked into reducer-output too, so
         that every job's results stay readable there, as the spec's test reads them.
@@ -260,7 +264,7 @@ class Job:
         os.makedirs(self.spec.output_directory, exist_ok=True)
         destinations = [os.path.join(self.spec.output_directory, name) for name in names]
         publish_all(sources, destinations)
-        self.outputs = destinations
+        return destinations
 
     def intermediate_paths(self):
         """What a successful job no longer needs: all of var/job-N but reducer-output."""
@@ -269,13 +273,13 @@ class Job:
 
     def snapshot(self):
         """What a client may see of this job (see helper.job_status)."""
-        done = sum(1 for t in self.tasks.values() if t.done)
         return {"message_type": "job_status_reply", "job_id": self.id, "state": self.state,
-                "phase": self.phase, "tasks_done": done, "tasks_total": len(self.tasks),
+                "phase": self.phase, "tasks_done": self.done_count,
+                "tasks_total": len(self.tasks),
                 "output_directory": self.spec.output_directory, "outputs": list(self.outputs),
                 "job_directory": os.path.abspath(self.directory) if self.files_kept else None,
                 "error": self.error,
-                "events": list(self.events), "counters": self.counters,
+                "events": list(self.events), "counters": copy.deepcopy(self.counters),
                 "timings": dict(self.timings)}
 
 

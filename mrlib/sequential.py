@@ -1,9 +1,9 @@
 """Run a job in this process, with no master or workers: the reference run.
 
-It goes through the same steps with the same code as the cluster: the same
-splits, the same program runner (and combiner), one sort of all map output,
-the same key-range (or hash) partitioning, one reduce per partition, and the
-same output names. Partition boundaries are the exact size quantiles of the
+It goes through the same pipeline as the cluster (mrlib/pipeline.py): the
+same splits, the same program runner (and combiner), one sort of all map
+output, the same key-range (or hash) partitioning, one reduce per
+partition, and the same output names. Partition boundaries are the exact size quantiles of the
 sorted data, however it is spread over files, so its output files are
 byte-identical to a cluster run's, and its wall time is the baseline every
 benchmark compares against.
@@ -15,10 +15,12 @@ import os
 import shutil
 import tempfile
 
-from mrlib import grouping, runner, splits
-from mrlib.job import GROUP, MAP, REDUCE, SUCCEEDED, Job
+from mrlib import pipeline, runner
+from mrlib.job import MAP, SORT, SUCCEEDED, Job
 
 SCRATCH_PREFIX = ".mapreduce-sequential-"
+# One sort of all map output, as one worker would: then the merge only partitions.
+ONE_WORKER = 1
 # Inside a scratch directory, locked while its run lives: a scratch directory
 # whose lock can be taken belongs to a run that was killed.
 SCRATCH_LOCK = "running.lock"
@@ -51,38 +53,23 @@ class SequentialRun:
         return self.job
 
     def run_phases(self):
+        """The pipeline's steps in turn: work here, and tasks one after another."""
         self.job.make_directories()
-        self.job.begin_phase(MAP, [])
-        self.map()
-        if self.spec.num_reducers > 0:
-            self.job.begin_phase(GROUP, [])
-            self.group()
-            self.job.begin_phase(REDUCE, [])
-            self.reduce()
-        self.job.publish_outputs()
+        while (step := pipeline.next_step(self.job, ONE_WORKER)) is not None:
+            if isinstance(step, pipeline.Work):
+                self.job.begin_phase(step.phase, [])
+                step.done(step.run(self.guard))
+                continue
+            self.job.begin_phase(step.phase, step.tasks)
+            for task in step.tasks:
+                self.run_task(task)
 
-    def map(self):
-        made = None
-        if self.spec.split_size:
-            planned = splits.plan(self.spec.input_files(), self.spec.split_size,
-                                  self.spec.record_size)
-            made = splits.materialize(planned, self.job.splits_dir)
-        for task in self.job.map_tasks(made):
-            self.run_task(task, combiner=self.spec.combiner_executable)
-
-    def group(self):
-        ordered = os.path.join(self.job.grouper_dir, "sorted_0")
-        runner.sort_files(self.job.map_outputs, ordered, guard=self.guard)
-        grouping.merge_and_partition([ordered], self.job.grouper_dir, self.spec.num_reducers,
-                                     self.spec.partitioner, self.guard)
-
-    def reduce(self):
-        tasks = self.job.reduce_tasks()
-        self.job.tasks = {task.key: task for task in tasks}
-        for task in tasks:
-            self.run_task(task)
-
-    def run_task(self, task, combiner=None):
+    def run_task(self, task):
+        if task.kind == SORT:
+            runner.sort_files(task.inputs, task.outputs[0], guard=self.guard)
+            self.job.record_sorted(task.outputs, True)
+            return
+        combiner = self.spec.combiner_executable if task.kind == MAP else None
         context = runner.TaskContext(task.context)
         for path, output in zip(task.inputs, task.outputs):
             self.counters.merge(runner.run_task_program(

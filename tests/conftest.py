@@ -14,9 +14,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mrlib.localcluster import (PYTHON, REPO, START_TIMEOUT, LocalCluster,  # noqa: E402,F401
-                                free_master_port, free_port, kill_session, listening,
-                                pid_alive, session_members, tcp_free, udp_free, wait_until)
+from support.localcluster import (PYTHON, REPO, START_TIMEOUT, LocalCluster,  # noqa: E402,F401
+                                  free_master_port, free_port, kill_session, listening,
+                                  pid_alive, session_members, tcp_free, udp_free, wait_until)
 
 EXEC = REPO / "exec"
 WORD_COUNT = (EXEC / "word_count" / "map.py", EXEC / "word_count" / "reduce.py")

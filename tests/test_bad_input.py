@@ -16,6 +16,7 @@ import pytest
 import helper
 from conftest import (JOB_TIMEOUT, WORD_COUNT, assert_matches_sequential, partition_files,
                       wait_until, write_files)
+from support.programs import script
 
 # No real process has these pids (Linux pid_max is at most 2**22).
 UNKNOWN_PID = 999_999_901
@@ -63,12 +64,6 @@ def wait_for_new_line(cluster, since, parts, name="master.log", what=""):
 def send_udp(port, data):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.sendto(data, ("localhost", port))
-
-
-def make_script(path, body, executable=True):
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(0o755 if executable else 0o644)
-    return path
 
 
 def good_job(tmp_path, **changes):
@@ -267,7 +262,7 @@ def test_worker_survives_bad_messages(cluster, tmp_path):
     worker = cluster.start_worker()
     log_name = f"worker-{worker.worker_port}.log"
     touched = tmp_path / "foreign-task-ran"
-    toucher = make_script(tmp_path / "toucher.sh", f'cat >/dev/null; touch "{touched}"\n')
+    toucher = script(tmp_path / "toucher.sh", f'cat >/dev/null; touch "{touched}"\n')
     sorted_out = tmp_path / "foreign-sort-output"
     an_input = write_files(tmp_path / "foreign-in", {"f": b"a b\n"}) / "f"
     cases = [
@@ -404,8 +399,8 @@ def test_unwritable_output_fails_the_job_and_leaves_no_scratch(cluster, tmp_path
 # --- programs that fail -------------------------------------------------------
 
 def failing_mapper(tmp_path):
-    return make_script(tmp_path / "failing.sh",
-                       f'cat >/dev/null\necho "{FAILING_STDERR}" >&2\nexit {FAILING_EXIT_CODE}\n')
+    return script(tmp_path / "failing.sh",
+                  f'cat >/dev/null\necho "{FAILING_STDERR}" >&2\nexit {FAILING_EXIT_CODE}\n')
 
 
 def assert_names_the_failure(text, input_file):

@@ -10,7 +10,6 @@ import random
 import re
 import resource
 import signal
-import stat
 import subprocess
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import helper
 from conftest import (EXEC, GREP, PYTHON, REPO, WORD_COUNT, WORD_COUNT_SH, concatenate, key_of,
                       sequential, wait_until, write_files)
 from mrlib.splits import MAX_SPLITS
+from support.programs import write_script
 
 SEND_JOB = REPO / "send_job.py"
 COLLECT = REPO / "collect.py"
@@ -47,13 +47,6 @@ ERROR_ENV = tuple(arg for name, value in ERROR_SETTINGS.items()
 
 
 # --- helpers -----------------------------------------------------------------
-
-def script(path, text):
-    """Write an executable script and return its path."""
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
-
 
 def send_job(cluster, *args, sequential_mode=False):
     """Run send_job.py (on the cluster, or --sequential) in its directory; the CompletedProcess."""
@@ -221,7 +214,7 @@ def test_fixed_size_records_are_never_cut(workers, tmp_path):
                 "c_short": rng.randbytes(99), "d_empty": b"",
                 "e_lines": b"\n".join(b"%099d" % n for n in range(12))}
     inputs = write_files(tmp_path / "in", contents)
-    cat = script(tmp_path / "cat.sh", CAT)
+    cat = write_script(tmp_path / "cat.sh", CAT)
     output = tmp_path / "out"
     stdout = run(workers, "--input", inputs, "--output", output, "--mapper", cat,
                  "--reducers", 0, "--record-size", RECORD_SIZE, "--split-size", RECORD_SPLIT_SIZE,
@@ -245,7 +238,7 @@ def test_base_name_input_in_natural_order(workers, tmp_path):
     decoys = {"bookshelf": b"not a book\n", "other_1": b"not a book either\n"}
     directory = write_files(tmp_path / "books", {**books, **decoys})
     (directory / "book_99").mkdir()  # a directory with the prefix: not an input
-    cat = script(tmp_path / "cat.sh", CAT)
+    cat = write_script(tmp_path / "cat.sh", CAT)
     output = tmp_path / "out"
     run(workers, "--input-base", directory / "book_", "--output", output, "--mapper", cat,
         "--reducers", 0, "--mappers", 4)
@@ -362,7 +355,7 @@ def test_map_only_order_with_numbered_file_names(workers, tmp_path, prefix):
     """Files 1, 2, 10 of a directory: collect.py joins them in the job's `cat dir/*` order."""
     inputs = write_files(tmp_path / "in", {f"{prefix}{n}": b"line of file %d\n" % n
                                            for n in (1, 2, 10)})
-    cat = script(tmp_path / "cat.sh", CAT)
+    cat = write_script(tmp_path / "cat.sh", CAT)
     output = tmp_path / "out"
     run(workers, "--input", inputs, "--output", output, "--mapper", cat, "--reducers", 0)
     assert collect(workers, output) == concatenate(sorted(inputs.iterdir()))
@@ -454,8 +447,8 @@ def test_counters_exact_after_a_killed_worker(make_cluster, tmp_path):
     processes = cluster.start_workers(WORKERS)
     inputs = repetitive_inputs(tmp_path / "in", files=6, words=400)
     total_lines = sum(p.read_bytes().count(b"\n") for p in inputs.iterdir())
-    mapper = script(tmp_path / "counting_map.py",
-                    COUNTING_MAPPER.format(python=PYTHON, mapper=str(WORD_COUNT[0])))
+    mapper = write_script(tmp_path / "counting_map.py",
+                          COUNTING_MAPPER.format(python=PYTHON, mapper=str(WORD_COUNT[0])))
     output = tmp_path / "out"
     client = cluster.send_job_async(*word_count_args(inputs, output, "--mappers", 6,
                                                      "--reducers", 2, "--wait",

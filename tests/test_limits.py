@@ -21,7 +21,7 @@ import pytest
 
 import helper
 from conftest import WORD_COUNT, assert_matches_sequential, wait_until, write_files
-from mrlib.localcluster import memory_bytes
+from support.localcluster import memory_bytes
 
 MiB = 1024 * 1024
 # The numbers: 1,000 idle connections gave the master 1,006 threads

@@ -2,7 +2,6 @@
 import os
 import re
 import signal
-import stat
 import threading
 import time
 
@@ -11,6 +10,8 @@ import pytest
 import helper
 from conftest import (PYTHON, WORD_COUNT, assert_matches_sequential, partition_files,
                       wait_until, write_files)
+from support.peers import ScriptedWorker
+from support.programs import write_script
 
 # Fast failure detection for most tests: death after 5 x 0.2 s of silence.
 FAST = {"MAPREDUCE_HEARTBEAT_INTERVAL": "0.2"}
@@ -21,16 +22,9 @@ HEARTBEAT_LAG = 0.6
 MAPPER, REDUCER = WORD_COUNT
 
 
-def script(path, text):
-    """Write an executable script and return its path."""
-    path.write_text(text)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return path
-
-
 def slow(path, real, seconds):
     """A program that waits, then runs `real` (so a task is caught mid-run)."""
-    return script(path, f"#!/bin/sh\nsleep {seconds}\nexec {real}\n")
+    return write_script(path, f"#!/bin/sh\nsleep {seconds}\nexec {real}\n")
 
 
 def slow_sort_path(directory, seconds):
@@ -180,9 +174,9 @@ class Supervisor:
 def test_crash_programs_kill_their_workers(fast_cluster, tmp_path):
     """In the spirit of 6.824's crash test: programs kill their own workers at random."""
     inputs = corpus(tmp_path / "in", files=10)
-    crash_map = script(tmp_path / "crash_map.py", CRASHING_PROGRAM.format(
+    crash_map = write_script(tmp_path / "crash_map.py", CRASHING_PROGRAM.format(
         python=PYTHON, probability=0.3, real=str(MAPPER)))
-    crash_reduce = script(tmp_path / "crash_reduce.py", CRASHING_PROGRAM.format(
+    crash_reduce = write_script(tmp_path / "crash_reduce.py", CRASHING_PROGRAM.format(
         python=PYTHON, probability=0.3, real=str(REDUCER)))
     supervisor = Supervisor(fast_cluster, 3)
     try:
@@ -199,59 +193,11 @@ def test_crash_programs_kill_their_workers(fast_cluster, tmp_path):
     assert supervisor.restarts > 0
 
 
-class FakeWorker:
-    """A scripted worker over raw sockets: it takes tasks and answers when told."""
-
-    def __init__(self, cluster):
-        import socket
-        self.cluster = cluster
-        self.sock = socket.create_server(("localhost", 0))
-        self.sock.settimeout(10)
-        self.port = self.sock.getsockname()[1]
-        self.pid = 4_000_000 + self.port  # no real process has it
-        self.beating = threading.Event()
-        self.beating.set()
-        self.thread = threading.Thread(target=self.heartbeat_loop, daemon=True)
-
-    def register(self):
-        helper.send_message("localhost", self.cluster.port,
-                            helper.register("localhost", self.port, self.pid))
-        assert self.receive()["message_type"] == "register_ack"
-        self.thread.start()
-
-    def heartbeat_loop(self):
-        import socket
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            while self.beating.is_set():
-                helper.send_heartbeat(udp, "localhost", self.cluster.port - 1, self.pid)
-                time.sleep(0.1)
-
-    def receive(self):
-        conn, _ = self.sock.accept()
-        with conn:
-            return helper.recv_message(conn)
-
-    def run_task(self, message):
-        """Do a map task for real, in the master's working directory."""
-        import subprocess
-        outputs = []
-        for path in message["input_files"]:
-            target = self.cluster.workdir / helper.output_path(message["output_directory"], path)
-            with open(path, "rb") as stdin, open(target, "wb") as stdout:
-                subprocess.run([message["executable"]], stdin=stdin, stdout=stdout, check=True)
-            outputs.append(helper.output_path(message["output_directory"], path))
-        return outputs
-
-    def close(self):
-        self.beating.clear()
-        self.sock.close()
-
-
 def test_stale_finished_from_a_dead_worker(make_cluster, tmp_path):
     """A finished from a worker declared dead, after reassignment, does not corrupt the job."""
     fast_cluster = make_cluster(dict(FAST, MAPREDUCE_LOG_LEVEL="DEBUG"))  # logs each send
     inputs = corpus(tmp_path / "in", files=2)
-    fake = FakeWorker(fast_cluster)
+    fake = ScriptedWorker(fast_cluster)
     fake.register()
     try:
         output = tmp_path / "out"
@@ -277,7 +223,7 @@ def test_stale_finished_from_a_dead_worker(make_cluster, tmp_path):
 def test_worker_found_unreachable_while_reassigning(fast_cluster, tmp_path):
     """A worker found dead by a refused send while reassigning a peer's tasks loses its own too."""
     inputs = corpus(tmp_path / "in", files=9)
-    fakes = [FakeWorker(fast_cluster) for _ in range(3)]
+    fakes = [ScriptedWorker(fast_cluster) for _ in range(3)]
     try:
         for fake in fakes:
             fake.register()
@@ -326,7 +272,7 @@ def test_wrongly_declared_dead_worker_is_taken_back(fast_cluster, tmp_path):
 def test_failing_program_fails_the_job_after_four_attempts(fast_cluster, tmp_path):
     """A program that always exits non-zero fails its job, named; the next job runs."""
     inputs = corpus(tmp_path / "in", files=2)
-    broken = script(tmp_path / "broken.sh", "#!/bin/sh\necho 'cannot parse record 17' >&2\nexit 3\n")
+    broken = write_script(tmp_path / "broken.sh", "#!/bin/sh\necho 'cannot parse record 17' >&2\nexit 3\n")
     fast_cluster.start_workers(2)
     failing = fast_cluster.send_job_async("--input", inputs, "--output", tmp_path / "bad",
                                           "--mapper", broken, "--mappers", 1, "--wait")
@@ -346,7 +292,7 @@ def test_failing_program_fails_the_job_after_four_attempts(fast_cluster, tmp_pat
 def test_hanging_program_is_ended_by_the_time_limit(fast_cluster, tmp_path):
     """A program that never ends is killed at the job's time limit and counts as failed."""
     inputs = corpus(tmp_path / "in", files=1)
-    hang = script(tmp_path / "hang.sh", "#!/bin/sh\nsleep 1000\n")
+    hang = write_script(tmp_path / "hang.sh", "#!/bin/sh\nsleep 1000\n")
     fast_cluster.start_workers(2)
     result = fast_cluster.send_job("--input", inputs, "--output", tmp_path / "out",
                                    "--mapper", hang, "--timeout", 0.5, "--max-attempts", 2,
@@ -372,7 +318,7 @@ def processes_running(marker):
 def test_programs_die_with_their_worker(fast_cluster, tmp_path):
     """SIGKILL a worker: its program and the program's own children stop too."""
     marker = b"1000.%d" % os.getpid()
-    stuck = script(tmp_path / "stuck.sh", f"#!/bin/sh\nsleep {marker.decode()} &\nsleep {marker.decode()}\n")
+    stuck = write_script(tmp_path / "stuck.sh", f"#!/bin/sh\nsleep {marker.decode()} &\nsleep {marker.decode()}\n")
     inputs = corpus(tmp_path / "in", files=1)
     worker = fast_cluster.start_worker()
     client = fast_cluster.send_job_async("--input", inputs, "--output", tmp_path / "out",

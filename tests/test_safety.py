@@ -583,9 +583,7 @@ def test_collect_never_overwrites_an_output_and_joins_only_outputs(cluster, tmp_
 def test_a_killed_sequential_run_takes_its_programs_with_it(tmp_path):
     """SIGKILL of a --sequential run ends the program it was running and the program's children."""
     pid_file = tmp_path / "mapper.pid"
-    mapper = tmp_path / "pid-map.sh"
-    mapper.write_text(f'#!/bin/sh\nsleep 60 &\necho $! > "{pid_file}"\nwait\n')
-    mapper.chmod(0o755)
+    mapper = script(tmp_path / "pid-map.sh", f'sleep 60 &\necho $! > "{pid_file}"\nwait\n')
     run = sequential_run(tmp_path, tmp_path / "out", mapper)
     try:
         wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(),

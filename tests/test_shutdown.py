@@ -4,6 +4,7 @@ Through the `shutdown` message (send_job.py --shutdown) on a cluster started
 by the test harness; `sh start.sh stop` is tested in test_start_script.py.
 """
 from conftest import pid_alive, wait_until, write_files
+from support.programs import script
 
 WORKERS = 3
 # Everything must be gone this long after the shutdown message.
@@ -13,10 +14,8 @@ LONG_TASK_SECONDS = 60
 
 def long_mapper(tmp_path, pid_file):
     """A mapper that records its pid, then sleeps far longer than any test."""
-    path = tmp_path / "sleepy-map.sh"
-    path.write_text(f'#!/bin/sh\necho $$ > "{pid_file}"\nsleep {LONG_TASK_SECONDS}\n')
-    path.chmod(0o755)
-    return path
+    return script(tmp_path / "sleepy-map.sh",
+                  f'echo $$ > "{pid_file}"\nsleep {LONG_TASK_SECONDS}\n')
 
 
 def test_shutdown_stops_everything_mid_task(cluster, tmp_path):

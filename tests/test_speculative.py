@@ -2,8 +2,9 @@
 import time
 
 from conftest import WORD_COUNT, assert_matches_sequential, partition_files, pid_alive, wait_until
-from master import SPECULATIVE_MIN_SECONDS
-from test_reliability import FAST, corpus, job_status, script
+from mrlib.coordinator import SPECULATIVE_MIN_SECONDS
+from support.programs import write_script
+from test_reliability import FAST, corpus, job_status
 
 MAPPER, REDUCER = WORD_COUNT
 # Programs inherit their worker's environment: this makes one worker slow.
@@ -19,7 +20,7 @@ def run_with_slow_worker(make_cluster, tmp_path, *options, env=None):
     cluster.env["MR_TEST_SLOW_WORKER"] = "1"
     slow = cluster.start_worker()
     inputs = corpus(tmp_path / "in", files=4)
-    mapper = script(tmp_path / "map.sh", SLOW_MAPPER)
+    mapper = write_script(tmp_path / "map.sh", SLOW_MAPPER)
     output = tmp_path / "out"
     client = cluster.send_job_async("--input", inputs, "--output", output, "--mapper", mapper,
                                     "--mappers", 4, "--wait", *options)
@@ -82,7 +83,7 @@ exec {MAPPER}
     cluster.start_worker()
     inputs = corpus(tmp_path / "in", files=4)
     result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
-                              script(tmp_path / "map.sh", slow_mapper), "--mappers", 4,
+                              write_script(tmp_path / "map.sh", slow_mapper), "--mappers", 4,
                               "--speculative", "--wait", timeout=25)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     started = [int(pid) for pid in pids.read_text().split()]

@@ -1,4 +1,5 @@
 """Small map programs that tests write into their scratch directories."""
+import stat
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -9,6 +10,15 @@ def script(path, body):
     """Write an executable sh script and return its path."""
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(0o755)
+    return path
+
+
+def write_script(path, text):
+    """Write `text`, shebang and all, as an executable file (making its
+    directory if need be) and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path
 
 

@@ -5,6 +5,9 @@ start clusters the way a user does: `python3 master.py PORT` and
 `python3 worker.py PORT WORKER_PORT`, each in a session of its own, so that
 everything a process starts (programs, sort, the reaper) can be found in
 /proc, measured, and killed at the end.
+
+It imports helper.py, so the repository's root must be on sys.path: the tests'
+conftest.py and bench/cluster_run.py put it there.
 """
 import os
 import signal
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import helper
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 PYTHON = sys.executable
 START_TIMEOUT = 15.0
 POLL_INTERVAL = 0.05

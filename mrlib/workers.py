@@ -1,0 +1,85 @@
+"""The workers a master knows, and how a message is matched to one.
+
+A worker is its pid and the address its messages come from, together: pids
+are unique per machine only, so two workers on two hosts may share one, and
+a register reusing a live worker's pid from another address is another
+worker, never a replacement. Only the coordinator reads or writes these.
+"""
+
+
+class WorkerRecord:
+    """What the master knows of one registered worker. Never removed, only marked dead."""
+
+    def __init__(self, order, pid, peer, host, port, now):
+        self.order = order
+        self.pid = pid
+        self.peer = peer  # the IP its register came from (None if unknown)
+        self.host = host
+        self.port = port
+        self.acked = False
+        self.dead = False
+        # It cannot run this master's tasks (it does not see their files):
+        # set aside like a dead worker, and not taken back by its heartbeats.
+        self.unfit = False
+        self.last_seen = now
+        self.heartbeat_address = None  # where its heartbeats come from (UDP)
+
+    @property
+    def identity(self):
+        return (self.pid, self.peer)
+
+    @property
+    def live(self):
+        return self.acked and not self.dead
+
+    def state(self, busy):
+        if self.dead:
+            return "unfit" if self.unfit else "dead"
+        return "busy" if busy else "ready"
+
+    def __str__(self):
+        return f"worker {self.pid} ({self.host}:{self.port})"
+
+    def __repr__(self):
+        return f"<{self} from {self.peer}>"
+
+
+class Workers:
+    """Every worker registered, the newest record per identity."""
+
+    def __init__(self):
+        self.by_identity = {}
+        self.registrations = 0
+
+    def add(self, pid, peer, host, port, now):
+        self.registrations += 1
+        record = WorkerRecord(self.registrations, pid, peer, host, port, now)
+        self.by_identity[record.identity] = record
+        return record
+
+    def all(self):
+        return sorted(self.by_identity.values(), key=lambda w: w.order)
+
+    def exactly(self, pid, peer):
+        return self.by_identity.get((pid, peer))
+
+    def find(self, pid, peer):
+        """The worker a message with `pid` from `peer` comes from, or None.
+
+        The exact identity first; else the only worker with that pid (a
+        worker whose messages leave from several addresses of one host).
+        """
+        record = self.by_identity.get((pid, peer))
+        if record is not None:
+            return record
+        same_pid = [w for w in self.by_identity.values() if w.pid == pid]
+        return same_pid[0] if len(same_pid) == 1 else None
+
+    def live(self):
+        return [w for w in self.all() if w.live]
+
+    def at_address(self, host, port):
+        return [w for w in self.live() if (w.host, w.port) == (host, port)]
+
+    def overdue(self, now, limit):
+        return [w for w in self.live() if now - w.last_seen > limit]
