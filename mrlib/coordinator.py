@@ -2,22 +2,21 @@
 
 `Coordinator.handle(event, now)` runs `on_<Event>` and returns the commands
 (mrlib/events.py) for the shell (master.py) to carry out. It owns every job,
-worker and attempt; nothing else reads or writes them. Clients read jobs
-through `snapshots()`, derived from the jobs that changed during an event.
+worker and attempt (with its Scheduler, which places tasks and judges
+results); nothing else reads or writes them. Clients read jobs through
+`snapshots()`, derived from the jobs that changed during an event.
 """
 import collections
 import logging
 import os
 
 import helper
-from mrlib import pipeline
-from mrlib.attempts import FAILED as ATTEMPT_FAILED
-from mrlib.attempts import SUCCEEDED as ATTEMPT_SUCCEEDED
+from mrlib import pipeline, vardir
 from mrlib.attempts import Attempts
-from mrlib.events import (Acknowledge, Answer, Datagram, Deliver, RemoveFiles, Revoke,
-                          RunInBackground, Stop)
-from mrlib.job import (CANCELLED, FAILED, MAP, PUBLISH, SORT, SUCCEEDED, Job, task_key)
-from mrlib.jobspec import DEFAULT_TASK_TIMEOUT, JobRejected, JobSpec
+from mrlib.events import Acknowledge, Answer, Datagram, RemoveFiles, RunInBackground, Stop
+from mrlib.job import CANCELLED, FAILED, MAP, PUBLISH, SORT, SUCCEEDED, Job, task_key
+from mrlib.jobspec import JobRejected, JobSpec
+from mrlib.scheduler import JobFailed, Scheduler
 from mrlib.workers import Workers
 
 LOG = logging.getLogger("master")
@@ -25,13 +24,6 @@ LOG = logging.getLogger("master")
 JOB_ROOT = "var"
 # Failed jobs whose files stay in var/ for inspection; older ones are removed.
 DEFAULT_KEEP_FAILED = 5
-# Our worker kills a program at the job's task_timeout; the master's own
-# check waits this much longer, for workers that do not enforce it.
-TIMEOUT_GRACE = 10.0
-# Backup tasks (speculative jobs only): a task running this many times the
-# phase's median task time, and at least this long, gets a copy on an idle worker.
-SPECULATIVE_SLOWDOWN = 1.5
-SPECULATIVE_MIN_SECONDS = 1.0
 # A worker the master does not know is asked to register again at most this
 # often (in heartbeat intervals): our worker registers within one, and an
 # answer to a heartbeat sent before it registered must not reach it after.
@@ -59,8 +51,8 @@ class Coordinator:
         self.asked_to_register = {}  # (pid, ip) -> when it was last asked
         self.changed = set()  # jobs whose snapshot may have changed
         self.commands = []
-        self.redispatch = False  # a worker died: its tasks go out once the event is handled
         self.now = 0.0
+        self.scheduler = Scheduler(self.workers, self.attempts, self.emit, lambda: self.now)
         self.client_handlers = {"new_master_job": self.new_job,
                                 "cluster_status": self.cluster_status,
                                 "cancel_job": self.cancel_job}
@@ -69,10 +61,12 @@ class Coordinator:
         """Run one event; return the commands it produced."""
         self.now = now
         self.commands = []
-        getattr(self, f"on_{type(event).__name__}")(*event)
-        if self.redispatch:  # after the whole event: e.g. every overdue worker declared dead
-            self.redispatch = False
-            self.dispatch()
+        try:
+            getattr(self, f"on_{type(event).__name__}")(*event)
+            if self.scheduler.redispatch:  # after the whole event: every overdue worker dead
+                self.scheduler.dispatch(self.current)
+        except JobFailed as failure:  # always the current job's
+            self.fail_job(self.current, str(failure))
         return self.commands
 
     def snapshots(self):
@@ -124,7 +118,7 @@ class Coordinator:
             LOG.info("registered %s", worker)
             self.note(f"worker {worker.pid} registered")
         self.start_next_job()
-        self.dispatch()
+        self.scheduler.dispatch(self.current)
 
     def on_Heartbeat(self, pid, sender):
         worker = self.workers.find(pid, sender[0] if sender else None)
@@ -138,7 +132,7 @@ class Coordinator:
             LOG.info("%s is heartbeating again: taken back as ready", worker)
             self.note(f"worker {pid} heartbeating again, taken back")
             self.start_next_job()
-            self.dispatch()
+            self.scheduler.dispatch(self.current)
 
     def ask_to_register(self, pid, sender):
         """A worker of the master before a restart: ours registers again when asked."""
@@ -170,53 +164,12 @@ class Coordinator:
         limit = helper.MISSED_HEARTBEATS_LIMIT * helper.HEARTBEAT_INTERVAL
         for worker in self.workers.overdue(self.now, limit):
             self.declare_dead(worker, f"no heartbeat for {self.now - worker.last_seen:.1f} s")
-        self.check_timeouts()
-        timeout = max(DEFAULT_TASK_TIMEOUT, self.current.spec.task_timeout if self.current else 0)
-        self.attempts.forget_leftovers(self.now - timeout - TIMEOUT_GRACE, self.now)
-        self.stop_leftovers()
-        if self.current is not None:
-            self.speculate(self.current)
-
-    def stop_leftovers(self):
-        """Ask our workers to stop the attempts that no longer count, until they report them.
-
-        Over UDP, to the worker's heartbeat socket, which only our worker
-        reads: another implementation's worker finishes them and is ignored.
-        Sent again every tick, as a datagram may be lost.
-        """
-        for worker in self.workers.all():
-            if worker.heartbeat_address is None:
-                continue
-            for attempt in self.attempts.leftovers(worker):
-                self.emit(Datagram(worker.heartbeat_address,
-                                   helper.cancel_task(worker.pid, helper.task_id(attempt.task.key))))
+        self.scheduler.check_timeouts(self.current)
+        self.scheduler.stop_leftovers(self.current)
+        self.scheduler.speculate(self.current)
 
     def declare_dead(self, worker, reason):
-        """Mark a worker dead; its attempts stop counting, so their tasks go elsewhere."""
-        if worker.dead:
-            return
-        worker.dead = True
-        self.redispatch = True
-        LOG.warning("%s is dead: %s", worker, reason)
-        self.note(f"worker {worker.pid} dead ({reason})")
-        for attempt in self.attempts.on(worker):
-            # If it was wrongly declared dead, it still runs them: leftovers.
-            self.set_aside(attempt)
-            task, job = attempt.task, self.current
-            if job is not None and attempt.job_id == job.id and not task.done \
-                    and not self.attempts.counting(task):
-                LOG.info("job %d: %s will be reassigned", job.id, task.name)
-                self.note(f"{task.name} reassigned from dead worker {worker.pid}")
-
-    def set_aside(self, attempt):
-        if self.attempts.set_aside(attempt, self.now):
-            self.emit(Revoke(attempt.id))
-
-    def set_unfit(self, worker, reason):
-        """The failure was the worker's, not the task's: set it aside, count no attempt."""
-        LOG.error("%s set aside: %s", worker, reason)
-        worker.unfit = True
-        self.declare_dead(worker, f"unfit: {reason}")
+        self.scheduler.declare_dead(worker, reason, self.current)
 
     def note(self, text):
         if self.current is not None:
@@ -319,7 +272,7 @@ class Coordinator:
             job.begin_phase(step.phase, step.tasks)
             if step.tasks:
                 LOG.info("job %d: %s phase, %d task(s)", job.id, step.phase, len(step.tasks))
-                self.dispatch()
+                self.scheduler.dispatch(job)
                 return
 
     def start_work(self, job, step):
@@ -336,7 +289,6 @@ class Coordinator:
 
     def cleaning_after(self, job, step):
         """Publishing, then removing what a successful job no longer needs."""
-        from mrlib import vardir  # the removal runs in the shell's background thread
         publish = step.run
 
         def run(guard):
@@ -388,75 +340,10 @@ class Coordinator:
         """The job ended: whatever a worker still runs of it is a leftover; the next one starts."""
         if job is self.current:
             self.current = None
-        for attempt in self.attempts.of_job(job.id):
-            self.set_aside(attempt)
-        self.attempts.prune(job.id)
+        self.scheduler.release(job)
         self.start_next_job()
 
-    # --- tasks -------------------------------------------------------------------
-
-    def pending(self, job):
-        return [t for t in job.unfinished() if not self.attempts.counting(t)]
-
-    def choose(self, avoid=()):
-        """The least loaded live worker, preferring ones not in `avoid`."""
-        candidates = sorted(self.workers.live(), key=lambda w: (self.attempts.load(w), w.order))
-        preferred = [w for w in candidates if w not in avoid]
-        return (preferred or candidates or [None])[0]
-
-    def dispatch(self):
-        """Send every pending task of the current phase to a live worker."""
-        job = self.current
-        if job is None or not job.tasks:
-            return
-        for task in self.pending(job):
-            worker = self.choose(avoid=task.failed_on)
-            if worker is None:
-                return
-            self.send_task(job, task, worker)
-        self.speculate(job)
-
-    def speculate(self, job):
-        """Near a phase's end, give idle workers copies of the slowest tasks.
-
-        Off unless the job asks (the spec forbids duplicate work): a task
-        qualifies once it has run SPECULATIVE_SLOWDOWN times the phase's
-        median task time (and at least SPECULATIVE_MIN_SECONDS); the first
-        copy to finish wins, as in the MapReduce paper's backup tasks.
-        """
-        if not job.spec.speculative or job.typical_duration() is None or self.pending(job):
-            return
-        threshold = max(SPECULATIVE_MIN_SECONDS, SPECULATIVE_SLOWDOWN * job.typical_duration())
-        for worker in [w for w in self.workers.live() if not self.attempts.load(w)]:
-            candidates = [attempts[0] for attempts in map(self.attempts.counting, job.unfinished())
-                          if len(attempts) == 1 and attempts[0].worker is not worker
-                          and worker not in attempts[0].task.failed_on
-                          and self.now - attempts[0].started >= threshold]
-            if not candidates:
-                return
-            task = min(candidates, key=lambda a: a.started).task
-            self.send_task(job, task, worker, backup=True)
-            LOG.info("job %d: backup of %s on %s", job.id, task.name, worker)
-            job.note(f"backup of {task.name} started on worker {worker.pid}")
-
-    def task_extensions(self, job, task):
-        """Optional fields for task messages: only what differs from the spec's job."""
-        timeout = job.spec.task_timeout
-        extensions = {"timeout": timeout if timeout != DEFAULT_TASK_TIMEOUT else None}
-        if task.kind == MAP:
-            extensions["combiner_executable"] = job.spec.combiner_executable
-            # Ask for map-side sorting: the group phase then only merges.
-            extensions["sort_output"] = True if job.spec.num_reducers > 0 else None
-        elif task.kind == SORT:
-            # Only where our workers said they sorted: another worker ignores sort_output.
-            extensions["presorted"] = True if job.all_sorted(task.inputs) else None
-        return extensions
-
-    def send_task(self, job, task, worker, backup=False):
-        attempt = self.attempts.start(job.id, task, worker, self.now, backup)
-        message = task.message(worker.pid, self.task_extensions(job, task))
-        self.emit(Deliver(attempt.id, worker.host, worker.port, message))
-        LOG.debug("job %d: %s sent to %s", job.id, task.name, worker)
+    # --- task results -----------------------------------------------------------
 
     def on_Status(self, message, peer):
         pid = message["worker_pid"]
@@ -472,38 +359,16 @@ class Coordinator:
         if task is None:
             LOG.info("status from %s matches no current task (stale?): %s", worker,
                      ", ".join(outputs[:3]))
-            return
-        if message["status"] == helper.FINISHED:
-            self.task_finished(job, task, worker, message)
         elif message["status"] == helper.FAILED:
-            self.task_failed(job, task, worker, message)
-        else:
+            self.scheduler.failed(job, task, worker, message)
+        elif message["status"] != helper.FINISHED:
             LOG.warning("status %r from %s dropped: expected finished or failed",
                         message["status"], worker)
+        elif self.scheduler.finished(job, task, worker, message):
+            self.absorb(job, task, message)
 
-    def task_failed(self, job, task, worker, message):
-        attempt = self.attempts.held_by(task, worker)
-        if task.done or attempt is None:
-            LOG.info("ignored a stale failure of %s from %s", task.name, worker)
-        elif message.get("unfit") is True:
-            self.set_unfit(worker, message.get("error") or "unfit")
-        else:
-            self.attempt_failed(job, attempt, _failure_text(message))
-
-    def task_finished(self, job, task, worker, message):
-        if task.done:
-            LOG.info("job %d: duplicate finish of %s from %s ignored", job.id, task.name, worker)
-            return
-        attempt = self.attempts.held_by(task, worker)
-        missing = [path for path in task.outputs if not os.path.isfile(path)]
-        if missing:
-            if attempt is not None:
-                self.attempt_failed(job, attempt, f"reported finished but {missing[0]} is missing")
-            else:
-                LOG.warning("ignored a finish of %s from %s: %s is missing",
-                            task.name, worker, missing[0])
-            return
-        self.accept_result(job, task, worker, attempt)
+    def absorb(self, job, task, message):
+        """What a finished task tells: sortedness, counters, status; the next phase if done."""
         if task.kind in (MAP, SORT):
             job.record_sorted(task.outputs, message.get("sorted") is True)
         if isinstance(message.get("counters"), dict):
@@ -513,84 +378,4 @@ class Coordinator:
         if job.phase_complete():
             self.advance(job)
         else:
-            self.speculate(job)
-
-    def accept_result(self, job, task, worker, winner):
-        """The task is done: `winner` succeeded, any other copy becomes a leftover."""
-        others = [a for a in self.attempts.counting(task) if a is not winner]
-        if others:
-            self.note(f"{task.name}: the {'backup' if winner and winner.backup else 'original'}"
-                      f" finished first")
-        for attempt in others:
-            self.set_aside(attempt)
-        duration = None
-        if winner is not None:
-            duration = self.now - winner.started
-            self.attempts.end(winner, ATTEMPT_SUCCEEDED, self.now)
-        if worker.dead:
-            LOG.info("job %d: accepted a late result of %s from dead %s", job.id, task.name, worker)
-            self.note(f"{task.name}: late result from dead worker {worker.pid} accepted")
-        job.finish_task(task, duration)
-
-    def attempt_failed(self, job, attempt, reason):
-        """The attempt failed (or was set aside as failed: a leftover stays one)."""
-        task = attempt.task
-        if attempt.counts:
-            self.attempts.end(attempt, ATTEMPT_FAILED, self.now, reason)
-        attempt.outcome = reason
-        task.failures += 1
-        task.failed_on.add(attempt.worker)
-        text = (f"{task.name} (input {task.describe_inputs()}) failed on worker "
-                f"{attempt.worker.pid}, attempt {task.failures} of {job.spec.max_attempts}: {reason}")
-        LOG.error("job %d: %s", job.id, text)
-        job.note(text)
-        if task.failures >= job.spec.max_attempts:
-            self.fail_job(job, text)
-            return
-        self.dispatch()
-
-    def check_timeouts(self):
-        job = self.current
-        if job is None:
-            return
-        limit = job.spec.task_timeout + TIMEOUT_GRACE
-        for attempt in self.attempts.all_counting():
-            if attempt.job_id != job.id or self.now - attempt.started <= limit \
-                    or not attempt.counts:
-                continue
-            if attempt.delivered_at is None:
-                self.not_accepted(job, attempt, limit)
-            else:  # a worker that ignores `timeout` may still run it: a leftover
-                self.set_aside(attempt)
-                self.attempt_failed(job, attempt, f"no result after {job.spec.task_timeout:g} s")
-            if job is not self.current:
-                return
-
-    def not_accepted(self, job, attempt, limit):
-        """A live worker took no connection for a task's whole time limit:
-        the task goes to another worker. Not a failed attempt, as it never
-        ran, unless no other worker could take it (else it would go round
-        for ever)."""
-        task, holder = attempt.task, attempt.worker
-        if not any(w is not holder for w in self.workers.live()):
-            self.set_aside(attempt)
-            self.attempt_failed(job, attempt, f"worker accepted no connection in {limit:g} s")
-            return
-        self.set_aside(attempt)  # revokes the undelivered message
-        task.failed_on.add(holder)  # avoided when it is sent again
-        text = f"{task.name}: worker {holder.pid} accepted no connection in {limit:g} s; reassigned"
-        LOG.warning("job %d: %s", job.id, text)
-        job.note(text)
-        self.dispatch()
-
-
-def _failure_text(message):
-    parts = [message.get("error") or "failed"]
-    if message.get("input_file"):
-        parts.append(f"input {message['input_file']}")
-    if message.get("exit_code") is not None:
-        parts.append(f"exit code {message['exit_code']}")
-    text = "; ".join(parts)
-    if message.get("stderr_tail"):
-        text += f"; stderr tail: {message['stderr_tail'].strip()[-500:]!r}"
-    return text
+            self.scheduler.speculate(job)

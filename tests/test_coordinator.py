@@ -3,7 +3,7 @@ import pytest
 
 import helper
 from mrlib import events
-from mrlib.coordinator import SPECULATIVE_MIN_SECONDS, TIMEOUT_GRACE
+from mrlib.scheduler import SPECULATIVE_MIN_SECONDS, TIMEOUT_GRACE
 from mrlib.job import GROUP, MAP, REDUCE
 from support.sim import HEARTBEAT_LIMIT, Sim
 

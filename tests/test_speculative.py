@@ -2,7 +2,7 @@
 import time
 
 from conftest import WORD_COUNT, assert_matches_sequential, partition_files, pid_alive, wait_until
-from mrlib.coordinator import SPECULATIVE_MIN_SECONDS
+from mrlib.scheduler import SPECULATIVE_MIN_SECONDS
 from support.programs import write_script
 from test_reliability import FAST, corpus, job_status
 
