@@ -14,26 +14,26 @@ import os
 import re
 import sys
 
-from mrlib import grouping, runner
+from mrlib import grouping, names, runner
 from mrlib.jobspec import base_name_files, natural_key
 
-PARTITION_NAME = re.compile(r"input_(\d+)$")
-MAP_ONLY_NAME = re.compile(r"\d{6}_.+", re.DOTALL)
+PARTITION_NAME = re.compile(names.PARTITION_PATTERN, re.DOTALL)
+MAP_ONLY_NAME = re.compile(names.POSITIONAL_PATTERN, re.DOTALL)
 
 
 def partition_files(source):
     """The files to join: BASE_NN files for a base name, else a directory's outputs."""
     if os.path.isdir(source):
-        names = os.listdir(source)
-        numbered = [n for n in names if PARTITION_NAME.match(n)]
+        listed = os.listdir(source)
+        numbered = [n for n in listed if PARTITION_NAME.fullmatch(n)]
         if numbered:
-            numbered.sort(key=lambda n: int(PARTITION_NAME.match(n).group(1)))
+            numbered.sort(key=lambda n: int(PARTITION_NAME.fullmatch(n).group(1)))
             return [os.path.join(source, n) for n in numbered]
-        map_only = sorted(n for n in names if MAP_ONLY_NAME.fullmatch(n))
+        map_only = sorted(n for n in listed if MAP_ONLY_NAME.fullmatch(n))
         if map_only:
             return [os.path.join(source, n) for n in map_only]
-        names = sorted((n for n in names if not n.startswith(".")), key=natural_key)
-        return [os.path.join(source, n) for n in names if os.path.isfile(os.path.join(source, n))]
+        listed = sorted((n for n in listed if not n.startswith(".")), key=natural_key)
+        return [os.path.join(source, n) for n in listed if os.path.isfile(os.path.join(source, n))]
     return base_name_files(source + "_")
 
 
@@ -45,7 +45,7 @@ def _same_file(path, other):
 
 
 def _is_output_name(name):
-    return bool(PARTITION_NAME.match(name) or MAP_ONLY_NAME.fullmatch(name)
+    return bool(PARTITION_NAME.fullmatch(name) or MAP_ONLY_NAME.fullmatch(name)
                 or re.fullmatch(r".+_\d+", name, re.DOTALL))
 
 

@@ -374,6 +374,11 @@ def cancel_job(job_id):
     return {"message_type": "cancel_job", "job_id": job_id}
 
 
+def heartbeat_port(port):
+    """The spec's UDP heartbeat port beside a master's TCP PORT."""
+    return port - 1
+
+
 def output_path(output_directory, input_file):
     """Name a task's output: output_directory + '/' + the input's basename.
 

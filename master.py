@@ -198,11 +198,12 @@ class Master:
         except OSError as error:
             raise OSError(f"cannot listen on TCP {host}:{port}: {error.strerror}") from None
         try:
-            self.heartbeats = helper.HeartbeatListener(host, port - 1, self.receive_heartbeat,
-                                                       "master")
+            self.heartbeats = helper.HeartbeatListener(host, helper.heartbeat_port(port),
+                                                       self.receive_heartbeat, "master")
         except OSError as error:
             self.server.close()
-            raise OSError(f"cannot listen for heartbeats on UDP {host}:{port - 1} (PORT-1): "
+            raise OSError(f"cannot listen for heartbeats on UDP {host}:{helper.heartbeat_port(port)} "
+                          f"(PORT-1): "
                           f"{error.strerror}") from None
         self.var = vardir.VarDirectory(VAR_DIRECTORY, port).claim()
         self.coordinator = Coordinator(self.var.path, VAR_DIRECTORY, keep_intermediate,
@@ -247,7 +248,8 @@ class Master:
         self.server.start()
         self.heartbeats.start()
         self.ticker.start()
-        LOG.info("listening on TCP %s and UDP %s", self.server.port, self.server.port - 1)
+        LOG.info("listening on TCP %s and UDP %s", self.server.port,
+                 helper.heartbeat_port(self.server.port))
         while not self.stopping.is_set():
             self.handle(self.events.get())
         self.close()

@@ -200,11 +200,11 @@ class Worker:
             # master: a cancel_task from elsewhere never reaches us.
             while not self.stopping.is_set():
                 try:
-                    sock.connect((master_host, master_port - 1))
+                    sock.connect((master_host, helper.heartbeat_port(master_port)))
                     break
                 except OSError as error:
                     LOG.warning("cannot address heartbeats to %s:%s: %s", master_host,
-                                master_port - 1, error)
+                                helper.heartbeat_port(master_port), error)
                     self.stopping.wait(helper.HEARTBEAT_INTERVAL)
             sock.setblocking(False)
             failing = False

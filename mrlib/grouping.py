@@ -21,7 +21,7 @@ import os
 import re
 import resource
 
-from mrlib import runner
+from mrlib import names, runner
 
 COPY_CHUNK = 64 * 1024 * 1024
 SCAN_CHUNK = 64 * 1024
@@ -311,14 +311,9 @@ def write_hash_partitions(merged_path, output_paths):
         os.replace(tmp, path)
 
 
-def partition_paths(directory, parts):
-    """The spec's reducer inputs: directory/input_0 … input_{parts-1}."""
-    return [os.path.join(directory, f"input_{number}") for number in range(parts)]
-
-
 def merge_and_partition(sorted_paths, directory, parts, partitioner="range", guard=None):
     """Write `parts` reducer inputs into `directory` from sorted files."""
-    outputs = partition_paths(directory, parts)
+    outputs = names.partition_paths(directory, parts)
     if partitioner != "hash":
         write_range_partitions(sorted_paths, outputs, guard)
         return outputs

@@ -13,7 +13,7 @@ import shutil
 import time
 
 import helper
-from mrlib import grouping
+from mrlib import names
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 CANCELLED = "cancelled"
@@ -155,7 +155,7 @@ class Job:
         self.map_outputs = [helper.output_path(self.mapper_dir, p.path) for p in ordered]
         # Map-only outputs are named by position, so every sort of the names
         # (plain or numeric) gives the job's order.
-        self.map_only_names = [f"{p.index:06d}_{os.path.basename(p.source)}" for p in ordered]
+        self.map_only_names = [names.positional(p.index, p.source) for p in ordered]
         return tasks
 
     def map_task(self, number, parts):
@@ -175,12 +175,12 @@ class Job:
         files = self.map_outputs
         count = max(1, min(live_workers, len(files)))
         return [Task(SORT, number, files[number::count],
-                     [os.path.join(self.grouper_dir, f"sorted_{number}")])
+                     [os.path.join(self.grouper_dir, names.sorted_run(number))])
                 for number in range(count)]
 
     def reduce_tasks(self):
         tasks = []
-        partitions = grouping.partition_paths(self.grouper_dir, self.spec.num_reducers)
+        partitions = names.partition_paths(self.grouper_dir, self.spec.num_reducers)
         for number, source in enumerate(partitions):
             context = None
             if self.spec.uses_extensions():
@@ -236,15 +236,12 @@ class Job:
         """The files that make up the job's output, in order."""
         if self.spec.num_reducers == 0:
             return self.map_outputs
-        partitions = grouping.partition_paths(self.grouper_dir, self.spec.num_reducers)
+        partitions = names.partition_paths(self.grouper_dir, self.spec.num_reducers)
         return [helper.output_path(self.reducer_dir, source) for source in partitions]
 
     def output_names(self, count):
         base = self.spec.output_base_name
-        if base is None:
-            return None
-        width = max(2, len(str(count - 1)))
-        return [f"{base}_{number:0{width}d}" for number in range(count)]
+        return None if base is None else names.based(base, count)
 
     def publish_outputs(self):
         """Hard-link (or copy) the final files into output_directory; return their paths.

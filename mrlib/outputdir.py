@@ -9,13 +9,13 @@ name their outputs, and refuses if anything else is there.
 import os
 import re
 
+from mrlib import names
+
 # The names a job writes, each with its index: input_N (reduce partitions),
 # NNNNNN_<input> (a map-only job's outputs, by position), BASE_NN
 # (--output-base). One job writes indices 0, 1, ... K of one of these, so a
 # set of names is taken as an earlier job's output only if it is exactly
 # that: a lone `202401_budget.csv` or `report_2023` is a user's file.
-REDUCE_OUTPUT = r"input_(\d+)"
-MAP_ONLY_OUTPUT = r"(\d{6})_.+"
 # A publishing master that was killed may leave its temporary link behind.
 TEMPORARY = re.compile(r"\.(.+)\.tmp-\d+", re.DOTALL)
 SHOWN_NAMES = 5
@@ -26,9 +26,9 @@ class OutputDirectoryInUse(Exception):
 
 
 def output_patterns(output_base=None):
-    patterns = [REDUCE_OUTPUT, MAP_ONLY_OUTPUT]
+    patterns = [names.PARTITION_PATTERN, names.POSITIONAL_PATTERN]
     if output_base:
-        patterns.append(re.escape(output_base) + r"_(\d+)")
+        patterns.append(names.based_pattern(output_base))
     return [re.compile(pattern, re.DOTALL) for pattern in patterns]
 
 

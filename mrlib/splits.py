@@ -10,7 +10,7 @@ Python work per byte.
 import dataclasses
 import os
 
-from mrlib import grouping
+from mrlib import grouping, names
 
 # A job whose splits would outnumber this is refused: one task per split, and
 # millions of tasks means the split size is a mistake (e.g. bytes for MB).
@@ -32,7 +32,7 @@ class Split:
 
     @property
     def name(self):
-        return f"{self.index:06d}_{os.path.basename(self.source)}"
+        return names.positional(self.index, self.source)
 
     def environment(self, task_number):
         """The Hadoop Streaming variables that tell a program what it reads."""

@@ -69,7 +69,7 @@ def free_master_port():
     """A TCP port whose PORT-1 is free for UDP too (the master needs both)."""
     while True:
         port = free_port()
-        if port > 1025 and udp_free(port - 1) and tcp_free(port):
+        if port > 1025 and udp_free(helper.heartbeat_port(port)) and tcp_free(port):
             return port
 
 

@@ -275,7 +275,8 @@ class ScriptedWorker:
     def heartbeat_loop(self):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             while self.beating.is_set():
-                helper.send_heartbeat(udp, "localhost", self.cluster.port - 1, self.pid)
+                helper.send_heartbeat(udp, "localhost", helper.heartbeat_port(self.cluster.port),
+                                      self.pid)
                 time.sleep(0.1)
 
     def receive(self):
