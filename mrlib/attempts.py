@@ -58,6 +58,7 @@ class Attempts:
         self.by_id = {}
         self.live_by_worker = {}  # worker -> {attempt id: attempt} in a LIVE state
         self.counting_by_task = {}  # task key -> {attempt id: attempt} in a COUNTING state
+        self.leftovers_by_worker = {}  # worker -> {attempt id: attempt} LEFTOVER
         self.pruned = set()  # jobs whose attempts are dropped as they end
 
     def start(self, job_id, task, worker, now, backup=False):
@@ -91,7 +92,7 @@ class Attempts:
         return len(self.live_by_worker.get(worker, ()))
 
     def leftovers(self, worker):
-        return [a for a in self.on(worker) if a.state == LEFTOVER]
+        return list(self.leftovers_by_worker.get(worker, {}).values())
 
     def all_counting(self):
         return [a for attempts in self.counting_by_task.values() for a in attempts.values()]
@@ -116,6 +117,7 @@ class Attempts:
             return True
         attempt.state = LEFTOVER
         attempt.set_aside_at = now
+        self.leftovers_by_worker.setdefault(attempt.worker, {})[attempt.id] = attempt
         return False
 
     def end(self, attempt, state, now, outcome=None):
@@ -123,6 +125,7 @@ class Attempts:
             return
         self._uncount(attempt)
         self.live_by_worker.get(attempt.worker, {}).pop(attempt.id, None)
+        self.leftovers_by_worker.get(attempt.worker, {}).pop(attempt.id, None)
         if attempt.job_id in self.pruned:
             self.by_id.pop(attempt.id, None)
         attempt.state = state
@@ -137,7 +140,7 @@ class Attempts:
 
     def forget_leftovers(self, before, now):
         """Leftovers set aside before `before` whose status never came: lost."""
-        for worker in list(self.live_by_worker):
+        for worker in list(self.leftovers_by_worker):
             for attempt in self.leftovers(worker):
                 if attempt.set_aside_at < before:
                     self.end(attempt, FORGOTTEN, now)

@@ -161,7 +161,7 @@ def corpus(directory, files=8, words=300):
 
 
 def test_two_workers_with_one_pid_on_two_addresses_both_work(same_pid_workers, tmp_path):
-    """Two workers with the same pid at 127.0.0.2 and 127.0.0.3 are both listed, both run map tasks, and the job's output is the sequential pipeline's."""
+    """Two workers with one pid at 127.0.0.2 and 127.0.0.3: both listed, both run tasks, output right."""
     cluster, workers = same_pid_workers()
     assert identities(cluster) == [(SHARED_PID, a) for a in ADDRESSES]
     inputs = corpus(tmp_path / "in")
@@ -177,7 +177,7 @@ def test_two_workers_with_one_pid_on_two_addresses_both_work(same_pid_workers, t
 
 
 def test_one_of_two_same_pid_workers_killed_mid_job(same_pid_workers, tmp_path):
-    """With two workers sharing a pid, SIGKILL the one at 127.0.0.2 mid-map: it is declared dead, the one at 127.0.0.3 stays ready and finishes the job correctly."""
+    """Of two workers sharing a pid, the one SIGKILLed mid-map dies alone; the other finishes the job."""
     cluster, (victim, survivor) = same_pid_workers(FAST_HEARTBEATS)
     inputs = corpus(tmp_path / "in")
     mapper, record = recording_mapper(tmp_path, 1)
