@@ -106,6 +106,10 @@ class Attempts:
         if attempt.state == SENT:
             attempt.state = RUNNING
             attempt.delivered_at = now
+        elif attempt.state == REVOKED:  # revoked too late: the worker has it
+            attempt.state, attempt.delivered_at, attempt.set_aside_at = LEFTOVER, now, now
+            self.live_by_worker.setdefault(attempt.worker, {})[attempt.id] = attempt
+            self.leftovers_by_worker.setdefault(attempt.worker, {})[attempt.id] = attempt
 
     def set_aside(self, attempt, now):
         """It stops counting. Returns True if its message must be revoked (never delivered)."""
@@ -133,10 +137,15 @@ class Attempts:
         attempt.outcome = outcome
 
     def reported(self, worker, key, now):
-        """`worker` reported the task with `key`: it no longer runs a leftover of it."""
+        """`worker` reported the task with `key`: it no longer runs a leftover of it.
+
+        True if that status was a leftover's."""
+        found = False
         for attempt in self.leftovers(worker):
             if attempt.task.key == key:
                 self.end(attempt, REPORTED, now)
+                found = True
+        return found
 
     def forget_leftovers(self, before, now):
         """Leftovers set aside before `before` whose status never came: lost."""

@@ -28,6 +28,9 @@ DEFAULT_KEEP_FAILED = 5
 # often (in heartbeat intervals): our worker registers within one, and an
 # answer to a heartbeat sent before it registered must not reach it after.
 REGISTER_ASK_INTERVALS = 3
+# At most this many unknown workers are asked per such period: a flood of
+# heartbeats with made-up pids gets no more answers (or log lines) than that.
+MAX_REGISTER_ASKS = 1024
 
 
 class Coordinator:
@@ -48,7 +51,7 @@ class Coordinator:
         self.failed_jobs = collections.deque()  # failed jobs whose files are kept
         self.work = {}  # token -> (job, step) of background work under way
         self.tokens = 0
-        self.asked_to_register = {}  # (pid, ip) -> when it was last asked
+        self.asked_to_register = collections.OrderedDict()  # (pid, ip) -> when asked, oldest first
         self.changed = set()  # jobs whose snapshot may have changed
         self.commands = []
         self.now = 0.0
@@ -91,7 +94,9 @@ class Coordinator:
                         host, port, pid, known)
             return
         for old in self.workers.at_address(host, port):
-            if old is not known:  # nothing else can listen there: it was restarted
+            # Nothing else can listen there: it was restarted. Only from its
+            # own host, so that no one else can make a live worker "replaced".
+            if old is not known and old.peer == peer:
                 self.declare_dead(old, f"replaced by worker {pid} on the same port")
         if known is not None and known.live:
             self.acknowledge(known)  # a repeated register: acknowledge again, keep its tasks
@@ -140,12 +145,11 @@ class Coordinator:
             return
         every = REGISTER_ASK_INTERVALS * helper.HEARTBEAT_INTERVAL
         asked, who = self.asked_to_register, (pid, sender[0])
-        if self.now - asked.get(who, float("-inf")) < every:
+        while asked and self.now - next(iter(asked.values())) >= every:
+            asked.popitem(last=False)  # oldest first: each entry is dropped once
+        if who in asked or len(asked) >= MAX_REGISTER_ASKS:
             return
-        if who not in asked:
-            LOG.warning("heartbeat from unregistered pid %s dropped; asking it to register", pid)
-        for old in [w for w, when in asked.items() if self.now - when >= every]:
-            del asked[old]  # bounded by the workers heard from in one interval
+        LOG.warning("heartbeat from unregistered pid %s dropped; asking it to register", pid)
         asked[who] = self.now
         self.emit(Datagram(sender, helper.unknown_worker(pid)))
 
@@ -200,7 +204,7 @@ class Coordinator:
         try:
             spec = JobSpec.from_message(message, self.var_path)
             self.check_output_free(spec)
-        except JobRejected as rejection:
+        except (JobRejected, ValueError) as rejection:  # e.g. an unencodable path
             LOG.error("rejected a job: %s", rejection)
             return {"message_type": "job_rejected", "error": str(rejection)}
         job = Job(self.next_job_id, spec, self.job_root, self.changed)
@@ -353,12 +357,14 @@ class Coordinator:
             return
         outputs = message.get("output_files") or [message.get("output_file", "")]
         key = task_key(outputs)
-        self.attempts.reported(worker, key, self.now)
+        stopped_leftover = self.attempts.reported(worker, key, self.now)
         job = self.current
         task = job.tasks.get(key) if job is not None else None
         if task is None:
             LOG.info("status from %s matches no current task (stale?): %s", worker,
                      ", ".join(outputs[:3]))
+        elif message["status"] == helper.FAILED and stopped_leftover:
+            LOG.info("%s stopped its leftover %s", worker, task.name)  # not the new attempt's
         elif message["status"] == helper.FAILED:
             self.scheduler.failed(job, task, worker, message)
         elif message["status"] != helper.FINISHED:

@@ -139,6 +139,9 @@ class Job:
         self.timings["total"] = round(time.monotonic() - self.submitted, 3)
         self.state = state
         self.error = error
+        # What only a running job needs: a master keeps ended jobs for clients.
+        self.map_outputs, self.map_only_names, self.sort_outputs = [], [], []
+        self.sorted_files, self.splits = set(), None
         self.touch()
 
     def map_tasks(self, splits=None):

@@ -86,7 +86,7 @@ class Scheduler:
         timeout = max(DEFAULT_TASK_TIMEOUT, job.spec.task_timeout if job else 0)
         self.attempts.forget_leftovers(self.clock() - timeout - TIMEOUT_GRACE, self.clock())
         for worker in self.workers.all():
-            if worker.heartbeat_address is None:
+            if worker.heartbeat_address is None or worker.dead:
                 continue
             for attempt in self.attempts.leftovers(worker):
                 self.emit(Datagram(worker.heartbeat_address,
@@ -123,11 +123,13 @@ class Scheduler:
         median task time (and at least SPECULATIVE_MIN_SECONDS); the first
         copy to finish wins, as in the MapReduce paper's backup tasks.
         """
-        if job is None or not job.spec.speculative or job.typical_duration() is None \
-                or self.pending(job):
+        if job is None or not job.spec.speculative or job.typical_duration() is None:
+            return
+        idle = [w for w in self.workers.live() if not self.attempts.load(w)]
+        if not idle or self.pending(job):
             return
         threshold = max(SPECULATIVE_MIN_SECONDS, SPECULATIVE_SLOWDOWN * job.typical_duration())
-        for worker in [w for w in self.workers.live() if not self.attempts.load(w)]:
+        for worker in idle:
             candidates = [attempts[0] for attempts in map(self.attempts.counting, job.unfinished())
                           if len(attempts) == 1 and worker not in attempts[0].task.failed_on
                           and self.clock() - attempts[0].started >= threshold]
@@ -150,7 +152,8 @@ class Scheduler:
         attempt = self.attempts.held_by(task, worker)
         if task.done or attempt is None:
             LOG.info("ignored a stale failure of %s from %s", task.name, worker)
-        elif message.get("unfit") is True:
+        elif message.get("unfit") is True:  # it ran nothing: no leftover to stop
+            self.attempts.end(attempt, ATTEMPT_FAILED, self.clock(), "unfit")
             self.set_unfit(worker, message.get("error") or "unfit", job)
         else:
             self.attempt_failed(job, attempt, _failure_text(message))

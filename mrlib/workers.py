@@ -66,14 +66,10 @@ class Workers:
     def find(self, pid, peer):
         """The worker a message with `pid` from `peer` comes from, or None.
 
-        The exact identity first; else the only worker with that pid (a
-        worker whose messages leave from several addresses of one host).
+        Only the exact identity: a message with a worker's pid from another
+        address is not that worker's (it could fail or keep alive its tasks).
         """
-        record = self.by_identity.get((pid, peer))
-        if record is not None:
-            return record
-        same_pid = [w for w in self.by_identity.values() if w.pid == pid]
-        return same_pid[0] if len(same_pid) == 1 else None
+        return self.by_identity.get((pid, peer))
 
     def live(self):
         return [w for w in self.all() if w.live]

@@ -238,12 +238,12 @@ def test_a_straggler_gets_a_backup_and_the_loser_is_stopped(sim):
     straggler = sim.held_by(slow)[-1]
     for task in [t for t in sim.tasks if t is not straggler]:
         sim.finish(task, sim.worker_at(task.port))
-    sim.advance_clock(SPECULATIVE_MIN_SECONDS * 10)
+    sim.pass_time(SPECULATIVE_MIN_SECONDS * 10)
     backups = [t for t in sim.held_by(fast) if t.outputs == straggler.outputs]
     assert backups, "no backup was started"
     sim.finish(backups[0], fast)
     assert sim.phase(job_id) != MAP
-    sim.advance_clock(0.5)
+    sim.pass_time(0.5)
     assert helper.task_id(tuple(sorted(straggler.outputs))) in [m["task_id"] for m in cancels(sim)]
 
 
@@ -364,3 +364,44 @@ def test_shutdown_names_every_worker(sim):
     sim.register(102, port=7200)
     sim.handle(events.Shutdown())
     assert sorted(sim.stopped) == [("localhost", 7100), ("localhost", 7200)]
+
+
+def test_a_register_from_another_host_cannot_replace_a_live_worker(sim):
+    """A register naming a live worker's host:port from another IP leaves that worker alone."""
+    worker = sim.register(101, port=7100)
+    sim.submit(mappers=2)
+    held = list(sim.tasks)
+    sim.handle(events.Register(helper.register("localhost", 7100, 999), "10.9.9.9"))
+    assert not worker.dead and sim.tasks == held and not sim.revoked
+
+
+def test_a_status_with_a_workers_pid_from_elsewhere_is_not_its(sim):
+    """A failure forged from another IP with a live worker's pid counts no attempt."""
+    worker = sim.register(101)
+    sim.submit(mappers=1, reducers=1)
+    [task] = sim.tasks
+    sim.report(task, worker, helper.FAILED, peer="10.9.9.9", error="forged")
+    assert sim.job(0).tasks[tuple(sorted(task.outputs))].failures == 0
+
+
+def test_an_unfit_worker_keeps_no_leftover(sim):
+    """The attempt an unfit worker refused is over: no cancel_task for it, no load."""
+    first, second = sim.register(101), sim.register(102)
+    sim.submit(mappers=1, reducers=1)
+    [task] = sim.tasks
+    holder = sim.worker_at(task.port)
+    sim.report(task, holder, helper.FAILED, error="cannot see var", unfit=True)
+    assert sim.coordinator.attempts.load(holder) == 0
+
+
+def test_a_stopped_leftovers_failure_is_not_charged_to_a_new_attempt(sim):
+    """A worker reporting the failure of a copy it was told to stop: the new attempt still counts."""
+    worker = sim.register(101)
+    job_id = sim.submit(mappers=1, reducers=1, task_timeout=5)
+    [old] = sim.tasks
+    sim.tasks.clear()
+    sim.pass_time(5 + TIMEOUT_GRACE + 1)  # timed out: a leftover, and sent again
+    [new] = sim.tasks
+    sim.report(old, worker, helper.FAILED, error="cancelled by the master")
+    task = sim.job(job_id).tasks[tuple(sorted(new.outputs))]
+    assert task.failures == 1 and sim.coordinator.attempts.counting(task)
