@@ -77,9 +77,6 @@ class Attempts:
         """The attempts that count for `task`, oldest first."""
         return list(self.counting_by_task.get(task.key, {}).values())
 
-    def holders(self, task):
-        return [attempt.worker for attempt in self.counting(task)]
-
     def held_by(self, task, worker):
         """The attempt of `task` that counts on `worker`, or None."""
         return next((a for a in self.counting(task) if a.worker is worker), None)

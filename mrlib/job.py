@@ -53,10 +53,6 @@ class Task:
         self.failed_on = set()  # workers it failed on or that never took it: avoided
 
     @property
-    def id(self):
-        return (self.kind, self.number)
-
-    @property
     def name(self):
         return f"{self.kind} task {self.number}"
 
