@@ -245,11 +245,11 @@ class Master:
     # --- the master thread -------------------------------------------------
 
     def run(self):
+        LOG.info("listening on TCP %s and UDP %s", self.server.port,
+                 helper.heartbeat_port(self.server.port))  # before any thread can log
         self.server.start()
         self.heartbeats.start()
         self.ticker.start()
-        LOG.info("listening on TCP %s and UDP %s", self.server.port,
-                 helper.heartbeat_port(self.server.port))
         while not self.stopping.is_set():
             self.handle(self.events.get())
         self.close()

@@ -105,11 +105,11 @@ class Worker:
 
     def run(self):
         """Listen first, then register; return once shut down."""
+        LOG.info("listening on %s:%s, registering with %s:%s",
+                 self.host, self.port, *self.master)  # before any thread can log
         self.server.start()
         for thread in self.executors:
             thread.start()
-        LOG.info("listening on %s:%s, registering with %s:%s",
-                 self.host, self.port, *self.master)
         if not self.register(REGISTER_DEADLINE):
             LOG.error("could not reach the master at %s:%s", *self.master)
             self.stop()
