@@ -355,6 +355,7 @@ class Coordinator:
         if worker is None:
             LOG.warning("status from unknown pid %s dropped", pid)
             return
+        worker.last_result_at = self.now
         outputs = message.get("output_files") or [message.get("output_file", "")]
         key = task_key(outputs)
         stopped_leftover = self.attempts.reported(worker, key, self.now)

@@ -215,12 +215,13 @@ class Scheduler:
             return
         limit = job.spec.task_timeout + TIMEOUT_GRACE
         for attempt in self.attempts.all_counting():
-            if attempt.job_id != job.id or self.clock() - attempt.started <= limit \
-                    or not attempt.counts:
+            if attempt.job_id != job.id or not attempt.counts:
                 continue
             if attempt.delivered_at is None:
-                self.not_accepted(job, attempt, limit)
-            else:  # a worker that ignores `timeout` may still run it: a leftover
+                if self.clock() - attempt.started > limit:
+                    self.not_accepted(job, attempt, limit)
+            elif self.clock() - attempt.worker.running_since(attempt) > limit:
+                # a worker that ignores `timeout` may still run it: a leftover
                 self.set_aside(attempt)
                 self.attempt_failed(job, attempt, f"no result after {job.spec.task_timeout:g} s")
 

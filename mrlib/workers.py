@@ -22,11 +22,24 @@ class WorkerRecord:
         # set aside like a dead worker, and not taken back by its heartbeats.
         self.unfit = False
         self.last_seen = now
+        self.last_result_at = None  # when it last reported a task finished or failed
         self.heartbeat_address = None  # where its heartbeats come from (UDP)
 
     @property
     def identity(self):
         return (self.pid, self.peer)
+
+    def running_since(self, attempt):
+        """When a delivered attempt's time limit runs from on this worker.
+
+        A worker may queue the tasks it gets (ours runs them in turn), so a
+        task's clock starts at its delivery or at the worker's last result,
+        whichever is later: a worker that keeps reporting results is working
+        through its queue, and one that hangs stops reporting.
+        """
+        if self.last_result_at is None:
+            return attempt.started
+        return max(attempt.started, self.last_result_at)
 
     @property
     def live(self):

@@ -214,6 +214,30 @@ def test_a_task_over_its_time_limit_is_retried_and_its_copy_stopped(sim):
     assert cancels(sim), "the overrunning copy is told to stop"
 
 
+def test_time_waiting_in_a_workers_queue_does_not_count_against_the_limit(sim):
+    """A worker running its tasks in turn, each within the limit, fails none of them."""
+    worker = sim.register(101)
+    job_id = sim.submit(mappers=4, reducers=1, task_timeout=5)
+    queue = list(sim.tasks)
+    assert len(queue) == 4
+    for task in queue:  # all delivered at once; each takes 4 s of the 5 s limit
+        sim.pass_time(4)
+        sim.finish(task, worker)
+    assert all(t.failures == 0 for t in sim.job(job_id).tasks.values())
+    assert not cancels(sim)
+
+
+def test_a_hung_task_behind_finished_ones_still_times_out(sim):
+    """The clock runs from the worker's last result: a task that hangs after it is caught."""
+    worker = sim.register(101)
+    job_id = sim.submit(mappers=2, reducers=1, task_timeout=5)
+    first, hung = sim.tasks
+    sim.pass_time(3)
+    sim.finish(first, worker)
+    sim.pass_time(5 + TIMEOUT_GRACE + 1)
+    assert sim.job(job_id).tasks[tuple(sorted(hung.outputs))].failures == 1
+
+
 def test_a_task_never_accepted_moves_to_another_worker(sim):
     """A message not delivered within the limit is revoked and reassigned, not failed."""
     first, second = sim.register(101), sim.register(102)
