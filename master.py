@@ -43,8 +43,14 @@ SHUTDOWN_SEND_TIMEOUT = 1.0
 # A task message that could not be sent for a reason other than a connect
 # timeout (which waited already) is tried again after this long.
 DELIVERY_RETRY_PAUSE = 0.5
-# How long shutdown waits for each helper thread (acks, background work) to end.
+# How long shutdown waits for the helper threads (acks, background work) to end.
 JOIN_TIMEOUT = 5.0
+# A courier with nothing to deliver for this long ends its thread; the next
+# task for that address starts a new one. Dead and departed workers leave no
+# thread behind.
+COURIER_IDLE_SECONDS = 30.0
+# How long shutdown waits for all couriers together.
+COURIER_JOIN_TIMEOUT = 1.0
 
 
 class Courier:
@@ -60,26 +66,45 @@ class Courier:
     reassigned by the coordinator, which then revokes it here.
     """
 
-    def __init__(self, host, port, revoked, post, stopping):
+    def __init__(self, host, port, revoked, post, stopping, idle=COURIER_IDLE_SECONDS):
         self.host, self.port = host, port
+        self.idle = idle
         self.revoked = revoked  # attempt ids not to send (shared; set operations are atomic)
         self.post = post
         self.stopping = stopping
         self.outbox = queue.Queue()
+        self.lock = threading.Lock()
+        self.retired = False  # idle too long: it takes nothing more and its thread ends
         self.thread = threading.Thread(target=self.run, name=f"courier-{port}", daemon=True)
         self.thread.start()
 
     def send(self, attempt, message):
-        self.outbox.put((attempt, message))
+        """Queue a task message; False if this courier has retired (start another)."""
+        with self.lock:
+            if self.retired:
+                return False
+            self.outbox.put((attempt, message))
+            return True
 
     def close(self):
         self.outbox.put(None)
 
     def run(self):
-        while (item := self.outbox.get()) is not None:
+        while (item := self.next_item()) is not None:
             attempt, message = item
             self.deliver(attempt, message)
             self.revoked.discard(attempt)
+
+    def next_item(self):
+        """The next message, or None to end: closed, or idle for `self.idle` seconds."""
+        while True:
+            try:
+                return self.outbox.get(timeout=self.idle)
+            except queue.Empty:
+                with self.lock:
+                    if self.outbox.empty():
+                        self.retired = True
+                        return None
 
     def wanted(self, attempt):
         return attempt not in self.revoked and not self.stopping.is_set()
@@ -104,6 +129,35 @@ class Courier:
             if sent:
                 self.post(Delivered(attempt, time.monotonic()))
             return
+
+
+class Couriers:
+    """One live courier per worker address, started on demand; retired ones are dropped."""
+
+    def __init__(self, revoked, post, stopping, idle=COURIER_IDLE_SECONDS):
+        self.revoked, self.post, self.stopping, self.idle = revoked, post, stopping, idle
+        self.by_address = {}  # (host, port) -> Courier; only the master thread changes it
+
+    def send(self, host, port, attempt, message):
+        courier = self.by_address.get((host, port))
+        if courier is None or not courier.send(attempt, message):
+            self.by_address = {address: c for address, c in self.by_address.items()
+                               if not c.retired}
+            courier = self.by_address[(host, port)] = Courier(
+                host, port, self.revoked, self.post, self.stopping, self.idle)
+            courier.send(attempt, message)
+
+    def threads(self):
+        return [c.thread for c in self.by_address.values() if c.thread.is_alive()]
+
+    def close(self):
+        for courier in self.by_address.values():
+            courier.close()
+
+    def join(self, timeout):
+        deadline = time.monotonic() + timeout
+        for courier in self.by_address.values():
+            courier.thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class Reply:
@@ -189,8 +243,8 @@ class Master:
         self.stopping = threading.Event()
         self.board = JobBoard()
         self.guard = runner.ProgramGuard()
-        self.couriers = {}  # (host, port) -> Courier
         self.revoked = set()
+        self.couriers = Couriers(self.revoked, self.post, self.stopping)
         self.helpers = Helpers()
         # Bind first: a master that cannot have its ports never touches var/.
         try:
@@ -272,24 +326,18 @@ class Master:
     def close(self):
         self.server.stop()
         self.heartbeats.stop()
-        for courier in self.couriers.values():
-            courier.close()
+        self.couriers.close()
         self.guard.close()  # background sorts and merges end here
         self.ticker.join(1.0)
         self.helpers.join(JOIN_TIMEOUT)
-        for courier in self.couriers.values():
-            courier.thread.join(1.0)
+        self.couriers.join(COURIER_JOIN_TIMEOUT)
         self.janitor.close()
         self.var.close()
 
     # --- commands ------------------------------------------------------------
 
     def do_Deliver(self, attempt, host, port, message):
-        courier = self.couriers.get((host, port))
-        if courier is None:
-            courier = self.couriers[(host, port)] = Courier(host, port, self.revoked, self.post,
-                                                             self.stopping)
-        courier.send(attempt, message)
+        self.couriers.send(host, port, attempt, message)
 
     def do_Revoke(self, attempt):
         self.revoked.add(attempt)
