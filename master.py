@@ -39,6 +39,10 @@ ACK_RETRY_SECONDS = 3.0
 SUBMIT_REPLY_TIMEOUT = 10.0
 # The longest a status query may hold its connection waiting for news.
 MAX_STATUS_WAIT = 30.0
+# At most this many status queries wait at once, each holding one of the
+# TCP server's handler slots; more are answered at once, so registers,
+# statuses and submissions always find a slot.
+MAX_STATUS_WAITERS = helper.MAX_HANDLERS // 4
 SHUTDOWN_SEND_TIMEOUT = 1.0
 # A task message that could not be sent for a reason other than a connect
 # timeout (which waited already) is tried again after this long.
@@ -183,6 +187,8 @@ class JobBoard:
         self.changed = threading.Condition()
         self.snapshots = {}
         self.version = 0
+        self.waiters = 0  # status queries waiting now
+        self.closed = False  # shutting down: no query waits any more
 
     def publish(self, snapshots):
         with self.changed:
@@ -192,14 +198,26 @@ class JobBoard:
                 self.snapshots[snapshot["job_id"]] = snapshot
             self.changed.notify_all()
 
+    def close(self):
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
     def query(self, message):
         """Answer job_status, waiting up to `wait` s for a version > after_version."""
         job_id = message["job_id"]
         after = message.get("after_version", -1)
         wait = min(max(message.get("wait", 0), 0), MAX_STATUS_WAIT)
         with self.changed:
-            self.changed.wait_for(
-                lambda: self.snapshots.get(job_id, {}).get("version", -1) > after, timeout=wait)
+            if self.waiters < MAX_STATUS_WAITERS:
+                self.waiters += 1
+                try:
+                    self.changed.wait_for(
+                        lambda: self.closed
+                        or self.snapshots.get(job_id, {}).get("version", -1) > after,
+                        timeout=wait)
+                finally:
+                    self.waiters -= 1
             snapshot = self.snapshots.get(job_id)
         if snapshot is None:
             return {"message_type": "job_status_reply", "job_id": job_id, "state": "unknown",
@@ -324,6 +342,7 @@ class Master:
                 LOG.exception("error carrying out %s", type(command).__name__)
 
     def close(self):
+        self.board.close()  # status queries answer now, so their threads end
         self.server.stop()
         self.heartbeats.stop()
         self.couriers.close()

@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 import helper
 from mrlib import outputdir
@@ -34,6 +35,10 @@ STATUS_WAIT = 10.0
 UNUSED_JOB_ID = -1
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
+ENDED = ("succeeded", "failed", "cancelled", "unknown")
+# A status answered at once with no news means the master had no room for
+# another waiting query: ask again after this long, not in a busy loop.
+BUSY_MASTER_PAUSE = 0.5
 
 
 def parse_args(argv):
@@ -153,14 +158,22 @@ def follow(args, job_id, quiet):
         status = helper.request(args.host, args.port,
                                 helper.job_status(job_id, version, STATUS_WAIT),
                                 reply_timeout=STATUS_WAIT + helper.READ_TIMEOUT)
+        if status.get("version", version) == version and status.get("state") not in ENDED:
+            time.sleep(BUSY_MASTER_PAUSE)  # answered without waiting: the master is busy
         version = status.get("version", version)
         events = status.get("events") or []
+        # The master keeps the latest events only; events_total counts them all.
+        total = status.get("events_total", len(events))
         if not quiet:
-            for event in events[seen_events:] if len(events) >= seen_events else events:
+            new = events[max(0, len(events) - (total - seen_events)):]
+            if total - seen_events > len(events):
+                print(f"job {job_id}: ({total - seen_events - len(events)} earlier event(s) "
+                      f"not shown)", flush=True)
+            for event in new:
                 print(f"job {job_id}: {event}", flush=True)
             print(describe(status), flush=True)
-        seen_events = len(events)
-        if status.get("state") in ("succeeded", "failed", "cancelled", "unknown"):
+        seen_events = total
+        if status.get("state") in ENDED:
             return summarize(status)
 
 

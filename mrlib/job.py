@@ -94,7 +94,8 @@ class Job:
         self.outputs = []
         self.files_kept = True  # False once var/job-N is removed (old failed jobs)
         self.error = None
-        self.events = collections.deque(maxlen=EVENT_HISTORY)
+        self.events = collections.deque(maxlen=EVENT_HISTORY)  # the latest notes
+        self.events_total = 0  # every note ever made: clients tell new ones by it
         self.counters = {}
         self.timings = {}
         self.phase_started = None
@@ -110,6 +111,7 @@ class Job:
     def note(self, text):
         """Remember a notable event (death, reassignment, retry) for the client."""
         self.events.append(text)
+        self.events_total += 1
         self.touch()
 
     def files_removed(self):
@@ -275,7 +277,8 @@ class Job:
                 "output_directory": self.spec.output_directory, "outputs": list(self.outputs),
                 "job_directory": os.path.abspath(self.directory) if self.files_kept else None,
                 "error": self.error,
-                "events": list(self.events), "counters": copy.deepcopy(self.counters),
+                "events": list(self.events), "events_total": self.events_total,
+                "counters": copy.deepcopy(self.counters),
                 "timings": dict(self.timings)}
 
 

@@ -28,6 +28,7 @@ JAMMED_REGISTERS = 3
 FEW_FILES = 48
 # How long a starved master is watched for log noise.
 QUIET_WINDOW = 1.0
+STALLED_STATUS_WAIT = 30.0  # the longest a status query may wait (master.py)
 CLIENT_TIMEOUT = 60.0
 SEND_JOB_INVALID = 2
 FAILING_EXIT_CODE = 3
@@ -212,6 +213,30 @@ def test_registers_naming_a_jammed_port_do_not_stall_the_master(cluster, tmp_pat
                 filler.close()
     assert f"worker {worker.pid}" not in "".join(
         line for line in cluster.master_log().splitlines() if "is dead" in line)
+
+
+def test_clients_waiting_on_status_do_not_stall_the_master(cluster, tmp_path):
+    """As many long-polling status queries as the master has handler threads: it still
+    answers cluster_status at once and runs the next job."""
+    cluster.start_worker()
+    run_good_job(cluster, tmp_path, name="first")
+    version = helper.request("localhost", cluster.port, helper.job_status(0))["version"]
+    pollers = []
+    try:
+        for _ in range(helper.MAX_HANDLERS):  # job 0 has ended: nothing wakes them
+            poller = socket.create_connection(("localhost", cluster.port), timeout=5)
+            poller.sendall(helper.encode(helper.job_status(0, version, STALLED_STATUS_WAIT)))
+            poller.shutdown(socket.SHUT_WR)
+            pollers.append(poller)
+        began = time.monotonic()
+        assert cluster.cluster_status()["workers"], "the master must answer"
+        assert time.monotonic() - began < helper.CONNECT_TIMEOUT, "the master stalled"
+        run_good_job(cluster, tmp_path)
+        cluster.shutdown()  # and waiting queries do not hold up shutdown
+        cluster.master.wait(STALLED_STATUS_WAIT / 2)
+    finally:
+        for poller in pollers:
+            poller.close()
 
 
 def test_master_out_of_file_descriptors_recovers_quietly(make_cluster, tmp_path):

@@ -11,10 +11,14 @@ import helper
 
 from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, assert_matches_sequential,
                       kill_session, partition_files, pid_alive, wait_until, write_files)
-from support.programs import script, sleepy_mapper, stop
+from support.peers import FakeWorkerPool
+from support.programs import WORD_COUNT_MAP, script, sleepy_mapper, stop
 
 INTERRUPTED = 130
 SMALL_INPUT = {"part-a": b"the quick brown fox\n", "part-b": b"the lazy dog\n"}
+# More notable events than a job_status_reply holds (mrlib/job.py EVENT_HISTORY).
+MANY_EVENTS = 65
+EVENT_BATCH = 13
 
 
 
@@ -293,7 +297,7 @@ def test_a_setsid_grandchild_dies_with_a_killed_worker(cluster, tmp_path, escape
     worker = cluster.start_worker()
     inputs = write_files(tmp_path / "in", SMALL_INPUT)
     mapper = escaping_mapper(tmp_path, then="exec sleep 60")
-    submitted = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mappers", 1,
+    submitted = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mappers", "1",
                                  "--mapper", mapper)
     assert submitted.returncode == 0, submitted.stderr.decode()
     escaped = wait_until(lambda: escaped_pids(tmp_path), what="the grandchild to start")
@@ -372,7 +376,7 @@ def test_a_cancel_from_anyone_but_the_master_is_ignored(make_cluster, tmp_path):
                     f'touch "{started}"\nwhile [ ! -e "{go}" ]; do sleep 0.05; done\n'
                     f"exec {WORD_COUNT[0]}\n")
     inputs = write_files(tmp_path / "in", {"only": b"one two two\n"})
-    client = cluster.send_job_async("--input", inputs, "--output", tmp_path / "out", "--mappers", 1,
+    client = cluster.send_job_async("--input", inputs, "--output", tmp_path / "out", "--mappers", "1",
                                     "--mapper", mapper, "--max-attempts", 1, "--wait")
     try:
         wait_until(started.exists, what="the map program to start")
@@ -391,3 +395,33 @@ def test_a_cancel_from_anyone_but_the_master_is_ignored(make_cluster, tmp_path):
     finally:
         stop(client)
     assert client.returncode == 0, stdout.decode() + stderr.decode()
+
+
+def test_wait_prints_every_event_past_the_masters_history(cluster, tmp_path):
+    """--wait goes on printing events after the master's history of the latest 50 is full."""
+    cluster.start_worker()
+    gate = tmp_path / "gate"
+    mapper = script(tmp_path / "gated-map.sh",
+                    f"while [ ! -e {gate} ]; do sleep 0.05; done\nexec {WORD_COUNT_MAP}\n")
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    printed = tmp_path / "client.out"
+    with open(printed, "wb") as out:
+        client = subprocess.Popen(
+            [PYTHON, str(REPO / "send_job.py"), str(cluster.port), "--input", str(inputs),
+             "--output", str(tmp_path / "out"), "--mapper", str(mapper), "--mappers", "1",
+             "--reducers", "0", "--wait"], cwd=cluster.workdir, env=cluster.env, stdout=out)
+    pool = FakeWorkerPool(cluster.port)
+    try:
+        wait_until(lambda: cluster.cluster_status()["current_job"] == 0, what="the job to start")
+        for _ in range(MANY_EVENTS // EVENT_BATCH):  # notes "worker N registered"
+            batch = [pool.join() for _ in range(EVENT_BATCH)]
+            wait_until(lambda: f"worker {batch[-1].pid} registered" in printed.read_text(),
+                       what=f"--wait to print worker {batch[-1].pid}'s registration")
+        gate.touch()
+        assert client.wait(JOB_TIMEOUT) == 0
+    finally:
+        gate.touch()
+        stop(client)
+        pool.close()
+    text = printed.read_text()
+    assert all(f"worker {fake.pid} registered" in text for fake in pool.workers), text
