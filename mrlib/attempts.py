@@ -151,6 +151,11 @@ class Attempts:
                 if attempt.set_aside_at < before:
                     self.end(attempt, FORGOTTEN, now)
 
+    def forget_worker(self, worker):
+        """`worker` is gone for good and holds nothing: drop its (empty) indexes."""
+        self.live_by_worker.pop(worker, None)
+        self.leftovers_by_worker.pop(worker, None)
+
     def prune(self, job_id):
         """Drop the ended attempts of a job that ended, and the rest as they end."""
         self.pruned.add(job_id)

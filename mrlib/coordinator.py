@@ -31,6 +31,10 @@ REGISTER_ASK_INTERVALS = 3
 # At most this many unknown workers are asked per such period: a flood of
 # heartbeats with made-up pids gets no more answers (or log lines) than that.
 MAX_REGISTER_ASKS = 1024
+# A dead worker silent this long, holding nothing, is dropped from the
+# master's records (and from cluster_status): restarted workers come back
+# with new pids, so the old records would pile up for good.
+FORGET_DEAD_AFTER = 600.0
 
 
 class Coordinator:
@@ -171,6 +175,10 @@ class Coordinator:
         self.scheduler.check_timeouts(self.current)
         self.scheduler.stop_leftovers(self.current)
         self.scheduler.speculate(self.current)
+        for worker in self.workers.forget(self.now - FORGET_DEAD_AFTER, self.attempts.load):
+            self.attempts.forget_worker(worker)
+            LOG.info("%s forgotten: dead and silent for %.0f s", worker,
+                     self.now - worker.last_seen)
 
     def declare_dead(self, worker, reason):
         self.scheduler.declare_dead(worker, reason, self.current)

@@ -8,7 +8,7 @@ worker, never a replacement. Only the coordinator reads or writes these.
 
 
 class WorkerRecord:
-    """What the master knows of one registered worker. Never removed, only marked dead."""
+    """What the master knows of one registered worker: marked dead, forgotten later."""
 
     def __init__(self, order, pid, peer, host, port, now):
         self.order = order
@@ -89,6 +89,17 @@ class Workers:
 
     def at_address(self, host, port):
         return [w for w in self.live() if (w.host, w.port) == (host, port)]
+
+    def forget(self, before, busy):
+        """Drop the dead workers last heard from before `before` that hold nothing.
+
+        Returns them. One that comes back later is asked to register again.
+        """
+        gone = [w for w in self.by_identity.values()
+                if w.dead and w.last_seen < before and not busy(w)]
+        for worker in gone:
+            del self.by_identity[worker.identity]
+        return gone
 
     def overdue(self, now, limit):
         return [w for w in self.live() if now - w.last_seen > limit]

@@ -3,6 +3,7 @@ import pytest
 
 import helper
 from mrlib import events
+from mrlib.coordinator import FORGET_DEAD_AFTER
 from mrlib.scheduler import SPECULATIVE_MIN_SECONDS, TIMEOUT_GRACE
 from mrlib.job import GROUP, MAP, REDUCE
 from support.sim import HEARTBEAT_LIMIT, Sim
@@ -118,6 +119,26 @@ def test_a_worker_heartbeating_again_is_taken_back(sim):
     assert worker_states(sim)[(101, first.port)] != "dead"
     sim.advance_clock(0.5)
     assert helper.task_id(tuple(sorted(held.outputs))) in [m["task_id"] for m in cancels(sim)]
+
+
+def test_a_long_dead_worker_is_forgotten_and_asked_to_register_if_it_returns(sim):
+    """Dead workers holding nothing drop out of cluster_status after a while."""
+    gone, staying = sim.register(101), sim.register(102)
+    sim.pass_time(HEARTBEAT_LIMIT + 1, silent=[gone])
+    assert worker_states(sim)[(101, gone.port)] == "dead"
+    sim.pass_time(FORGET_DEAD_AFTER, silent=[gone])
+    assert worker_states(sim) == {(102, staying.port): "ready"}
+    sim.heartbeat(gone)
+    assert [m["message_type"] for _, m in sim.datagrams][-1:] == ["unknown_worker"]
+
+
+def test_a_dead_worker_holding_a_leftover_is_remembered(sim):
+    """Its attempt is still a leftover (not yet forgotten): the record stays."""
+    gone = sim.register(101)
+    sim.submit(mappers=1, task_timeout=10 * FORGET_DEAD_AFTER)
+    sim.advance_clock(HEARTBEAT_LIMIT + 1)
+    sim.advance_clock(FORGET_DEAD_AFTER)
+    assert (101, gone.port) in worker_states(sim)
 
 
 def test_a_restarted_worker_on_the_same_port_replaces_the_old_at_once(sim):
