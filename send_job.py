@@ -18,7 +18,7 @@ import time
 import helper
 from mrlib import outputdir
 from mrlib.grouping import raise_open_file_limit
-from mrlib.jobspec import JobRejected, JobSpec
+from mrlib.jobspec import ENV_NAME, JobRejected, JobSpec
 from mrlib.runner import TaskFailed
 from mrlib.sequential import SequentialRun
 from mrlib.splits import TooManySplits
@@ -110,8 +110,9 @@ def parse_env(pairs):
     env = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise JobRejected(f"--env wants NAME=VALUE, got {pair!r}")
+        if not sep or not ENV_NAME.fullmatch(name):
+            raise JobRejected(f"--env wants NAME=VALUE, NAME of letters, digits and _ "
+                              f"(not starting with a digit), got {pair!r}")
         env[name] = value
     return env
 

@@ -17,6 +17,8 @@ MAX_TASKS = 100_000  # per phase; more is a mistake (millions of files and messa
 PATH_FIELDS = ("input_directory", "output_directory", "mapper_executable",
                "reducer_executable", "input_file", "input_base_name", "combiner_executable")
 PARTITIONERS = ("range", "hash")
+# What a program may be given as an environment variable: a POSIX shell name.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class JobRejected(Exception):
@@ -106,6 +108,12 @@ class JobSpec:
             raise JobRejected(f"max_attempts must be at least 1, got {self.max_attempts}")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()):
             raise JobRejected("env must map names to string values")
+        for name, value in self.env.items():
+            if not ENV_NAME.fullmatch(name):
+                raise JobRejected(f"env name {name!r} is not a variable name (letters, digits "
+                                  f"and _, not starting with a digit)")
+            if "\0" in value:
+                raise JobRejected(f"env {name}'s value contains a NUL byte")
 
     def check_output(self, var_directory=None):
         """Refuse an output directory the job could not write, or would damage.

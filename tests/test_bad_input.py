@@ -342,6 +342,10 @@ def rejected_jobs(tmp_path):
         ("num_reducers -1", good_job(tmp_path, num_reducers=-1), "num_reducers must be"),
         ("output base name with a slash", good_job(tmp_path, output_base_name="sub/count"),
          "output_base_name must be a plain file name"),
+        ("'=' in an env name", good_job(tmp_path, env={"A=B": "x"}),
+         "env name 'A=B' is not a variable name"),
+        ("NUL in an env value", good_job(tmp_path, env={"A": "x\0y"}),
+         "env A's value contains a NUL byte"),
     ]
 
 
@@ -382,7 +386,7 @@ def test_rejected_jobs_leave_the_queue_alone(cluster, tmp_path):
 
 @pytest.mark.parametrize("case", [
     "input directory missing", "mapper not executable",
-    "timeout nan", "output base with a slash",
+    "timeout nan", "output base with a slash", "env name with a space",
 ])
 def test_send_job_refuses_invalid_jobs(cluster, tmp_path, case):
     """send_job.py exits 2 with one clear line, and nothing reaches the master's queue."""
@@ -393,6 +397,7 @@ def test_send_job_refuses_invalid_jobs(cluster, tmp_path, case):
                                   "--mapper", not_executable_copy(tmp_path)),
         "timeout nan": ("--input", inputs, "--timeout", "nan"),
         "output base with a slash": ("--input", inputs, "--output-base", "no-dir/count"),
+        "env name with a space": ("--input", inputs, "--env", "MY VAR=1"),
     }[case]
     result = cluster.send_job(*arguments, "--output", tmp_path / "out")
     stderr = result.stderr.decode()
@@ -533,7 +538,6 @@ def missing_interpreter_mapper(tmp_path):
 UNSTARTABLE_JOBS = {
     "CRLF shebang": lambda t: {"mapper_executable": str(crlf_mapper(t))},
     "missing interpreter": lambda t: {"mapper_executable": str(missing_interpreter_mapper(t))},
-    "'=' in an env name": lambda t: {"env": {"A=B": "x"}},
 }
 
 
