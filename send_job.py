@@ -147,8 +147,9 @@ def build_job(args):
 def describe(status):
     line = f"job {status['job_id']}: {status.get('state')}"
     if status.get("state") == "running":
-        line += f", {status.get('phase')} phase, {status.get('tasks_done')}/" \
-                f"{status.get('tasks_total')} tasks done"
+        line += f", {status.get('phase')} phase"
+        if status.get("tasks_total"):  # the master's own steps (merge, publish) have none
+            line += f", {status.get('tasks_done')}/{status['tasks_total']} tasks done"
     return line
 
 

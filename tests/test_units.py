@@ -5,6 +5,7 @@ import random
 import pytest
 
 import helper
+import send_job
 from mrlib import grouping, outputdir, runner
 from mrlib import job as jobs
 from mrlib.jobspec import base_name_files
@@ -243,3 +244,15 @@ def test_stderr_is_read_in_bounded_pieces():
 def test_overwrite_recognises_only_whole_sets_of_job_outputs(names, ours):
     """--overwrite takes names for an earlier job's output only as one whole 0..K set of one kind."""
     assert outputdir.earlier_outputs(names, "count") == ours
+
+
+@pytest.mark.parametrize("status, expected", [
+    ({"job_id": 3, "state": "running", "phase": "map", "tasks_done": 1, "tasks_total": 4},
+     "job 3: running, map phase, 1/4 tasks done"),
+    ({"job_id": 3, "state": "running", "phase": "merge", "tasks_done": 0, "tasks_total": 0},
+     "job 3: running, merge phase"),
+    ({"job_id": 3, "state": "queued", "phase": None, "tasks_done": 0, "tasks_total": 0},
+     "job 3: queued"),
+])
+def test_progress_lines_name_tasks_only_for_phases_that_have_them(status, expected):
+    assert send_job.describe(status) == expected
