@@ -4,7 +4,8 @@ Everything that touches a socket or JSON lives here: framing (one JSON
 object per TCP connection, read until EOF, size-capped), the message shapes
 of the spec with their field types, the constructors for each message, and
 the small TCP / UDP servers both roles run. master.py and worker.py never
-call json or recv themselves.
+call json or recv themselves. With a shared secret (use_secret), every
+message is signed and checked here too (mrlib/auth.py).
 """
 import hashlib
 import json
@@ -14,6 +15,8 @@ import selectors
 import socket
 import threading
 import time
+
+from mrlib import auth
 
 LOG = logging.getLogger("helper")
 
@@ -80,6 +83,10 @@ class ProtocolError(Exception):
 
 class NoReply(ProtocolError):
     """The peer read our message and closed without answering (a spec-only master)."""
+
+
+class NotAuthenticated(ProtocolError):
+    """The message lacks a valid signature; or the peer said so of ours (not_authenticated)."""
 
 
 class MessageTooLarge(ProtocolError):
@@ -191,15 +198,66 @@ def validate(message):
     return message
 
 
+_signer = None  # an auth.Signer once this process has a secret
+
+
+def use_secret(secret):
+    """Sign every message sent from now on, and drop every one not signed with `secret`."""
+    global _signer
+    _signer = auth.Signer(secret) if secret else None
+
+
+def has_secret():
+    return _signer is not None
+
+
+def setup_secret(args, host=None):
+    """Use the secret the command line names (auth.add_arguments); False if it cannot.
+
+    `host` is where a listening program binds. Says why in one log line.
+    """
+    try:
+        use_secret(auth.configure(args, host))
+    except auth.SecretError as error:
+        LOG.error("cannot start: %s", error)
+        return False
+    if host is not None and args.insecure and _signer is None:
+        LOG.warning("--insecure: listening on %s without a secret; anyone who can reach "
+                    "it can run programs here", host)
+    return True
+
+
 def encode(message):
-    """Serialise a message as compact single-line JSON bytes."""
-    return json.dumps(message, separators=(",", ":")).encode("utf-8")
+    """Serialise a message as compact single-line JSON bytes (signed, with a secret)."""
+    body = json.dumps(message, separators=(",", ":")).encode("utf-8")
+    return _signer.seal(body) if _signer else body
+
+
+def unseal(data):
+    """The JSON bytes of what arrived; ProtocolError if its signature is not right."""
+    if _signer is not None:
+        try:
+            return _signer.open(data)
+        except auth.AuthError as error:
+            raise NotAuthenticated(f"not authenticated: {error}") from None
+    if auth.is_signed(data):
+        raise NotAuthenticated("not authenticated: signed, but this process has no secret "
+                               "(--secret-file)")
+    return data
+
+
+def refusal(error):
+    """What a server writes back, unsigned, on a connection whose message it refused for
+    its signature: a client can tell that from a master that never answers."""
+    return json.dumps({"message_type": "not_authenticated", "error": str(error)}).encode()
+
 
 
 def decode(data):
     """Parse and validate one message from raw bytes."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    data = unseal(data)
     try:
         message = json.loads(data)
     except (UnicodeDecodeError, ValueError) as error:
@@ -270,6 +328,16 @@ def request(host, port, message, timeout=CONNECT_TIMEOUT, reply_timeout=READ_TIM
         data = read_until_eof(sock)
     if not data:
         raise NoReply("the master closed the connection without a reply")
+    if not auth.is_signed(data):  # a refusal is never signed: the sender lacks the secret
+        reply = _reply_object(data)
+        if reply.get("message_type") == "not_authenticated":
+            raise NotAuthenticated(f"the master refused the message: {reply.get('error')}")
+        if _signer is None:
+            return reply
+    return _reply_object(unseal(data))
+
+
+def _reply_object(data):
     try:
         reply = json.loads(data)
     except (UnicodeDecodeError, ValueError) as error:
@@ -641,21 +709,30 @@ class MessageServer:
     def finish(self, conn):
         """The peer has sent all: decode its message and hand it to a handler."""
         data = b"".join(self.forget(conn))
-        message = None if not data or data.isspace() else self.parse(data)
+        message = None if not data or data.isspace() else self.parse(data, conn)
         del data  # a large message's bytes are not kept while it is handled
         if message is None:
             conn.sock.close()
         else:
             self.dispatch(conn.sock, message)
 
-    def parse(self, data):
-        """Decode a message; None (and a log line) if it is bad."""
+    def parse(self, data, conn):
+        """Decode a message; None (and a log line naming its sender) if it is bad."""
+        sock = conn.sock
         try:
             return decode(data)
         except ProtocolError as error:
-            LOG.warning("%s: dropped a message: %s", self.name, error)
+            LOG.warning("%s: dropped a message from %s: %s", self.name,
+                        _peer_address(sock), error)
+            if isinstance(error, NotAuthenticated):
+                try:  # a few bytes into an empty socket buffer: never blocks
+                    sock.send(refusal(f"{error}; this process accepts only messages signed "
+                                      f"with its secret (--secret-file)"))
+                except OSError:
+                    pass
         except Exception as error:  # e.g. MemoryError: drop it, keep serving
-            LOG.error("%s: dropped a message: %s: %s", self.name, type(error).__name__, error)
+            LOG.error("%s: dropped a message from %s: %s: %s", self.name,
+                      _peer_address(sock), type(error).__name__, error)
         return None
 
     def dispatch(self, sock, message):
@@ -766,7 +843,7 @@ class HeartbeatListener:
         try:
             message = decode(data)
         except ProtocolError as error:
-            LOG.warning("%s: dropped a datagram: %s", self.name, error)
+            LOG.warning("%s: dropped a datagram from %s:%s: %s", self.name, *sender[:2], error)
             return
         if message["message_type"] != "heartbeat":
             LOG.warning("%s: dropped a %s on the heartbeat port",
@@ -805,7 +882,7 @@ def receive_datagrams(sock):
     messages = []
     while True:
         try:
-            data = sock.recv(MAX_DATAGRAM)
+            data, sender = sock.recvfrom(MAX_DATAGRAM)
         except (BlockingIOError, InterruptedError):
             return messages
         except OSError:  # e.g. ICMP port unreachable from an earlier send
@@ -813,7 +890,7 @@ def receive_datagrams(sock):
         try:
             messages.append(decode(data))
         except ProtocolError as error:
-            LOG.warning("dropped a datagram: %s", error)
+            LOG.warning("dropped a datagram from %s:%s: %s", *sender[:2], error)
 
 
 def send_heartbeat(sock, host, port, pid):

@@ -21,7 +21,7 @@ import threading
 import time
 
 import helper
-from mrlib import grouping, runner, splits, vardir
+from mrlib import auth, grouping, runner, splits, vardir
 from mrlib.coordinator import DEFAULT_KEEP_FAILED, JOB_ROOT, Coordinator
 from mrlib.events import (AckResult, ClientRequest, Delivered, Heartbeat, Register, Shutdown,
                           Status, Tick, Unreachable, WorkDone)
@@ -420,6 +420,7 @@ def parse_args(argv):
     parser.add_argument("--keep-intermediate", action="store_true",
                         help="keep every job's intermediate files in var/ (default: a "
                              "successful job keeps only var/job-N/reducer-output)")
+    auth.add_arguments(parser, listens=True)
     parser.add_argument("--keep-failed", type=int, default=DEFAULT_KEEP_FAILED, metavar="N",
                         help="keep the files of the last N failed jobs for inspection "
                              f"(default {DEFAULT_KEEP_FAILED}); older ones are removed")
@@ -434,6 +435,8 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     helper.configure_logging("master")
+    if not helper.setup_secret(args, args.host):
+        return 2
     grouping.raise_open_file_limit()
     try:
         master = Master(args.port, args.host, args.keep_intermediate, args.keep_failed)

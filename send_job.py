@@ -12,11 +12,12 @@ be reached, 2 the job is invalid (checked here before sending).
 import argparse
 import os
 import signal
+import socket
 import sys
 import time
 
 import helper
-from mrlib import outputdir
+from mrlib import auth, outputdir
 from mrlib.grouping import raise_open_file_limit
 from mrlib.jobspec import ENV_NAME, JobRejected, JobSpec
 from mrlib.runner import TaskFailed
@@ -39,6 +40,11 @@ ENDED = ("succeeded", "failed", "cancelled", "unknown")
 # A status answered at once with no news means the master had no room for
 # another waiting query: ask again after this long, not in a busy loop.
 BUSY_MASTER_PAUSE = 0.5
+# --wait goes on asking a master it cannot reach for this long (a flaky or
+# briefly cut network) before it gives up.
+LOST_CONTACT_LIMIT = 60.0
+# How long --shutdown listens for a refusal before taking silence for yes.
+SHUTDOWN_WAIT = 2.0
 
 
 def parse_args(argv):
@@ -86,6 +92,7 @@ def parse_args(argv):
                              "failed job's)")
     parser.add_argument("--workers", action="store_true", help="list the workers and their states")
     parser.add_argument("--shutdown", action="store_true", help="shut the cluster down")
+    auth.add_arguments(parser, listens=False)
     args = parser.parse_args(argv)
     args.host, args.port = "localhost", None
     if args.sequential:
@@ -156,10 +163,12 @@ def describe(status):
 def follow(args, job_id, quiet):
     """Print progress until the job ends; return the exit code."""
     version, seen_events = -1, 0
+    contact = Contact(args)
     while True:
-        status = helper.request(args.host, args.port,
-                                helper.job_status(job_id, version, STATUS_WAIT),
-                                reply_timeout=STATUS_WAIT + helper.READ_TIMEOUT)
+        status = contact.ask(helper.job_status(job_id, version, STATUS_WAIT),
+                             reply_timeout=STATUS_WAIT + helper.READ_TIMEOUT)
+        if status is None:
+            continue
         if status.get("version", version) == version and status.get("state") not in ENDED:
             time.sleep(BUSY_MASTER_PAUSE)  # answered without waiting: the master is busy
         version = status.get("version", version)
@@ -177,6 +186,34 @@ def follow(args, job_id, quiet):
         seen_events = total
         if status.get("state") in ENDED:
             return summarize(status)
+
+
+class Contact:
+    """Queries while following a job, riding out a master that is out of reach for a while."""
+
+    def __init__(self, args):
+        self.args = args
+        self.lost_since = None
+
+    def ask(self, message, reply_timeout):
+        """The reply, or None after a failure that may pass (raised once it lasts too long)."""
+        try:
+            reply = helper.request(self.args.host, self.args.port, message,
+                                   reply_timeout=reply_timeout)
+        except (OSError, helper.ProtocolError) as error:
+            now = time.monotonic()
+            if self.lost_since is None:
+                self.lost_since = now
+                print(f"send_job: lost contact with the master ({error}); still trying for "
+                      f"{LOST_CONTACT_LIMIT:g} s", file=sys.stderr, flush=True)
+            elif now - self.lost_since > LOST_CONTACT_LIMIT:
+                raise
+            time.sleep(BUSY_MASTER_PAUSE)
+            return None
+        if self.lost_since is not None:
+            print("send_job: in contact with the master again", file=sys.stderr, flush=True)
+            self.lost_since = None
+        return reply
 
 
 def summarize(status):
@@ -347,13 +384,26 @@ def main(argv=None):
         return INTERRUPTED
 
 
+def shut_down(args):
+    """Send shutdown; a master that refuses it says so on the connection (ours, with a secret)."""
+    try:
+        helper.request(args.host, args.port, helper.shutdown(), reply_timeout=SHUTDOWN_WAIT)
+    except (helper.NoReply, socket.timeout):  # taken: the spec's master answers nothing
+        pass
+    return 0
+
+
 def run(args):
     if args.sequential:
         return run_sequential(args)
     try:
+        helper.use_secret(auth.configure(args))
+    except auth.SecretError as error:
+        print(f"send_job: {error}", file=sys.stderr)
+        return 2
+    try:
         if args.shutdown:
-            helper.send_message(args.host, args.port, helper.shutdown())
-            return 0
+            return shut_down(args)
         if args.workers:
             reply = helper.request(args.host, args.port, helper.cluster_status())
             for worker in reply.get("workers", []):
@@ -369,7 +419,12 @@ def run(args):
             return 0 if status.get("state") != "unknown" else 1
         return submit(args)
     except (OSError, helper.ProtocolError) as error:
-        print(f"send_job: cannot talk to the master at {args.host}:{args.port}: {error}",
+        hint = ""
+        if isinstance(error, helper.NoReply):
+            hint = (" (a master with a secret answers only messages signed with it: "
+                    "--secret-file)" if not helper.has_secret() else
+                    " (is it another secret than the master's?)")
+        print(f"send_job: cannot talk to the master at {args.host}:{args.port}: {error}{hint}",
               file=sys.stderr)
         return 1
 

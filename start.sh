@@ -1,9 +1,15 @@
 #!/bin/sh
 # Start or stop a local cluster: a master and N workers, in the background.
 #
-#   sh start.sh [WORKERS [PORT]]   start (default: 2 workers, master on 6000)
-#   sh start.sh stop [PORT]        shut the cluster on PORT down cleanly
-#   sh start.sh --help             usage
+#   sh start.sh [SECRET] [WORKERS [PORT]]   start (default: 2 workers, master on 6000)
+#   sh start.sh [SECRET] stop [PORT]        shut the cluster on PORT down cleanly
+#   sh start.sh --help                      usage
+#
+# SECRET is --secret-file PATH (default: $MAPREDUCE_SECRET_FILE) or
+# --new-secret, which writes a random one to clusters/PORT/secret (mode 600):
+# every message of the cluster is then signed with it (README, "Running on
+# several machines"). The path is recorded in clusters/PORT/secret-file, so
+# that `stop` finds it.
 #
 # The master listens on TCP PORT and UDP PORT-1, the workers on PORT+1 ...
 # PORT+N. Each port has a cluster of its own, kept in clusters/PORT/: the
@@ -57,15 +63,20 @@ SHUTDOWN_TIMEOUT=10
 TERM_TIMEOUT=5
 KILL_TIMEOUT=2
 POLL_SECONDS=0.1
+SECRET_VARIABLE=MAPREDUCE_SECRET_FILE
+SECRET_RECORD=secret-file  # in clusters/PORT/: the path of the secret the cluster uses
+NEW_SECRET_NAME=secret     # in clusters/PORT/: a secret --new-secret made
 # Lines of a failed process's log shown when a start fails.
 LOG_TAIL_LINES=10
 
 usage() {
     cat <<EOF
-usage: sh start.sh [WORKERS [PORT]]   start a master on TCP PORT (default $DEFAULT_PORT; heartbeats on UDP PORT-1)
-                                      and WORKERS workers (default $DEFAULT_WORKERS) on TCP PORT+1 ... PORT+WORKERS
-       sh start.sh stop [PORT]        stop the cluster on PORT (default $DEFAULT_PORT)
-       sh start.sh --help             show this help
+usage: sh start.sh [SECRET] [WORKERS [PORT]]   start a master on TCP PORT (default $DEFAULT_PORT; heartbeats on UDP PORT-1)
+                                               and WORKERS workers (default $DEFAULT_WORKERS) on TCP PORT+1 ... PORT+WORKERS
+       sh start.sh [SECRET] stop [PORT]        stop the cluster on PORT (default $DEFAULT_PORT)
+       sh start.sh --help                      show this help
+SECRET: --secret-file PATH (default: \$$SECRET_VARIABLE) signs every message with the secret in PATH;
+        --new-secret makes a random one in $CLUSTERS/PORT/secret.
 Each cluster keeps its logs, pid files and var/ in $CLUSTERS/PORT/.
 EOF
 }
@@ -202,6 +213,7 @@ sweep() {  # print the names of this cluster's live processes; remove stale pid 
 # --- stop ----------------------------------------------------------------------------
 
 stop_cluster() {
+    recorded_secret
     live=$(sweep)
     if [ -z "$live" ]; then
         echo "start.sh: no cluster running on port $PORT"
@@ -356,6 +368,7 @@ start_cluster() {
         echo "start.sh: cannot start on port $PORT, in use: $busy; nothing started" >&2
         exit 1
     fi
+    use_secret
     STARTED=''
     UNRECORDED=''
     trap 'fail_start start "interrupted"' INT TERM HUP
@@ -373,8 +386,36 @@ start_cluster() {
     ports="ports $((PORT + 1))-$((PORT + WORKERS))"
     [ "$WORKERS" -gt 1 ] || ports="port $((PORT + 1))"
     echo "start.sh: master on port $PORT with $WORKERS worker(s) on $ports, all registered"
-    echo "start.sh: submit: python3 $TOP/send_job.py $PORT --wait    stop: $SELF stop $PORT" \
+    submit="python3 $TOP/send_job.py $PORT --wait"
+    [ -z "$SECRET_FILE" ] || submit="$SECRET_VARIABLE=$SECRET_FILE $submit"
+    echo "start.sh: submit: $submit    stop: $SELF stop $PORT" \
          "   logs: $CLUSTER_DIR/"
+}
+
+use_secret() {  # the secret of this start, for every process it starts; recorded for stop
+    rm -f "$CLUSTER_DIR/$SECRET_RECORD"
+    if [ -n "$NEW_SECRET" ]; then
+        SECRET_FILE=$CLUSTER_DIR/$NEW_SECRET_NAME
+        rm -f "$SECRET_FILE"
+        (umask 077 && "$PYTHON" -c 'import secrets; print(secrets.token_hex(32))' \
+            > "$SECRET_FILE") || { echo "start.sh: cannot write $SECRET_FILE" >&2; exit 1; }
+    fi
+    if [ -n "$SECRET_FILE" ]; then
+        SECRET_FILE=$(resolve "$SECRET_FILE" "$(pwd)")
+        [ -r "$SECRET_FILE" ] || { echo "start.sh: cannot read the secret file" \
+            "$SECRET_FILE; nothing started" >&2; exit 1; }
+        printf '%s\n' "$SECRET_FILE" > "$CLUSTER_DIR/$SECRET_RECORD"
+        export MAPREDUCE_SECRET_FILE="$SECRET_FILE"
+    else
+        unset MAPREDUCE_SECRET_FILE
+    fi
+}
+
+recorded_secret() {  # for stop: the secret the cluster was started with, unless one is given
+    if [ -z "$SECRET_FILE" ] && [ -f "$CLUSTER_DIR/$SECRET_RECORD" ]; then
+        SECRET_FILE=$(cat "$CLUSTER_DIR/$SECRET_RECORD")
+    fi
+    [ -z "$SECRET_FILE" ] || export MAPREDUCE_SECRET_FILE="$SECRET_FILE"
 }
 
 # --- arguments -----------------------------------------------------------------------
@@ -393,6 +434,20 @@ check_option() {  # VALUE: an unknown option is named as one, not as a bad numbe
         -*) bad_usage "unknown option '$1'" ;;
     esac
 }
+
+SECRET_FILE=${MAPREDUCE_SECRET_FILE:-}
+NEW_SECRET=
+while :; do
+    case ${1:-} in
+        --secret-file)
+            [ $# -ge 2 ] && [ -n "$2" ] || bad_usage "--secret-file needs a PATH"
+            SECRET_FILE=$2
+            shift 2 ;;
+        --new-secret) NEW_SECRET=yes; shift ;;
+        *) break ;;
+    esac
+done
+[ -z "$NEW_SECRET" ] || [ "${1:-}" != stop ] || bad_usage "--new-secret is for a start, not stop"
 
 case ${1:-} in
     -h | --help | help)

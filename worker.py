@@ -23,15 +23,17 @@ import threading
 import time
 
 import helper
-from mrlib import runner
+from mrlib import auth, runner
 
 LOG = logging.getLogger("worker")
 
 # How long to keep trying to reach the master at start-up: long enough for a
 # master that is still starting, short enough that a typo'd port fails fast.
 REGISTER_DEADLINE = 30.0
-# How long to keep retrying a status the master refused (it may be busy).
+# A status not delivered for this long is logged (and then sent on trying,
+# STATUS_RETRY_PAUSE apart, while the master is the same one).
 STATUS_DEADLINE = 10.0
+STATUS_RETRY_PAUSE = 1.0
 # Not acknowledged this many heartbeat intervals after a register (a lost
 # ack, a live worker elsewhere with our pid), or told by the master that it
 # does not know us (it restarted): register again.
@@ -283,9 +285,27 @@ class Worker:
                 return
             if not self.current(task):  # the master restarted while it ran
                 continue
-            if not helper.send_with_retry(*self.master, status, STATUS_DEADLINE, pause=0.2,
-                                          source=self.source):
-                LOG.error("status for %s could not be delivered", task.describe())
+            self.deliver_status(task, status)
+
+    def deliver_status(self, task, status):
+        """Send a task's status until it is delivered, the master restarts or we stop.
+
+        A lost status would leave the task waiting at the master for its whole
+        time limit, so a link that is down (or dropping packets) for a while
+        only delays it.
+        """
+        said = False
+        while not self.stopping.is_set() and self.current(task):
+            if helper.send_with_retry(*self.master, status, STATUS_DEADLINE, pause=0.2,
+                                      source=self.source):
+                if said:
+                    LOG.info("status for %s delivered at last", task.describe())
+                return
+            if not said:
+                LOG.error("status for %s not delivered in %g s; still trying",
+                          task.describe(), STATUS_DEADLINE)
+                said = True
+            self.stopping.wait(STATUS_RETRY_PAUSE)
 
     def execute(self, task):
         """Run a task; return the status message to send. Never raises."""
@@ -407,6 +427,7 @@ def parse_args(argv):
                              "(default: the --host value)")
     parser.add_argument("--slots", type=int, default=1,
                         help="tasks run at the same time (default: 1)")
+    auth.add_arguments(parser, listens=True)
     parser.add_argument("--workdir", default=None,
                         help="directory to resolve the master's relative paths from")
     args = parser.parse_args(argv)
@@ -422,6 +443,8 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     helper.configure_logging("worker")
+    if not helper.setup_secret(args, args.host):
+        return 2
     if args.workdir:
         os.chdir(args.workdir)
     try:

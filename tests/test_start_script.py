@@ -372,8 +372,9 @@ def test_help_prints_usage_and_starts_nothing(checkout):
     for option in ("--help", "-h", "help"):
         shown = checkout.run(option)
         assert shown.returncode == 0, shown.stdout + shown.stderr
-        assert shown.stdout.startswith("usage: sh start.sh [WORKERS [PORT]]"), shown.stdout
-        assert "sh start.sh stop [PORT]" in shown.stdout
+        assert shown.stdout.startswith("usage: sh start.sh [SECRET] [WORKERS [PORT]]"), \
+            shown.stdout
+        assert "sh start.sh [SECRET] stop [PORT]" in shown.stdout
         assert shown.stderr == ""
     checkout.assert_nothing_started()
     assert not (checkout.root / "clusters").exists()
@@ -543,3 +544,22 @@ def test_start_script_run_through_a_symlink(checkout):
         stopped.stdout + stopped.stderr
     wait_until(lambda: not checkout.processes(), EXIT_DEADLINE, what="the cluster to exit")
     assert not checkout.pid_files(), checkout.pid_files()
+
+
+def test_a_cluster_with_a_new_secret_runs_jobs_for_its_holders_only(checkout):
+    """`--new-secret` makes clusters/PORT/secret; send_job needs it; `stop` finds it."""
+    port = free_port_block(WORKERS)
+    started = checkout.run("--new-secret", WORKERS, port)
+    assert started.returncode == 0, started.stdout + started.stderr
+    secret = checkout.cluster_dir(port) / "secret"
+    assert secret.stat().st_mode & 0o077 == 0, "the secret is readable by its owner only"
+    assert f"MAPREDUCE_SECRET_FILE={secret.resolve()}" in started.stdout, started.stdout
+    outsider = checkout.send_job(port, "--workers", timeout=30)
+    assert outsider.returncode == 1 and "secret" in outsider.stderr, outsider.stderr
+    holder = dict(checkout.env, MAPREDUCE_SECRET_FILE=str(secret))
+    job = subprocess.run([PYTHON, "send_job.py", str(port), "--output", checkout.root / "out",
+                          "--wait"], cwd=checkout.root, env=holder, capture_output=True,
+                         text=True, timeout=JOB_DEADLINE)
+    assert job.returncode == 0, job.stdout + job.stderr
+    checkout.stop(port)  # by the shutdown message, signed: no SIGTERM needed
+    assert not checkout.processes()

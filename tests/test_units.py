@@ -1,4 +1,5 @@
 """Unit tests for the pure logic: protocol validation and key-range cuts."""
+import argparse
 import io
 import random
 
@@ -256,3 +257,29 @@ def test_overwrite_recognises_only_whole_sets_of_job_outputs(names, ours):
 ])
 def test_progress_lines_name_tasks_only_for_phases_that_have_them(status, expected):
     assert send_job.describe(status) == expected
+
+
+def test_following_a_job_rides_out_a_master_out_of_reach(monkeypatch, capsys):
+    """--wait's queries: failures within LOST_CONTACT_LIMIT are retried, said once; longer ones raise."""
+    replies = [ConnectionRefusedError("refused"), OSError("unreachable"), {"state": "running"}]
+    clock = [100.0]
+
+    def request(*args, **kwargs):
+        reply = replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+    monkeypatch.setattr(send_job.helper, "request", request)
+    monkeypatch.setattr(send_job.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(send_job.time, "sleep", lambda seconds: None)
+    contact = send_job.Contact(argparse.Namespace(host="h", port=1))
+    assert contact.ask({}, 1) is None
+    assert contact.ask({}, 1) is None
+    assert contact.ask({}, 1) == {"state": "running"}
+    said = capsys.readouterr().err
+    assert said.count("lost contact") == 1 and "in contact with the master again" in said
+    replies.extend([OSError("down"), OSError("still down")])
+    assert contact.ask({}, 1) is None
+    clock[0] += send_job.LOST_CONTACT_LIMIT + 1
+    with pytest.raises(OSError, match="still down"):
+        contact.ask({}, 1)

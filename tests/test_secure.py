@@ -1,0 +1,147 @@
+"""A cluster with a shared secret, through the real entry points: what gets in and what not."""
+import json
+import socket
+import subprocess
+
+import pytest
+
+import helper
+from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, assert_matches_sequential,
+                      free_master_port, partition_files, wait_until, write_files)
+from mrlib import auth
+
+pytestmark = pytest.mark.timeout(120)
+
+SECRET = "0123456789abcdef" * 4
+OTHER_SECRET = "fedcba9876543210" * 4
+SMALL_INPUT = {"part-a": b"the quick brown fox\n", "part-b": b"the lazy dog\n"}
+BAD_CONFIG = 2  # the exit code of a program refusing its secret settings
+
+
+@pytest.fixture
+def secret_file(tmp_path):
+    path = tmp_path / "secret"
+    path.write_text(SECRET + "\n")
+    return path
+
+
+@pytest.fixture
+def secure(make_cluster, secret_file):
+    """A master and two workers sharing a secret; this test process signs with it too."""
+    helper.use_secret(SECRET.encode())
+    cluster = make_cluster(env={auth.SECRET_FILE_VARIABLE: str(secret_file)})
+    cluster.start_workers(2)
+    yield cluster
+    cluster.stop()
+    helper.use_secret(None)
+
+
+def send_job(cluster, *args, secret_file=None):
+    """send_job.py as a user without the cluster's environment: only `secret_file`."""
+    env = {k: v for k, v in cluster.env.items() if k != auth.SECRET_FILE_VARIABLE}
+    extra = ("--secret-file", secret_file) if secret_file else ()
+    return subprocess.run([str(a) for a in (PYTHON, REPO / "send_job.py", cluster.port,
+                                            *extra, *args)],
+                          cwd=cluster.workdir, env=env, capture_output=True,
+                          timeout=JOB_TIMEOUT)
+
+
+def send_unsigned(cluster, message):
+    with socket.create_connection(("localhost", cluster.port), timeout=5) as sock:
+        sock.sendall(json.dumps(message).encode())
+
+
+def drops_seen(cluster):
+    return cluster.master_log().count("not authenticated")
+
+
+def test_a_job_runs_signed_and_the_wire_carries_the_signature(secure, secret_file, tmp_path):
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    result = send_job(secure, "--input", inputs, "--output", tmp_path / "out", "--wait",
+                      secret_file=secret_file)
+    assert result.returncode == 0, result.stderr.decode()
+    assert_matches_sequential(partition_files(tmp_path / "out"), inputs, *WORD_COUNT, 2)
+    assert drops_seen(secure) == 0
+
+
+def test_without_the_secret_nothing_gets_in(secure, tmp_path, secret_file):
+    """Unsigned or wrongly signed: no job, no status, no shutdown, no worker."""
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    other = tmp_path / "other-secret"
+    other.write_text(OTHER_SECRET)
+    for secret in (None, other):
+        refused = send_job(secure, "--input", inputs, "--output", tmp_path / "out",
+                           secret_file=secret)
+        assert refused.returncode == 1 and b"secret" in refused.stderr, refused.stderr
+        assert send_job(secure, "--workers", secret_file=secret).returncode == 1
+        assert send_job(secure, "--shutdown", secret_file=secret).returncode == 1
+    before = drops_seen(secure)
+    send_unsigned(secure, helper.register("localhost", secure.port + 1000, 4242))
+    send_unsigned(secure, helper.shutdown())
+    wait_until(lambda: drops_seen(secure) >= before + 2, what="the master to drop both")
+    status = secure.cluster_status()
+    assert sorted(w["pid"] for w in status["workers"]) == sorted(w.pid for w in secure.workers)
+    assert status["current_job"] is None and status["queued_jobs"] == []
+    assert secure.master.poll() is None, "an unsigned shutdown must not stop the master"
+    assert send_job(secure, "--workers", secret_file=secret_file).returncode == 0
+
+
+def test_a_worker_without_the_secret_cannot_register(secure):
+    env = {k: v for k, v in secure.env.items() if k != auth.SECRET_FILE_VARIABLE}
+    before = drops_seen(secure)
+    intruder = secure.start_worker(wait=False, env=env)
+    wait_until(lambda: drops_seen(secure) > before, what="the master to drop its register")
+    assert intruder.pid not in [w["pid"] for w in secure.cluster_status()["workers"]]
+
+
+def test_a_replayed_job_is_dropped(make_cluster, secret_file, tmp_path):
+    """The same signed bytes twice: the second copy is a replay and does nothing."""
+    helper.use_secret(SECRET.encode())
+    try:
+        cluster = make_cluster(env={auth.SECRET_FILE_VARIABLE: str(secret_file)})
+        inputs = write_files(tmp_path / "in", SMALL_INPUT)
+        signed = helper.encode(helper.new_master_job(
+            str(inputs), str(tmp_path / "out"), str(WORD_COUNT[0]), str(WORD_COUNT[1]), 2, 1))
+        cluster.send_raw(signed)
+        wait_until(lambda: helper.request("localhost", cluster.port,
+                                          helper.job_status(0))["state"] == "queued",
+                   what="the job to be queued")
+        helper.request("localhost", cluster.port, helper.cancel_job(0))  # its output is free
+        before = drops_seen(cluster)
+        cluster.send_raw(signed)
+        wait_until(lambda: drops_seen(cluster) > before, what="the replay to be dropped")
+        assert helper.request("localhost", cluster.port,
+                              helper.job_status(1))["state"] == "unknown"
+    finally:
+        cluster.stop()
+        helper.use_secret(None)
+
+
+@pytest.mark.parametrize("program", ["master", "worker"])
+@pytest.mark.parametrize("case", ["missing", "empty", "0.0.0.0 without a secret"])
+def test_unusable_secret_settings_stop_the_start(tmp_path, program, case):
+    """A clear line naming the problem, exit 2, nothing listening."""
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    port = free_master_port()
+    arguments = {"missing": ["--secret-file", tmp_path / "nope"],
+                 "empty": ["--secret-file", empty],
+                 "0.0.0.0 without a secret": ["--host", "0.0.0.0"]}[case]
+    argv = [REPO / "master.py", port] if program == "master" else \
+        [REPO / "worker.py", port, port + 1]
+    result = subprocess.run([str(a) for a in (PYTHON, *argv, *arguments)], cwd=tmp_path,
+                            capture_output=True,
+                            timeout=30, env={"PATH": "/usr/bin:/bin"})
+    text = result.stderr.decode()
+    assert result.returncode == BAD_CONFIG, text
+    assert "Traceback" not in text
+    assert {"missing": "nope", "empty": "is empty",
+            "0.0.0.0 without a secret": "--insecure"}[case] in text
+    assert not (tmp_path / "var").exists()
+
+
+def test_insecure_listens_anywhere_with_a_warning(make_cluster):
+    cluster = make_cluster(start=False)
+    cluster.start_master(extra=("--host", "0.0.0.0", "--insecure"))
+    assert "--insecure" in cluster.master_log()
+    cluster.start_worker()
