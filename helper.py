@@ -55,6 +55,7 @@ ACCEPT_BATCH = 32
 # Connections closed for a limit are logged at most once per this interval,
 # with their count: a flood costs a few lines, not one per connection.
 LIMIT_LOG_INTERVAL = 10.0
+LOG_BURST = 10  # lines about bad messages per LIMIT_LOG_INTERVAL, per server
 MAX_DATAGRAM = 64 * 1024
 
 
@@ -199,6 +200,7 @@ def validate(message):
 
 
 _signer = None  # an auth.Signer once this process has a secret
+REFUSAL_TYPE = "not_authenticated"
 
 
 def use_secret(secret):
@@ -247,9 +249,26 @@ def unseal(data):
 
 
 def refusal(error):
-    """What a server writes back, unsigned, on a connection whose message it refused for
-    its signature: a client can tell that from a master that never answers."""
-    return json.dumps({"message_type": "not_authenticated", "error": str(error)}).encode()
+    """What a server sends back, unsigned, for a message it refused for its signature: a
+    client can tell that from a master that never answers."""
+    if _signer is not None:
+        error = f"{error}; this process accepts only messages signed with its secret"
+    else:
+        error = f"{error}; this process has no secret and accepts only unsigned messages"
+    return json.dumps({"message_type": REFUSAL_TYPE, "error": str(error)}).encode()
+
+
+def refusal_reason(data):
+    """The reason in an (unsigned) refusal, or None if `data` is something else."""
+    if auth.is_signed(data) or not data.startswith(b"{") or REFUSAL_TYPE.encode() not in data:
+        return None
+    try:
+        message = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or message.get("message_type") != REFUSAL_TYPE:
+        return None
+    return str(message.get("error"))
 
 
 
@@ -298,14 +317,15 @@ def recv_message(sock, deadline=None):
 
 
 def send_message(host, port, message, timeout=CONNECT_TIMEOUT, still_wanted=None,
-                 source=None):
+                 source=None, refusal_wait=None):
     """Connect, send one message, close: the spec's one-message-per-connection.
 
     If `still_wanted()` says no once connected (the connect may have waited
     long), close without sending: an empty connection, which receivers
     ignore. Returns whether the message was sent. With a `source` address,
     the connection is made from it (any port): the receiver sees it as the
-    sender's address.
+    sender's address. With `refusal_wait`, listen that long for a refusal
+    (NotAuthenticated) before closing: our process with another secret says so.
     """
     source_address = None if source is None else (source, 0)
     with socket.create_connection((host, port), timeout=timeout,
@@ -313,7 +333,21 @@ def send_message(host, port, message, timeout=CONNECT_TIMEOUT, still_wanted=None
         if still_wanted is not None and not still_wanted():
             return False
         sock.sendall(encode(message))
+        if refusal_wait is not None:
+            _listen_for_refusal(sock, refusal_wait)
     return True
+
+
+def _listen_for_refusal(sock, seconds):
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(seconds)
+        data = read_until_eof(sock, limit=RECV_CHUNK)
+    except (OSError, ProtocolError):  # a timeout, a reset, or too much: no refusal
+        return
+    reason = refusal_reason(data)
+    if reason is not None:
+        raise NotAuthenticated(reason)
 
 
 def request(host, port, message, timeout=CONNECT_TIMEOUT, reply_timeout=READ_TIMEOUT):
@@ -328,12 +362,9 @@ def request(host, port, message, timeout=CONNECT_TIMEOUT, reply_timeout=READ_TIM
         data = read_until_eof(sock)
     if not data:
         raise NoReply("the master closed the connection without a reply")
-    if not auth.is_signed(data):  # a refusal is never signed: the sender lacks the secret
-        reply = _reply_object(data)
-        if reply.get("message_type") == "not_authenticated":
-            raise NotAuthenticated(f"the master refused the message: {reply.get('error')}")
-        if _signer is None:
-            return reply
+    reason = refusal_reason(data)
+    if reason is not None:
+        raise NotAuthenticated(f"the master refused the message: {reason}")
     return _reply_object(unseal(data))
 
 
@@ -347,12 +378,15 @@ def _reply_object(data):
     return reply
 
 
-def send_with_retry(host, port, message, deadline_seconds, pause=0.05, source=None):
-    """Send, retrying refused connections until the deadline; True if sent."""
+def send_with_retry(host, port, message, deadline_seconds, pause=0.05, source=None,
+                    refusal_wait=None):
+    """Send, retrying refused connections until the deadline; True if sent.
+
+    A NotAuthenticated refusal (see send_message) is raised at once."""
     deadline = time.monotonic() + deadline_seconds
     while True:
         try:
-            send_message(host, port, message, source=source)
+            send_message(host, port, message, source=source, refusal_wait=refusal_wait)
             return True
         except OSError as error:
             if time.monotonic() >= deadline:
@@ -496,6 +530,36 @@ class _Arriving:
         self.size += len(data)
 
 
+class _RateLog:
+    """Warnings about bad messages: at most LOG_BURST lines per LIMIT_LOG_INTERVAL.
+
+    The rest are counted, and the count said with the next line logged, so a
+    flood (unsigned datagrams cost an attacker nothing) cannot fill the disk.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.window_start = None
+        self.lines = 0
+        self.suppressed = 0
+
+    def warning(self, text, *args):
+        """Log it if within the budget; True if it was logged."""
+        now = time.monotonic()
+        with self.lock:
+            if self.window_start is None or now - self.window_start >= LIMIT_LOG_INTERVAL:
+                if self.suppressed:
+                    LOG.warning("%d more such message(s) dropped without a log line",
+                                self.suppressed)
+                self.window_start, self.lines, self.suppressed = now, 0, 0
+            if self.lines >= LOG_BURST:
+                self.suppressed += 1
+                return False
+            self.lines += 1
+        LOG.warning(text, *args)
+        return True
+
+
 class _DropLog:
     """Log connections closed for a limit: the first at once, then counts per interval."""
 
@@ -549,6 +613,7 @@ class MessageServer:
         self.accept_failing = False
         self.accept_paused_until = None  # after a failed accept, a time.monotonic()
         self.dropped = _DropLog(name)
+        self.bad = _RateLog()  # lines about bad messages
         self.slots = threading.BoundedSemaphore(MAX_HANDLERS)
         self.handling = set()  # running handler threads
         self.lock = threading.Lock()
@@ -722,12 +787,11 @@ class MessageServer:
         try:
             return decode(data)
         except ProtocolError as error:
-            LOG.warning("%s: dropped a message from %s: %s", self.name,
-                        _peer_address(sock), error)
+            self.bad.warning("%s: dropped a message from %s: %s", self.name,
+                             _peer_address(sock), error)
             if isinstance(error, NotAuthenticated):
                 try:  # a few bytes into an empty socket buffer: never blocks
-                    sock.send(refusal(f"{error}; this process accepts only messages signed "
-                                      f"with its secret (--secret-file)"))
+                    sock.send(refusal(error))
                 except OSError:
                     pass
         except Exception as error:  # e.g. MemoryError: drop it, keep serving
@@ -817,6 +881,7 @@ class HeartbeatListener:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.sock.settimeout(STOP_POLL_INTERVAL)
+        self.bad = _RateLog()
         self.thread = threading.Thread(target=self.serve, name=f"{name}-udp", daemon=True)
 
     def start(self):
@@ -843,7 +908,10 @@ class HeartbeatListener:
         try:
             message = decode(data)
         except ProtocolError as error:
-            LOG.warning("%s: dropped a datagram from %s:%s: %s", self.name, *sender[:2], error)
+            logged = self.bad.warning("%s: dropped a datagram from %s:%s: %s", self.name,
+                                      *sender[:2], error)
+            if logged and isinstance(error, NotAuthenticated):  # as rare as the log lines
+                self.reply_raw(refusal(error), sender)
             return
         if message["message_type"] != "heartbeat":
             LOG.warning("%s: dropped a %s on the heartbeat port",
@@ -853,8 +921,11 @@ class HeartbeatListener:
 
     def reply(self, address, message):
         """Send a datagram back to a heartbeat's sender; best effort, as UDP is."""
+        self.reply_raw(encode(message), address)
+
+    def reply_raw(self, data, address):
         try:
-            self.sock.sendto(encode(message), address)
+            self.sock.sendto(data, address)
         except OSError as error:
             LOG.warning("%s: could not answer %s: %s", self.name, address, error)
 
@@ -877,8 +948,14 @@ def task_id(output_paths):
     return hashlib.sha1(os.fsencode(key)).hexdigest()[:20]
 
 
+_bad_datagrams = _RateLog()
+
+
 def receive_datagrams(sock):
-    """The valid messages waiting on a non-blocking UDP socket, without waiting."""
+    """The valid messages waiting on a non-blocking UDP socket, without waiting.
+
+    An unsigned refusal (see refusal()) comes as a not_authenticated message.
+    """
     messages = []
     while True:
         try:
@@ -887,10 +964,14 @@ def receive_datagrams(sock):
             return messages
         except OSError:  # e.g. ICMP port unreachable from an earlier send
             continue
+        reason = refusal_reason(data)
+        if reason is not None:  # unsigned: the master's, or anyone's
+            messages.append({"message_type": REFUSAL_TYPE, "error": reason})
+            continue
         try:
             messages.append(decode(data))
         except ProtocolError as error:
-            LOG.warning("dropped a datagram from %s:%s: %s", *sender[:2], error)
+            _bad_datagrams.warning("dropped a datagram from %s:%s: %s", *sender[:2], error)
 
 
 def send_heartbeat(sock, host, port, pid):

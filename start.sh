@@ -222,7 +222,7 @@ stop_cluster() {
     # The shutdown message goes to whatever listens on PORT: only to our own master.
     WHY_TERM="has no master to shut it down"
     if owns master.pid; then
-        "$PYTHON" "$TOP/send_job.py" "$PORT" --shutdown >/dev/null 2>&1 || true
+        "$PYTHON" "$TOP/send_job.py" "$PORT" --shutdown >/dev/null || true
         wait_gone "$SHUTDOWN_TIMEOUT" $live || true
         WHY_TERM="did not exit after the shutdown message"
     fi
@@ -387,7 +387,7 @@ start_cluster() {
     [ "$WORKERS" -gt 1 ] || ports="port $((PORT + 1))"
     echo "start.sh: master on port $PORT with $WORKERS worker(s) on $ports, all registered"
     submit="python3 $TOP/send_job.py $PORT --wait"
-    [ -z "$SECRET_FILE" ] || submit="$SECRET_VARIABLE=$SECRET_FILE $submit"
+    [ -z "$SECRET_FILE" ] || submit="$SECRET_VARIABLE='$SECRET_FILE' $submit"
     echo "start.sh: submit: $submit    stop: $SELF stop $PORT" \
          "   logs: $CLUSTER_DIR/"
 }
@@ -402,8 +402,8 @@ use_secret() {  # the secret of this start, for every process it starts; recorde
     fi
     if [ -n "$SECRET_FILE" ]; then
         SECRET_FILE=$(resolve "$SECRET_FILE" "$(pwd)")
-        [ -r "$SECRET_FILE" ] || { echo "start.sh: cannot read the secret file" \
-            "$SECRET_FILE; nothing started" >&2; exit 1; }
+        [ -f "$SECRET_FILE" ] && [ -r "$SECRET_FILE" ] || { echo "start.sh: the secret" \
+            "file $SECRET_FILE is not a readable file; nothing started" >&2; exit 1; }
         printf '%s\n' "$SECRET_FILE" > "$CLUSTER_DIR/$SECRET_RECORD"
         export MAPREDUCE_SECRET_FILE="$SECRET_FILE"
     else
@@ -412,7 +412,7 @@ use_secret() {  # the secret of this start, for every process it starts; recorde
 }
 
 recorded_secret() {  # for stop: the secret the cluster was started with, unless one is given
-    if [ -z "$SECRET_FILE" ] && [ -f "$CLUSTER_DIR/$SECRET_RECORD" ]; then
+    if [ -z "$SECRET_GIVEN" ] && [ -f "$CLUSTER_DIR/$SECRET_RECORD" ]; then
         SECRET_FILE=$(cat "$CLUSTER_DIR/$SECRET_RECORD")
     fi
     [ -z "$SECRET_FILE" ] || export MAPREDUCE_SECRET_FILE="$SECRET_FILE"
@@ -436,12 +436,13 @@ check_option() {  # VALUE: an unknown option is named as one, not as a bad numbe
 }
 
 SECRET_FILE=${MAPREDUCE_SECRET_FILE:-}
+SECRET_GIVEN=  # --secret-file on the command line, which outranks a recorded one
 NEW_SECRET=
 while :; do
     case ${1:-} in
         --secret-file)
             [ $# -ge 2 ] && [ -n "$2" ] || bad_usage "--secret-file needs a PATH"
-            SECRET_FILE=$2
+            SECRET_FILE=$2 SECRET_GIVEN=yes
             shift 2 ;;
         --new-secret) NEW_SECRET=yes; shift ;;
         *) break ;;

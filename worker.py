@@ -40,6 +40,11 @@ STATUS_RETRY_PAUSE = 1.0
 REGISTER_RETRY_INTERVALS = 3
 # Once registered, how long a later register may keep being refused.
 REREGISTER_DEADLINE = 5.0
+# How long a register waits for a refusal (our master with another secret
+# says so; any master closes the connection at once otherwise).
+REFUSAL_WAIT = 1.0
+# The master refusing our messages is logged at most this often.
+REFUSED_LOG_INTERVAL = 30.0
 # Cancels remembered for tasks not started yet (the master only cancels tasks
 # it delivered, so these are queued here, or already done).
 CANCELS_REMEMBERED = 1024
@@ -85,6 +90,7 @@ class Worker:
         self.heartbeat_thread = None
         self.registered = threading.Event()  # cleared when the master does not know us
         self.acked_at = None  # time.monotonic() of the last register_ack
+        self.refused_said_at = None  # when we last logged that the master refuses us
         # Task id -> TaskGuard of a running task; ids cancelled before they ran.
         self.running = {}
         self.cancelled = collections.deque(maxlen=CANCELS_REMEMBERED)
@@ -121,8 +127,24 @@ class Worker:
         return 0
 
     def register(self, deadline):
-        return helper.send_with_retry(*self.master, helper.register(self.host, self.port, self.pid),
-                                      deadline, pause=0.2, source=self.source)
+        try:
+            return helper.send_with_retry(*self.master,
+                                          helper.register(self.host, self.port, self.pid),
+                                          deadline, pause=0.2, source=self.source,
+                                          refusal_wait=REFUSAL_WAIT)
+        except helper.NotAuthenticated as error:
+            self.refused(str(error))
+            return False
+
+    def refused(self, reason):
+        """The master refuses our messages for their signature: say so, now and then."""
+        now = time.monotonic()
+        if self.refused_said_at is not None and now - self.refused_said_at < REFUSED_LOG_INTERVAL:
+            return
+        self.refused_said_at = now
+        LOG.error("the master at %s:%s refuses this worker's messages: %s. Give the master and "
+                  "every worker the same secret (--secret-file), and keep their clocks within "
+                  "a minute", *self.master, reason)
 
     def keep_registered(self):
         """Until shut down: register again whenever the master does not know us."""
@@ -224,6 +246,9 @@ class Worker:
     def read_master_datagrams(self, sock):
         """What our master sends back to the heartbeat socket: stop a task, or register again."""
         for message in helper.receive_datagrams(sock):
+            if message["message_type"] == helper.REFUSAL_TYPE:
+                self.refused(message["error"])
+                continue
             if message["message_type"] == "cancel_task" and message["worker_pid"] == self.pid:
                 self.cancel(message["task_id"])
             if message["message_type"] == "unknown_worker" and message["worker_pid"] == self.pid \

@@ -22,6 +22,7 @@ import hmac
 import ipaddress
 import os
 import socket
+import stat
 import threading
 import time
 
@@ -35,6 +36,12 @@ MAX_CLOCK_SKEW = 60.0
 # is given.
 SECRET_FILE_VARIABLE = "MAPREDUCE_SECRET_FILE"
 MIN_SECRET_BYTES = 16
+MAX_SECRET_BYTES = 4096  # a secret file is a few dozen bytes; more is the wrong file
+# A time stamp: milliseconds since the epoch, in plain digits.
+MAX_STAMP_DIGITS = 16
+# Messages stamped this long before the process started are refused: its
+# nonce cache is new, so it could not tell a replay of them.
+START_SLACK = 1.0
 
 
 class AuthError(Exception):
@@ -46,12 +53,23 @@ class SecretError(Exception):
 
 
 def read_secret(path):
-    """The secret in the file at `path` (surrounding whitespace ignored)."""
-    try:
-        with open(path, "rb") as handle:
-            secret = handle.read().strip()
+    """The secret in the regular file at `path` (surrounding whitespace ignored)."""
+    try:  # non-blocking: a FIFO must not hang the start
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as error:
         raise SecretError(f"cannot read the secret file {path}: {error.strerror}") from None
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise SecretError(f"the secret file {path} is not a regular file")
+        if status.st_size > MAX_SECRET_BYTES:
+            raise SecretError(f"the secret file {path} is {status.st_size} bytes; a secret "
+                              f"is at most {MAX_SECRET_BYTES} (is it the right file?)")
+        secret = os.read(descriptor, MAX_SECRET_BYTES + 1).strip()
+    except OSError as error:
+        raise SecretError(f"cannot read the secret file {path}: {error.strerror}") from None
+    finally:
+        os.close(descriptor)
     if not secret:
         raise SecretError(f"the secret file {path} is empty")
     if len(secret) < MIN_SECRET_BYTES:
@@ -62,7 +80,11 @@ def read_secret(path):
 
 def secret_path(given):
     """--secret-file if given, else the environment's MAPREDUCE_SECRET_FILE, else None."""
-    return given or os.environ.get(SECRET_FILE_VARIABLE) or None
+    if given is not None:
+        if not given:
+            raise SecretError("--secret-file is empty: give the path of the secret file")
+        return given
+    return os.environ.get(SECRET_FILE_VARIABLE) or None
 
 
 def is_signed(data):
@@ -75,6 +97,7 @@ class Signer:
     def __init__(self, secret, clock=time.time):
         self.secret = secret
         self.clock = clock
+        self.started = clock()
         self.seen = {}  # nonce -> when it may be forgotten
         self.lock = threading.Lock()
         self.next_sweep = 0.0
@@ -100,14 +123,18 @@ class Signer:
         head = b" ".join(fields[:3])
         if not hmac.compare_digest(self.mac(head + b"\n" + body), mac):
             raise AuthError("wrong signature (another secret?)")
-        try:
-            sent = int(stamp) / 1000
-        except ValueError:
-            raise AuthError("malformed time in the signature header") from None
+        if not (stamp.isdigit() and stamp.isascii() and len(stamp) <= MAX_STAMP_DIGITS):
+            raise AuthError("malformed time in the signature header")
+        sent = int(stamp) / 1000
         now = self.clock()
-        if abs(now - sent) > MAX_CLOCK_SKEW:
+        if now - sent > MAX_CLOCK_SKEW:
             raise AuthError(f"signed {now - sent:.0f} s ago, outside the "
                             f"{MAX_CLOCK_SKEW:g} s window (clocks apart, or a replay)")
+        if sent - now > MAX_CLOCK_SKEW:
+            raise AuthError(f"signed {sent - now:.0f} s in the future, outside the "
+                            f"{MAX_CLOCK_SKEW:g} s window (clocks apart)")
+        if sent < self.started - START_SLACK:
+            raise AuthError("signed before this process started (a replay, or clocks apart)")
         self.remember(nonce, now)
         return body
 

@@ -1,4 +1,6 @@
 """Signing and checking messages with a shared secret (mrlib/auth.py), in-process."""
+import os
+
 import pytest
 
 import helper
@@ -96,3 +98,48 @@ def test_a_missing_secret_file_is_named(tmp_path):
 ])
 def test_loopback_addresses(host, loopback):
     assert auth.is_loopback(host) is loopback
+
+
+def test_a_secret_file_that_is_no_regular_file_or_too_big_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (auth.MAX_SECRET_BYTES + 1))
+    for path, reason in ((fifo, "not a regular file"), (tmp_path, "not a regular file"),
+                         (big, "at most")):
+        with pytest.raises(auth.SecretError, match=reason):
+            auth.read_secret(path)
+
+
+def test_an_empty_secret_file_option_is_an_error():
+    with pytest.raises(auth.SecretError, match="--secret-file is empty"):
+        auth.secret_path("")
+
+
+@pytest.mark.parametrize("stamp", [b"9" * 400, b"+1000", b"1_000", b"", b"-5", "\u0661".encode()])
+def test_a_signed_header_with_a_bad_time_is_refused_not_crashed_on(stamp):
+    signer = auth.Signer(SECRET)
+    head = auth.MAGIC + b" " + stamp + b" " + b"ab" * 16
+    forged = head + b" " + signer.mac(head + b"\n" + BODY) + b"\n" + BODY
+    with pytest.raises(auth.AuthError, match="malformed"):
+        signer.open(forged)
+
+
+def test_a_message_from_before_the_receiver_started_is_refused():
+    """A restarted process has an empty nonce cache: what was signed before it started is old."""
+    clock = Clock()
+    sender = auth.Signer(SECRET, clock)
+    sealed = sender.seal(BODY)
+    clock.now += 2 * auth.START_SLACK
+    with pytest.raises(auth.AuthError, match="before this process started"):
+        auth.Signer(SECRET, clock).open(sealed)
+
+
+def test_a_message_from_the_future_is_refused():
+    clock = Clock()
+    sender, receiver = auth.Signer(SECRET, clock), auth.Signer(SECRET, clock)
+    clock.now += auth.MAX_CLOCK_SKEW + 1
+    early = sender.seal(BODY)
+    clock.now -= auth.MAX_CLOCK_SKEW + 1
+    with pytest.raises(auth.AuthError, match="in the future"):
+        receiver.open(early)

@@ -1,6 +1,8 @@
 """A cluster with a shared secret, through the real entry points: what gets in and what not."""
 import json
+import os
 import socket
+import time
 import subprocess
 
 import pytest
@@ -16,6 +18,8 @@ SECRET = "0123456789abcdef" * 4
 OTHER_SECRET = "fedcba9876543210" * 4
 SMALL_INPUT = {"part-a": b"the quick brown fox\n", "part-b": b"the lazy dog\n"}
 BAD_CONFIG = 2  # the exit code of a program refusing its secret settings
+FLOOD_DATAGRAMS = 500
+QUIET_WINDOW = 1.0
 
 
 @pytest.fixture
@@ -118,14 +122,16 @@ def test_a_replayed_job_is_dropped(make_cluster, secret_file, tmp_path):
 
 
 @pytest.mark.parametrize("program", ["master", "worker"])
-@pytest.mark.parametrize("case", ["missing", "empty", "0.0.0.0 without a secret"])
+@pytest.mark.parametrize("case", ["missing", "empty", "fifo", "0.0.0.0 without a secret"])
 def test_unusable_secret_settings_stop_the_start(tmp_path, program, case):
     """A clear line naming the problem, exit 2, nothing listening."""
     empty = tmp_path / "empty"
     empty.write_text("\n")
+    os.mkfifo(tmp_path / "fifo")  # reading it would wait for a writer for ever
     port = free_master_port()
     arguments = {"missing": ["--secret-file", tmp_path / "nope"],
                  "empty": ["--secret-file", empty],
+                 "fifo": ["--secret-file", tmp_path / "fifo"],
                  "0.0.0.0 without a secret": ["--host", "0.0.0.0"]}[case]
     argv = [REPO / "master.py", port] if program == "master" else \
         [REPO / "worker.py", port, port + 1]
@@ -135,7 +141,7 @@ def test_unusable_secret_settings_stop_the_start(tmp_path, program, case):
     text = result.stderr.decode()
     assert result.returncode == BAD_CONFIG, text
     assert "Traceback" not in text
-    assert {"missing": "nope", "empty": "is empty",
+    assert {"missing": "nope", "empty": "is empty", "fifo": "not a regular file",
             "0.0.0.0 without a secret": "--insecure"}[case] in text
     assert not (tmp_path / "var").exists()
 
@@ -145,3 +151,46 @@ def test_insecure_listens_anywhere_with_a_warning(make_cluster):
     cluster.start_master(extra=("--host", "0.0.0.0", "--insecure"))
     assert "--insecure" in cluster.master_log()
     cluster.start_worker()
+
+
+def test_a_worker_with_another_secret_says_so_and_stops(secure, tmp_path):
+    other = tmp_path / "other-secret"
+    other.write_text(OTHER_SECRET)
+    worker = secure.start_worker(wait=False, env=dict(secure.env, MAPREDUCE_SECRET_FILE=str(other)))
+    assert worker.wait(30) == 1
+    log = secure.log(f"worker-{worker.worker_port}.log")
+    assert "refuses this worker's messages" in log and "secret" in log, log
+
+
+def test_workers_of_a_master_restarted_with_another_secret_say_so(make_cluster, secret_file,
+                                                                    tmp_path):
+    """The master comes back with another secret: its workers' heartbeats are refused, and
+    each worker's log says why, instead of the worker believing it is registered."""
+    other = tmp_path / "other-secret"
+    other.write_text(OTHER_SECRET)
+    helper.use_secret(SECRET.encode())
+    try:
+        cluster = make_cluster(env={auth.SECRET_FILE_VARIABLE: str(secret_file)})
+        worker = cluster.start_worker()
+        cluster.master.kill()
+        cluster.master.wait()
+        cluster.start_master(extra=("--secret-file", other))
+        wait_until(lambda: "refuses this worker's messages"
+                   in cluster.log(f"worker-{worker.worker_port}.log"),
+                   what="the worker to say the master refuses it")
+    finally:
+        helper.use_secret(None)
+
+
+def test_a_flood_of_unsigned_datagrams_logs_a_few_lines(secure):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for _ in range(FLOOD_DATAGRAMS):
+            udp.sendto(b"x", ("localhost", helper.heartbeat_port(secure.port)))
+    wait_until(lambda: dropped_datagram_lines(secure) >= helper.LOG_BURST,
+               what="the first lines about the flood")
+    time.sleep(QUIET_WINDOW)  # what is measured: no more lines come
+    assert dropped_datagram_lines(secure) <= helper.LOG_BURST
+
+
+def dropped_datagram_lines(cluster):
+    return cluster.master_log().count("dropped a datagram")

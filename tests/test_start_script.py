@@ -136,19 +136,20 @@ class Checkout:
         self.env.pop("PYTHONUNBUFFERED", None)
         self.sessions = []
 
-    def launch(self, *arguments, script=None):
+    def launch(self, *arguments, script=None, env=None):
         """Begin `sh start.sh ARGS` (or `sh SCRIPT ARGS`) from outside the copy, in a session of its own."""
         script = self.root / "start.sh" if script is None else script
         process = subprocess.Popen(["sh", str(script), *map(str, arguments)],
-                                   cwd=self.tmp_path, env=self.env, stdin=subprocess.DEVNULL,
+                                   cwd=self.tmp_path, env=env or self.env,
+                                   stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    start_new_session=True)
         self.sessions.append(process.pid)
         return process
 
-    def run(self, *arguments, script=None):
+    def run(self, *arguments, script=None, env=None):
         """Run `sh start.sh ARGS` (or `sh SCRIPT ARGS`) from outside the copy, to its end."""
-        return self.finish(self.launch(*arguments, script=script))
+        return self.finish(self.launch(*arguments, script=script, env=env))
 
     @staticmethod
     def finish(process):
@@ -553,7 +554,7 @@ def test_a_cluster_with_a_new_secret_runs_jobs_for_its_holders_only(checkout):
     assert started.returncode == 0, started.stdout + started.stderr
     secret = checkout.cluster_dir(port) / "secret"
     assert secret.stat().st_mode & 0o077 == 0, "the secret is readable by its owner only"
-    assert f"MAPREDUCE_SECRET_FILE={secret.resolve()}" in started.stdout, started.stdout
+    assert f"MAPREDUCE_SECRET_FILE='{secret.resolve()}'" in started.stdout, started.stdout
     outsider = checkout.send_job(port, "--workers", timeout=30)
     assert outsider.returncode == 1 and "secret" in outsider.stderr, outsider.stderr
     holder = dict(checkout.env, MAPREDUCE_SECRET_FILE=str(secret))
@@ -561,5 +562,10 @@ def test_a_cluster_with_a_new_secret_runs_jobs_for_its_holders_only(checkout):
                           "--wait"], cwd=checkout.root, env=holder, capture_output=True,
                          text=True, timeout=JOB_DEADLINE)
     assert job.returncode == 0, job.stdout + job.stderr
-    checkout.stop(port)  # by the shutdown message, signed: no SIGTERM needed
+    # stop finds the recorded secret even with another one in the environment
+    other = checkout.root / "other-secret"
+    other.write_text("f" * 64)
+    stopped = checkout.run("stop", port, env=dict(checkout.env, MAPREDUCE_SECRET_FILE=str(other)))
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "did not exit" not in stopped.stderr, "the signed shutdown message stops it"
     assert not checkout.processes()
