@@ -147,6 +147,9 @@ OPTIONAL_FIELDS = {
                "error": STR, "stderr_tail": STR, "input_file": STR,
                "counters": DICT, "task_status": STR, "sorted": BOOL, "unfit": BOOL},
     "job_status": {"after_version": INT, "wait": NUM},
+    # Our worker: random per process, so a restart with the same pid at the
+    # same address (pid 1 in a container) is told from a repeated register.
+    "register": {"worker_instance": STR},
 }
 
 # Status values on the wire. "finished" is the spec's; "failed" is ours.
@@ -398,9 +401,12 @@ def send_with_retry(host, port, message, deadline_seconds, pause=0.05, source=No
 
 # --- message constructors: the only place message dicts are spelled out ---
 
-def register(host, port, pid):
-    return {"message_type": "register", "worker_host": host,
-            "worker_port": port, "worker_pid": pid}
+def register(host, port, pid, instance=None):
+    message = {"message_type": "register", "worker_host": host,
+               "worker_port": port, "worker_pid": pid}
+    if instance is not None:
+        message["worker_instance"] = instance
+    return message
 
 
 def register_ack(host, port, pid):

@@ -40,6 +40,7 @@ STATUS_RETRY_PAUSE = 1.0
 REGISTER_RETRY_INTERVALS = 3
 # Once registered, how long a later register may keep being refused.
 REREGISTER_DEADLINE = 5.0
+INSTANCE_BYTES = 8
 # How long a register waits for a refusal (our master with another secret
 # says so; any master closes the connection at once otherwise).
 REFUSAL_WAIT = 1.0
@@ -91,6 +92,7 @@ class Worker:
         self.registered = threading.Event()  # cleared when the master does not know us
         self.acked_at = None  # time.monotonic() of the last register_ack
         self.refused_said_at = None  # when we last logged that the master refuses us
+        self.instance = os.urandom(INSTANCE_BYTES).hex()  # this process, among same-pid ones
         # Task id -> TaskGuard of a running task; ids cancelled before they ran.
         self.running = {}
         self.cancelled = collections.deque(maxlen=CANCELS_REMEMBERED)
@@ -129,7 +131,8 @@ class Worker:
     def register(self, deadline):
         try:
             return helper.send_with_retry(*self.master,
-                                          helper.register(self.host, self.port, self.pid),
+                                          helper.register(self.host, self.port, self.pid,
+                                                          self.instance),
                                           deadline, pause=0.2, source=self.source,
                                           refusal_wait=REFUSAL_WAIT)
         except helper.NotAuthenticated as error:

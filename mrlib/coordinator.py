@@ -89,6 +89,7 @@ class Coordinator:
 
     def on_Register(self, message, peer):
         pid, host, port = message["worker_pid"], message["worker_host"], message["worker_port"]
+        instance = message.get("worker_instance")
         known = self.workers.exactly(pid, peer)
         if known is not None and known.live and (known.host, known.port) != (host, port):
             # An impostor on the live worker's host: the live worker stays.
@@ -102,12 +103,16 @@ class Coordinator:
             # own host, so that no one else can make a live worker "replaced".
             if old is not known and old.peer == peer:
                 self.declare_dead(old, f"replaced by worker {pid} on the same port")
-        if known is not None and known.live:
+        if known is not None and known.live and instance != known.instance:
+            # Same pid, address and port, another process: it restarted (pid 1
+            # of a container does every time), and runs nothing of the old one.
+            self.declare_dead(known, "restarted: a new process registered")
+        elif known is not None and known.live:
             self.acknowledge(known)  # a repeated register: acknowledge again, keep its tasks
             return
-        if known is not None:
+        elif known is not None:
             self.declare_dead(known, "registered again")
-        self.acknowledge(self.workers.add(pid, peer, host, port, self.now))
+        self.acknowledge(self.workers.add(pid, peer, host, port, self.now, instance))
 
     def acknowledge(self, worker):
         self.emit(Acknowledge(worker, worker.host, worker.port,

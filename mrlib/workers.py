@@ -10,9 +10,10 @@ worker, never a replacement. Only the coordinator reads or writes these.
 class WorkerRecord:
     """What the master knows of one registered worker: marked dead, forgotten later."""
 
-    def __init__(self, order, pid, peer, host, port, now):
+    def __init__(self, order, pid, peer, host, port, now, instance=None):
         self.order = order
         self.pid = pid
+        self.instance = instance  # our worker's random id for its process, or None
         self.peer = peer  # the IP its register came from (None if unknown)
         self.host = host
         self.port = port
@@ -64,9 +65,9 @@ class Workers:
         self.by_identity = {}
         self.registrations = 0
 
-    def add(self, pid, peer, host, port, now):
+    def add(self, pid, peer, host, port, now, instance=None):
         self.registrations += 1
-        record = WorkerRecord(self.registrations, pid, peer, host, port, now)
+        record = WorkerRecord(self.registrations, pid, peer, host, port, now, instance)
         self.by_identity[record.identity] = record
         return record
 

@@ -381,15 +381,27 @@ def test_two_workers_with_one_pid_on_two_hosts_both_work(sim):
     assert sim.run_to_end(job_id).state == "succeeded"
 
 
-def test_the_same_worker_registering_again_keeps_its_tasks(sim):
+@pytest.mark.parametrize("instance", [None, "3f2a"])
+def test_a_repeated_register_of_the_same_process_keeps_its_tasks(sim, instance):
     """A repeated register (its ack was slow) is acknowledged again, nothing reassigned."""
-    worker = sim.register(101, port=7100)
+    worker = sim.register(101, port=7100, instance=instance)
     sim.submit(mappers=2)
     held = list(sim.tasks)
     sim.acks.clear()
-    sim.handle(events.Register(helper.register("localhost", 7100, 101), "127.0.0.1"))
+    sim.handle(events.Register(helper.register("localhost", 7100, 101, instance), "127.0.0.1"))
     assert sim.acks and sim.acks[-1][0] is worker
     assert sim.tasks == held and not sim.revoked
+
+
+def test_a_new_process_with_the_same_pid_and_address_is_a_restart(sim):
+    """Pid 1 of a container restarted at once: its old self's tasks are sent again."""
+    old = sim.register(101, port=7100, instance="aaaa")
+    sim.submit(mappers=2, reducers=1)
+    assert len(sim.held_by(old)) == 2
+    sim.tasks.clear()  # the old process is gone with them
+    new = sim.register(101, port=7100, instance="bbbb")
+    assert new is not old and old.dead and not new.dead
+    assert len(sim.held_by(new)) == 2, "its tasks went out again"
 
 
 def test_an_unknown_worker_is_asked_to_register_now_and_then(sim):

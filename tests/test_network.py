@@ -174,6 +174,8 @@ def test_a_flapping_link_through_a_whole_job(cluster, tmp_path):
 
 
 def test_a_rebooted_worker_host_comes_back_with_a_new_worker(cluster, tmp_path):
+    """All its processes killed, a worker started again at once: with pid namespaces it has
+    the same pid (1) at the same address and port, and is still told from its old self."""
     rebooted, other = cluster.add_worker("w1"), cluster.add_worker("w2")
     mapper, trace = tracing_mapper(tmp_path, 1)
     client = cluster.send_job_async("--input", inputs_of(tmp_path), "--output",
@@ -181,10 +183,7 @@ def test_a_rebooted_worker_host_comes_back_with_a_new_worker(cluster, tmp_path):
                                     "--reducers", REDUCERS, "--wait")
     try:
         wait_until(lambda: ran_on(trace, rebooted), what="a map task on w1")
-        old = cluster.workers[rebooted].pid
-        cluster.reboot(rebooted)
-        wait_until(lambda: cluster.workers_listed().get(rebooted.address, {}).get("pid")
-                   not in (None, old), what="the new worker on w1 to register")
+        cluster.reboot(rebooted)  # back within a second: before the master misses it
         stdout, stderr = client.communicate(timeout=JOB_SECONDS)
         assert client.returncode == 0, stdout.decode() + stderr.decode()
     finally:

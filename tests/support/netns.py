@@ -41,6 +41,14 @@ def unavailable():
     return None
 
 
+def pid_namespaces():
+    """True if a worker can run as pid 1 of a pid namespace of its own (unshare)."""
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                          capture_output=True).returncode == 0
+
+
 def nft_unavailable():
     if shutil.which("nft") is None:
         return "nftables' `nft` is not installed (.ci/run installs it)"
@@ -142,14 +150,20 @@ class NetCluster:
         self.master = None
         self.workers = {}  # host -> Popen
         self.sessions = []
+        self.starts = itertools.count()
+        # Each worker as pid 1 of its own pid namespace where possible: every
+        # worker then has the same pid, as in containers, and a rebooted one
+        # comes back with the pid it had.
+        self.worker_prefix = (["unshare", "--pid", "--fork", "--mount-proc"]
+                              if pid_namespaces() else [])
 
     @property
     def address(self):
         return f"{self.master_host.address}:{MASTER_PORT}"
 
-    def spawn(self, host, argv, log_name, env=None):
+    def spawn(self, host, argv, log_name, env=None, prefix=()):
         with open(self.logs / log_name, "ab") as log:
-            process = subprocess.Popen(host.command([PYTHON, *argv]), cwd=self.workdir,
+            process = subprocess.Popen(host.command([*prefix, PYTHON, *argv]), cwd=self.workdir,
                                        stdout=log, stderr=subprocess.STDOUT,
                                        env=env or self.env, start_new_session=True)
         self.sessions.append(process.pid)
@@ -174,12 +188,13 @@ class NetCluster:
     def start_worker(self, host, wait=True):
         process = self.spawn(host, [REPO / "worker.py", self.address, WORKER_PORT,
                                     "--host", host.address, "--workdir", self.workdir],
-                             f"worker-{host.label}.log")
+                             f"worker-{host.label}-{next(self.starts)}.log",
+                             prefix=self.worker_prefix)
         self.workers[host] = process
         if wait:
             wait_until(lambda: self.state(host) == "ready" or process.poll() is not None,
                        what=f"the worker on {host.label} to register")
-            assert process.poll() is None, self.log(f"worker-{host.label}.log")
+            assert process.poll() is None, process.args
         return process
 
     def ask(self, message, host=None, env=None):

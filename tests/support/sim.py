@@ -118,13 +118,13 @@ class Sim:
             self.heartbeat_all(but=silent)
             self.advance_clock(min(helper.HEARTBEAT_INTERVAL, end - self.now))
 
-    def register(self, pid, peer="127.0.0.1", port=None, host="localhost"):
+    def register(self, pid, peer="127.0.0.1", port=None, host="localhost", instance=None):
         """Register a worker and acknowledge it; return its record."""
         if port is None:
             self.ports += 1
             port = self.ports
         self.acks.clear()
-        self.handle(events.Register(helper.register(host, port, pid), peer))
+        self.handle(events.Register(helper.register(host, port, pid, instance), peer))
         if not self.acks:
             return None
         worker = self.acks[-1][0]
