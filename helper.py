@@ -55,7 +55,7 @@ ACCEPT_BATCH = 32
 # Connections closed for a limit are logged at most once per this interval,
 # with their count: a flood costs a few lines, not one per connection.
 LIMIT_LOG_INTERVAL = 10.0
-LOG_BURST = 10  # lines about bad messages per LIMIT_LOG_INTERVAL, per server
+LOG_BURST = 20  # lines about bad messages per LIMIT_LOG_INTERVAL, per server
 MAX_DATAGRAM = 64 * 1024
 
 
