@@ -463,12 +463,15 @@ def worker_job(master, input_files, output_directory, executable=MAPPER):
 
 
 def test_worker_registers_after_binding(foreign_master):
-    """register has exactly the spec's fields and arrives when the worker already listens."""
+    """register has the spec's fields, and only documented optional ones beside them (a
+    string worker_instance), and arrives when the worker already listens."""
     master = foreign_master()
     register = master.next_message()
-    assert_same_message(register, {"message_type": "register", "worker_host": "localhost",
-                                   "worker_port": master.worker_port,
-                                   "worker_pid": master.worker.pid})
+    optional = {k: v for k, v in register.items() if k in helper.OPTIONAL_FIELDS["register"]}
+    assert list(optional) == ["worker_instance"] and isinstance(optional["worker_instance"], str)
+    assert_same_message({k: v for k, v in register.items() if k not in optional},
+                        {"message_type": "register", "worker_host": "localhost",
+                         "worker_port": master.worker_port, "worker_pid": master.worker.pid})
     assert master.worker_listening_at_register
 
 
