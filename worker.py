@@ -12,6 +12,7 @@ and cancelled tasks, under `Worker.lock`.
 """
 import argparse
 import collections
+from contextlib import closing
 import ipaddress
 import logging
 import os
@@ -24,6 +25,7 @@ import time
 
 import helper
 from mrlib import auth, runner
+from mrlib.attemptlog import AttemptLog
 
 LOG = logging.getLogger("worker")
 
@@ -66,6 +68,8 @@ class Task:
                 for path in self.message["input_files"]]
 
     def describe(self):
+        if self.message.get("task_label"):  # our master's: job, task and attempt
+            return self.message["task_label"]
         if self.kind == "new_sort_job":
             return f"sort -> {self.message['output_file']}"
         files = self.message["input_files"]
@@ -391,9 +395,10 @@ class Worker:
     def execute_sort(self, message, guard):
         output = helper.normalize_path(message["output_file"])
         try:
-            runner.sort_files(message["input_files"], output,
-                              merge=message.get("presorted") is True,
-                              timeout=message.get("timeout"), guard=guard)
+            with closing(AttemptLog(message.get("log_file"))) as log:
+                runner.sort_files(message["input_files"], output,
+                                  merge=message.get("presorted") is True,
+                                  timeout=message.get("timeout"), guard=guard, log=log)
         except runner.TaskFailed as failure:
             LOG.error("sort into %s failed: %s", output, failure)
             return helper.status_file(output, self.pid, helper.FAILED, **_failure_fields(failure))
@@ -404,20 +409,27 @@ class Worker:
                                   sorted=True if "presorted" in message else None)
 
     def execute_programs(self, message, guard):
+        with closing(AttemptLog(message.get("log_file"))) as log:
+            return self.run_inputs(message, guard, log)
+
+    def run_inputs(self, message, guard, log):
+        """Each input file through the task's programs; the status to send."""
         outputs = [helper.output_path(message["output_directory"], path)
                    for path in message["input_files"]]
         context = runner.TaskContext(message.get("context"))
         sort_output = message.get("sort_output") is True
         report = runner.Report()
         for input_file, output in zip(message["input_files"], outputs):
+            if len(outputs) > 1:
+                log.section(input_file)
             try:
                 report.merge(runner.run_task_program(
                     message["executable"], input_file, output,
                     combiner=message.get("combiner_executable"), sort_output=sort_output,
                     env=context.environment(input_file), timeout=message.get("timeout"),
-                    guard=guard))
+                    guard=guard, log=log))
             except runner.TaskFailed as failure:
-                LOG.error("task failed: %s", failure)
+                LOG.error("%s failed: %s", Task(message).describe(), failure)
                 return helper.status_files(outputs, self.pid, helper.FAILED,
                                            **_failure_fields(failure))
         LOG.info("finished %s", Task(message).describe())

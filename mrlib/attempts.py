@@ -36,6 +36,7 @@ class Attempt:
         self.set_aside_at = None
         self.ended_at = None
         self.outcome = None
+        self.log_file = None  # where the worker keeps its stderr (our worker only)
 
     @property
     def counts(self):

@@ -22,6 +22,7 @@ PUBLISH = "publish"  # outputs into the output directory, intermediates removed
 SORT = "sort"  # the kind of the group phase's tasks
 EVENT_HISTORY = 50
 REDUCER_OUTPUT = "reducer-output"
+LOGS = "logs"  # each attempt's stderr; removed with the rest after success
 # What of var/job-N a successful job keeps: the spec's own test reads it.
 KEPT_AFTER_SUCCESS = (REDUCER_OUTPUT,)
 
@@ -50,6 +51,7 @@ class Task:
         self.key = task_key(outputs)
         self.done = False
         self.failures = 0       # attempts that failed (worker deaths do not count)
+        self.attempts_started = 0  # every copy sent, for naming each attempt's log
         self.failed_on = set()  # workers it failed on or that never took it: avoided
 
     @property
@@ -100,6 +102,11 @@ class Job:
         self.timings = {}
         self.phase_started = None
         self.submitted = time.monotonic()
+
+    def attempt_log(self, task, number):
+        """Where attempt `number` of `task` keeps its stderr (made by the worker if any)."""
+        return os.path.join(self.directory, LOGS, f"{task.kind}-{task.number:05d}"
+                                                  f".attempt-{number}.log")
 
     def make_directories(self):
         for directory in (self.mapper_dir, self.grouper_dir, self.reducer_dir):

@@ -87,8 +87,10 @@ def bounded_lines(stream, limit=MAX_STDERR_PIECE):
         starts = piece.endswith(b"\n")
 
 
-def parse_stderr(stream):
-    """Split a program's stderr into a Report: counters, status, plain tail."""
+def parse_stderr(stream, log=None):
+    """Split a program's stderr into a Report: counters, status, plain tail.
+
+    The plain lines also go to `log` (an AttemptLog), if given."""
     report = Report()
     tail = collections.deque()
     tail_size = 0
@@ -99,6 +101,8 @@ def parse_stderr(stream):
         if starts and line.startswith(STATUS_PREFIX):
             report.status = line[len(STATUS_PREFIX):].strip().decode("utf-8", "replace")
             continue
+        if log is not None:
+            log.write(line)
         tail.append(line)
         tail_size += len(line)
         while tail_size > STDERR_TAIL_BYTES and len(tail) > 1:
@@ -309,19 +313,20 @@ class Pipeline:
     (so it dies with this process), under one deadline for the whole run.
     """
 
-    def __init__(self, stages, env=None, timeout=None, guard=None):
+    def __init__(self, stages, env=None, timeout=None, guard=None, log=None):
         self.stages = stages
         self.env = env if env is not None else os.environ
         self.timeout = timeout
         self.guard = guard
+        self.log = log  # an AttemptLog for the stages' stderr, or None
 
     def run(self, stdin, stdout, input_label):
         """Run to completion; return a Report; raise TaskFailed on any failure."""
         started, errors = [], []
         try:
             self._start_all(stdin, stdout, input_label, started, errors)
-            exit_codes = self._wait_all(started, input_label)
-            return self._report(exit_codes, errors, input_label)
+            exit_codes, expired = self._wait_all(started)
+            return self._report(exit_codes, errors, input_label, expired)
         finally:
             for error in errors:
                 error.close()
@@ -368,7 +373,8 @@ class Pipeline:
             self.guard.finished(group)
         _kill_group(group)  # children it left behind must not outlive the task
 
-    def _wait_all(self, started, input_label):
+    def _wait_all(self, started):
+        """The stages' exit codes, and whether the deadline killed them."""
         deadline = _Deadline([p.pid for p in started], self.timeout)
         try:
             exit_codes = [_wait(process) for process in started]
@@ -376,20 +382,26 @@ class Pipeline:
             deadline.cancel()
             for process in started:
                 self._forget(process.pid)
-        if deadline.expired:
-            raise TaskFailed(f"timed out after {self.timeout:g} s", input_label,
-                             next((c for c in exit_codes if c), None))
-        return exit_codes
+        return exit_codes, deadline.expired
 
-    def _report(self, exit_codes, errors, input_label):
+    def _report(self, exit_codes, errors, input_label, expired=False):
+        """The stages' Report, their stderr kept in the log; TaskFailed if one failed."""
         report = Report()
         tails = []
+        # A header per program only where more than one said something.
+        several = sum(1 for error in errors if os.fstat(error.fileno()).st_size) > 1
         for stage, error in zip(self.stages, errors):
             error.seek(0)
-            parsed = parse_stderr(error)
+            if self.log is not None and several:
+                self.log.section(stage.label)
+            parsed = parse_stderr(error, self.log)
             tails.append(parsed.stderr_tail)
             if stage.reports:
                 report.merge(parsed)
+        if expired:
+            raise TaskFailed(f"timed out after {self.timeout:g} s", input_label,
+                             next((c for c in exit_codes if c), None),
+                             next((t for t in tails if t.strip()), ""))
         failed = _culprit(exit_codes)
         if failed is not None:
             stage = self.stages[failed]
@@ -427,12 +439,12 @@ def _wait(process):
         return error.exit_code
 
 
-def run_stages(stages, input_path, output_path, env=None, timeout=None, guard=None):
+def run_stages(stages, input_path, output_path, env=None, timeout=None, guard=None, log=None):
     """Run a pipeline from a file into output_path, renamed into place on success."""
     tmp = temp_path(output_path)
     try:
         with open(input_path, "rb") as stdin, open(tmp, "wb") as stdout:
-            report = Pipeline(stages, env, timeout, guard).run(stdin, stdout, input_path)
+            report = Pipeline(stages, env, timeout, guard, log).run(stdin, stdout, input_path)
         os.replace(tmp, output_path)
         return report
     except (OSError, ValueError) as error:
@@ -451,7 +463,7 @@ def run_program(executable, input_path, output_path, env=None, timeout=None, gua
 
 
 def run_task_program(executable, input_path, output_path, combiner=None, sort_output=False,
-                     env=None, timeout=None, guard=None):
+                     env=None, timeout=None, guard=None, log=None):
     """Run one input of a task: the program, then (map side) combine and/or sort.
 
     With a combiner: program | sort | combiner. With sort_output, the result
@@ -466,10 +478,11 @@ def run_task_program(executable, input_path, output_path, combiner=None, sort_ou
         # and a second sort thread there only contends (0.63 s vs 0.90 s a
         # 16 MB run on 2 cores).
         stages.append(sort_stage(["--parallel=1"], scratch))
-    return run_stages(stages, input_path, output_path, env, timeout, guard)
+    return run_stages(stages, input_path, output_path, env, timeout, guard, log)
 
 
-def sort_files(input_paths, output_path, merge=False, timeout=None, guard=None, env=None):
+def sort_files(input_paths, output_path, merge=False, timeout=None, guard=None, env=None,
+               log=None):
     """Sort (or merge already sorted) files bytewise into output_path.
 
     coreutils sort with LC_ALL=C: external merge sort with bounded memory,
@@ -488,7 +501,7 @@ def sort_files(input_paths, output_path, merge=False, timeout=None, guard=None, 
         else:
             argv.extend(["--"] + list(input_paths or [os.devnull]))
         with open(os.devnull, "rb") as stdin, open(os.devnull, "wb") as stdout:
-            Pipeline([sort_stage(argv)], env, timeout, guard).run(stdin, stdout, None)
+            Pipeline([sort_stage(argv)], env, timeout, guard, log).run(stdin, stdout, None)
         os.replace(tmp, output_path)
     except (OSError, ValueError) as error:
         raise TaskFailed(f"cannot sort into {output_path}: {error}") from None

@@ -142,7 +142,9 @@ class Scheduler:
 
     def send_task(self, job, task, worker, backup=False):
         attempt = self.attempts.start(job.id, task, worker, self.clock(), backup)
-        message = task.message(worker.pid, task_extensions(job, task))
+        task.attempts_started += 1
+        attempt.log_file = job.attempt_log(task, task.attempts_started)
+        message = task.message(worker.pid, task_extensions(job, task, attempt))
         self.emit(Deliver(attempt.id, worker.host, worker.port, message))
         LOG.debug("job %d: %s sent to %s", job.id, task.name, worker)
 
@@ -202,6 +204,8 @@ class Scheduler:
         task.failed_on.add(attempt.worker)
         text = (f"{task.name} (input {task.describe_inputs()}) failed on worker "
                 f"{attempt.worker.pid}, attempt {task.failures} of {job.spec.max_attempts}: {reason}")
+        if attempt.log_file and os.path.isfile(attempt.log_file):
+            text += f"; its stderr: {os.path.abspath(attempt.log_file)}"
         LOG.error("job %d: %s", job.id, text)
         job.note(text)
         if task.failures >= job.spec.max_attempts:
@@ -242,10 +246,12 @@ class Scheduler:
         self.dispatch(job)
 
 
-def task_extensions(job, task):
+def task_extensions(job, task, attempt):
     """Optional fields for task messages: only what differs from the spec's job."""
     timeout = job.spec.task_timeout
-    extensions = {"timeout": timeout if timeout != DEFAULT_TASK_TIMEOUT else None}
+    extensions = {"timeout": timeout if timeout != DEFAULT_TASK_TIMEOUT else None,
+                  "log_file": attempt.log_file,
+                  "task_label": f"job {job.id} {task.name} attempt {task.attempts_started}"}
     if task.kind == MAP:
         extensions["combiner_executable"] = job.spec.combiner_executable
         # Ask for map-side sorting: the group phase then only merges.

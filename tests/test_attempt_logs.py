@@ -1,0 +1,77 @@
+"""Each attempt's stderr kept in var/job-N/logs/, bounded, and named when the task fails."""
+import pytest
+
+import helper
+from conftest import JOB_TIMEOUT, WORD_COUNT, wait_until, write_files
+from mrlib.attemptlog import AttemptLog
+from support.programs import script
+
+pytestmark = pytest.mark.timeout(120)
+
+SMALL_INPUT = {"part-a": b"the quick brown fox\n", "part-b": b"the lazy dog\n"}
+NOISY = "echo 'reading my input' >&2\necho 'reporter:counter:app,lines,1' >&2\n"
+
+
+def job_status(cluster, job_id):
+    return helper.request("localhost", cluster.port, helper.job_status(job_id))
+
+
+def test_a_tasks_stderr_is_kept_without_reporter_lines(cluster, tmp_path):
+    cluster.start_worker()
+    mapper = script(tmp_path / "noisy-map.sh", f"{NOISY}exec {WORD_COUNT[0]}\n")
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
+                              mapper, "--mappers", 2, "--keep-intermediate", "--wait")
+    assert result.returncode == 0, result.stderr.decode()
+    logs = sorted((cluster.workdir / "var" / "job-0" / "logs").iterdir())
+    assert [p.name for p in logs] == ["map-00000.attempt-1.log", "map-00001.attempt-1.log"]
+    for log in logs:
+        assert log.read_bytes() == b"reading my input\n"
+
+
+def test_a_failed_task_names_its_log_which_holds_its_stderr(cluster, tmp_path):
+    cluster.start_worker()
+    mapper = script(tmp_path / "failing-map.sh",
+                    "cat >/dev/null\necho 'bad record 7' >&2\nexit 3\n")
+    inputs = write_files(tmp_path / "in", {"only": b"x\n"})
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
+                              mapper, "--mappers", 1, "--max-attempts", 2, "--wait")
+    assert result.returncode == 1
+    error = job_status(cluster, 0)["error"]
+    log = cluster.workdir / "var" / "job-0" / "logs" / "map-00000.attempt-2.log"
+    assert f"its stderr: {log}" in error, error
+    assert log.read_bytes() == b"bad record 7\n"
+    assert (log.parent / "map-00000.attempt-1.log").read_bytes() == b"bad record 7\n"
+
+
+def test_a_timed_out_task_keeps_what_it_said(cluster, tmp_path):
+    cluster.start_worker()
+    mapper = script(tmp_path / "hung-map.sh", "echo 'starting up' >&2\nexec sleep 60\n")
+    inputs = write_files(tmp_path / "in", {"only": b"x\n"})
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
+                              mapper, "--mappers", 1, "--max-attempts", 1, "--timeout", 1,
+                              "--wait", timeout=JOB_TIMEOUT)
+    assert result.returncode == 1
+    error = job_status(cluster, 0)["error"]
+    assert "timed out" in error and "starting up" in error, error
+    log = cluster.workdir / "var" / "job-0" / "logs" / "map-00000.attempt-1.log"
+    assert log.read_bytes() == b"starting up\n"
+
+
+def test_an_attempt_log_is_bounded_and_says_what_it_left_out(tmp_path):
+    log = AttemptLog(str(tmp_path / "logs" / "a.log"), limit=10)
+    log.section("first")
+    log.write(b"")  # an empty part gets no header
+    log.section("second")
+    log.write(b"0123456789abcdef")
+    log.close()
+    text = (tmp_path / "logs" / "a.log").read_bytes()
+    assert text.startswith(b"==> second <==\n0123456789\n[... 6 more bytes of stderr not kept")
+    assert b"==> first" not in text
+
+
+def test_no_log_file_without_stderr(tmp_path):
+    log = AttemptLog(str(tmp_path / "logs" / "quiet.log"))
+    log.section("only")
+    log.close()
+    assert not (tmp_path / "logs").exists()
