@@ -43,6 +43,8 @@ BUSY_MASTER_PAUSE = 0.5
 # --wait goes on asking a master it cannot reach for this long (a flaky or
 # briefly cut network) before it gives up.
 LOST_CONTACT_LIMIT = 60.0
+# The last lines of a failed program's stderr that the failure block shows.
+STDERR_LINES_SHOWN = 10
 # How long --shutdown listens for a refusal before taking silence for yes.
 SHUTDOWN_WAIT = 2.0
 
@@ -216,7 +218,8 @@ class Contact:
         return reply
 
 
-def summarize(status):
+def summarize(status, stream=sys.stderr):
+    """Print how the job ended (a failure on `stream`); its exit code."""
     if status.get("state") == "succeeded":
         print(f"job {status['job_id']} succeeded: {len(status.get('outputs', []))} file(s) in "
               f"{status.get('output_directory')}")
@@ -228,10 +231,41 @@ def summarize(status):
             print(f"  timings: {timings}")
         return 0
     print(f"job {status.get('job_id')} {status.get('state')}: {status.get('error')}",
-          file=sys.stderr)
+          file=stream)
+    for line in probable_cause(status.get("failure")):
+        print(line, file=stream)
     if status.get("job_directory"):
-        print(f"  intermediate files kept in {status['job_directory']}", file=sys.stderr)
+        print(f"  intermediate files kept in {status['job_directory']}", file=stream)
     return 1
+
+
+def probable_cause(failure):
+    """The lines of a "Probable cause of failure" block for the job's last failed attempt."""
+    if not failure:
+        return []
+    lines = ["Probable cause of failure:",
+             f"  task:      {failure.get('task')}, attempt {failure.get('attempt')} of "
+             f"{failure.get('max_attempts')}, on worker {failure.get('worker')}"]
+    where = failure.get("input")
+    if failure.get("input_length") is not None and "input_start" in failure:
+        start = failure["input_start"]
+        where = f"{where}, bytes {start}-{start + failure['input_length'] - 1}"
+    lines.append(f"  input:     {where}")
+    error = failure.get("error") or ""
+    if error.startswith("timed out") or (failure.get("reason") or "").startswith("no result"):
+        lines.append(f"  killed:    after the {failure.get('time_limit'):g} s time limit "
+                     f"(--timeout)")
+    elif failure.get("exit_code") is not None:
+        lines.append(f"  exit code: {failure['exit_code']}")
+    if error and not error.startswith("timed out"):
+        lines.append(f"  error:     {error}")
+    tail = (failure.get("stderr_tail") or "").rstrip("\n")
+    if tail:
+        lines.append("  stderr (last lines):")
+        lines.extend(f"    {line}" for line in tail.splitlines()[-STDERR_LINES_SHOWN:])
+    if failure.get("log_file"):
+        lines.append(f"  log:       {failure['log_file']}")
+    return lines
 
 
 class Refused(Exception):
@@ -415,6 +449,8 @@ def run(args):
             return kill(args)
         if args.status is not None:
             status = helper.request(args.host, args.port, helper.job_status(args.status))
+            if status.get("state") in ("failed", "cancelled"):
+                return summarize(status, sys.stdout)
             print(describe(status))
             return 0 if status.get("state") != "unknown" else 1
         return submit(args)

@@ -96,6 +96,7 @@ class Job:
         self.outputs = []
         self.files_kept = True  # False once var/job-N is removed (old failed jobs)
         self.error = None
+        self.failure = None  # the last failed attempt, for "probable cause" (a dict)
         self.events = collections.deque(maxlen=EVENT_HISTORY)  # the latest notes
         self.events_total = 0  # every note ever made: clients tell new ones by it
         self.counters = {}
@@ -283,7 +284,7 @@ class Job:
                 "tasks_total": len(self.tasks),
                 "output_directory": self.spec.output_directory, "outputs": list(self.outputs),
                 "job_directory": os.path.abspath(self.directory) if self.files_kept else None,
-                "error": self.error,
+                "error": self.error, "failure": copy.deepcopy(self.failure),
                 "events": list(self.events), "events_total": self.events_total,
                 "counters": copy.deepcopy(self.counters),
                 "timings": dict(self.timings)}

@@ -158,7 +158,7 @@ class Scheduler:
             self.attempts.end(attempt, ATTEMPT_FAILED, self.clock(), "unfit")
             self.set_unfit(worker, message.get("error") or "unfit", job)
         else:
-            self.attempt_failed(job, attempt, _failure_text(message))
+            self.attempt_failed(job, attempt, _failure_text(message), message)
 
     def finished(self, job, task, worker, message):
         """A finish is believed if the outputs are there. True if the task is now done."""
@@ -194,14 +194,17 @@ class Scheduler:
             job.note(f"{task.name}: late result from dead worker {worker.pid} accepted")
         job.finish_task(task, duration)
 
-    def attempt_failed(self, job, attempt, reason):
-        """The attempt failed (or was set aside as failed: a leftover stays one)."""
+    def attempt_failed(self, job, attempt, reason, status=None):
+        """The attempt failed (or was set aside as failed: a leftover stays one).
+
+        `status` is the worker's failed status, if it sent one."""
         task = attempt.task
         if attempt.counts:
             self.attempts.end(attempt, ATTEMPT_FAILED, self.clock(), reason)
         attempt.outcome = reason
         task.failures += 1
         task.failed_on.add(attempt.worker)
+        job.failure = failure_details(job, attempt, reason, status)
         text = (f"{task.name} (input {task.describe_inputs()}) failed on worker "
                 f"{attempt.worker.pid}, attempt {task.failures} of {job.spec.max_attempts}: {reason}")
         if attempt.log_file and os.path.isfile(attempt.log_file):
@@ -260,6 +263,27 @@ def task_extensions(job, task, attempt):
         # Only where our workers said they sorted: another worker ignores sort_output.
         extensions["presorted"] = True if job.all_sorted(task.inputs) else None
     return extensions
+
+
+def failure_details(job, attempt, reason, status=None):
+    """What a user needs to find the cause of a failed attempt: the job's "failure"."""
+    task, status = attempt.task, status or {}
+    details = {"task": task.name, "attempt": task.failures,
+               "max_attempts": job.spec.max_attempts, "worker": attempt.worker.pid,
+               "reason": reason, "error": status.get("error"),
+               "exit_code": status.get("exit_code"), "stderr_tail": status.get("stderr_tail"),
+               "time_limit": job.spec.task_timeout}
+    input_file = status.get("input_file") or (task.inputs[0] if len(task.inputs) == 1 else None)
+    split = ((task.context or {}).get("files") or {}).get(input_file)
+    if split:  # a split of a larger file: name the file and the bytes
+        details["input"] = split.get("mapreduce_map_input_file")
+        details["input_start"] = int(split.get("mapreduce_map_input_start", 0))
+        details["input_length"] = int(split.get("mapreduce_map_input_length", 0))
+    else:
+        details["input"] = input_file or task.describe_inputs()
+    if attempt.log_file and os.path.isfile(attempt.log_file):
+        details["log_file"] = os.path.abspath(attempt.log_file)
+    return details
 
 
 def _note(job, text):

@@ -75,3 +75,33 @@ def test_no_log_file_without_stderr(tmp_path):
     log.section("only")
     log.close()
     assert not (tmp_path / "logs").exists()
+
+
+def test_wait_and_status_show_the_probable_cause_of_a_failure(cluster, tmp_path):
+    """Task, input file and byte range, exit code, stderr lines and log, on --wait and --status."""
+    cluster.start_worker()
+    mapper = script(tmp_path / "failing-map.sh",
+                    "cat >/dev/null\necho 'line one' >&2\necho 'bad record 7' >&2\nexit 3\n")
+    inputs = write_files(tmp_path / "in", {"big": b"x\n" * 1000})
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
+                              mapper, "--split-size", 1000, "--max-attempts", 1, "--wait")
+    assert result.returncode == 1
+    shown = result.stderr.decode()
+    assert "Probable cause of failure:" in shown, shown
+    assert f"input:     {inputs / 'big'}, bytes " in shown, shown
+    assert "exit code: 3" in shown
+    assert "    line one\n    bad record 7\n" in shown, shown
+    assert "log:       " in shown and ".attempt-1.log" in shown
+    status = cluster.send_job("--status", 0)
+    assert status.returncode == 1
+    assert "Probable cause of failure:" in status.stdout.decode()
+
+
+def test_a_timeout_is_shown_as_the_time_limit(cluster, tmp_path):
+    cluster.start_worker()
+    mapper = script(tmp_path / "hung-map.sh", "exec sleep 60\n")
+    inputs = write_files(tmp_path / "in", {"only": b"x\n"})
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
+                              mapper, "--mappers", 1, "--max-attempts", 1, "--timeout", 1,
+                              "--wait", timeout=JOB_TIMEOUT)
+    assert "killed:    after the 1 s time limit (--timeout)" in result.stderr.decode()
