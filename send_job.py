@@ -53,8 +53,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description="Submit a MapReduce job.")
     parser.add_argument("master", nargs="?",
                         help="the master's TCP port, or HOST:PORT (not with --sequential)")
-    parser.add_argument("--input", default=DEFAULT_INPUT,
-                        help=f"input directory (default: {DEFAULT_INPUT})")
+    parser.add_argument("--input", help=f"input directory (default: {DEFAULT_INPUT})")
     parser.add_argument("--input-file", help="a single input file instead of a directory")
     parser.add_argument("--input-base", help="a base name: every file starting with it, "
                                              "in name order (input/book_ -> book_0, book_1 ...)")
@@ -96,6 +95,9 @@ def parse_args(argv):
     parser.add_argument("--shutdown", action="store_true", help="shut the cluster down")
     auth.add_arguments(parser, listens=False)
     args = parser.parse_args(argv)
+    refuse_conflicts(parser, args)
+    if args.input is None:
+        args.input = DEFAULT_INPUT
     args.host, args.port = "localhost", None
     if args.sequential:
         return args
@@ -106,6 +108,23 @@ def parse_args(argv):
     except ValueError as error:
         parser.error(f"bad master address {args.master!r}: {error}")
     return args
+
+
+def refuse_conflicts(parser, args):
+    """Options that cannot go together: an error naming them, before anything is done."""
+    inputs = [name for name, value in (("--input", args.input), ("--input-file", args.input_file),
+                                       ("--input-base", args.input_base)) if value is not None]
+    if len(inputs) > 1:
+        parser.error(f"{' and '.join(inputs)} each name the whole input: give one")
+    queries = [name for name, given in (("--status", args.status is not None),
+                                        ("--kill", args.kill is not None),
+                                        ("--workers", args.workers),
+                                        ("--shutdown", args.shutdown),
+                                        ("--sequential", args.sequential)) if given]
+    if len(queries) > 1:
+        parser.error(f"{' and '.join(queries)} cannot go together: give one")
+    if queries and queries != ["--sequential"] and args.wait:
+        parser.error(f"--wait follows a job this command submits, not {queries[0]}")
 
 
 def _resolve(path, local):
@@ -444,6 +463,11 @@ def run(args):
                 print(f"worker {worker['pid']} {worker['host']}:{worker['port']} "
                       f"{worker['state']} ({worker['tasks']} task(s), last heard "
                       f"{worker.get('since_heartbeat', 0):.1f} s ago)")
+            if "current_job" in reply:  # our master's extension: the queue
+                queued = ", ".join(str(j) for j in reply.get("queued_jobs") or []) or "none"
+                current = reply["current_job"]
+                print(f"running job: {'none' if current is None else current}; "
+                      f"queued jobs: {queued}")
             return 0
         if args.kill is not None:
             return kill(args)

@@ -1,4 +1,5 @@
-"""Each attempt's stderr kept in var/job-N/logs/, bounded, and named when the task fails."""
+"""What a user sees of a job: each attempt's stderr kept in var/job-N/logs/, the probable
+cause of a failure, the queue, and options that cannot go together."""
 import pytest
 
 import helper
@@ -105,3 +106,25 @@ def test_a_timeout_is_shown_as_the_time_limit(cluster, tmp_path):
                               mapper, "--mappers", 1, "--max-attempts", 1, "--timeout", 1,
                               "--wait", timeout=JOB_TIMEOUT)
     assert "killed:    after the 1 s time limit (--timeout)" in result.stderr.decode()
+
+
+@pytest.mark.parametrize("arguments, named", [
+    (("--input", "a", "--input-file", "b"), "--input and --input-file"),
+    (("--input-file", "a", "--input-base", "b"), "--input-file and --input-base"),
+    (("--status", "1", "--wait"), "--wait"),
+    (("--kill", "1", "--workers"), "--kill and --workers"),
+    (("--shutdown", "--sequential"), "--shutdown and --sequential"),
+])
+def test_conflicting_options_are_refused(cluster, arguments, named):
+    result = cluster.send_job(*arguments)
+    assert result.returncode == 2 and named in result.stderr.decode(), result.stderr
+    assert cluster.master.poll() is None, "nothing was sent: --shutdown did not run"
+
+
+def test_workers_lists_the_queue(cluster, tmp_path):
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    for number in range(2):  # no worker: both wait
+        assert cluster.send_job("--input", inputs, "--output", tmp_path / f"o{number}",
+                                ).returncode == 0
+    listing = cluster.send_job("--workers").stdout.decode()
+    assert "running job: none; queued jobs: 0, 1" in listing, listing
