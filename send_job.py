@@ -17,7 +17,8 @@ import sys
 import time
 
 import helper
-from mrlib import auth, outputdir
+from mrlib import auth, display, outputdir
+from mrlib.display import describe
 from mrlib.grouping import raise_open_file_limit
 from mrlib.jobspec import ENV_NAME, JobRejected, JobSpec
 from mrlib.runner import TaskFailed
@@ -172,17 +173,17 @@ def build_job(args):
     return message
 
 
-def describe(status):
-    line = f"job {status['job_id']}: {status.get('state')}"
-    if status.get("state") == "running":
-        line += f", {status.get('phase')} phase"
-        if status.get("tasks_total"):  # the master's own steps (merge, publish) have none
-            line += f", {status.get('tasks_done')}/{status['tasks_total']} tasks done"
-    return line
-
-
 def follow(args, job_id, quiet):
-    """Print progress until the job ends; return the exit code."""
+    """Show progress until the job ends; return the exit code."""
+    shown = None if quiet else display.for_output(job_id)
+    try:
+        return watch(args, job_id, shown)
+    finally:
+        if shown is not None:
+            shown.close()
+
+
+def watch(args, job_id, shown):
     version, seen_events = -1, 0
     contact = Contact(args)
     while True:
@@ -196,16 +197,16 @@ def follow(args, job_id, quiet):
         events = status.get("events") or []
         # The master keeps the latest events only; events_total counts them all.
         total = status.get("events_total", len(events))
-        if not quiet:
-            new = events[max(0, len(events) - (total - seen_events)):]
+        if shown is not None:
             if total - seen_events > len(events):
-                print(f"job {job_id}: ({total - seen_events - len(events)} earlier event(s) "
-                      f"not shown)", flush=True)
-            for event in new:
-                print(f"job {job_id}: {event}", flush=True)
-            print(describe(status), flush=True)
+                shown.event(f"({total - seen_events - len(events)} earlier event(s) not shown)")
+            for event in events[max(0, len(events) - (total - seen_events)):]:
+                shown.event(event)
+            shown.update(status)
         seen_events = total
         if status.get("state") in ENDED:
+            if shown is not None:
+                shown.close()
             return summarize(status)
 
 

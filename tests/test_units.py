@@ -7,8 +7,8 @@ import pytest
 
 import helper
 import send_job
+from mrlib import display
 from mrlib import grouping, outputdir, runner
-from mrlib import job as jobs
 from mrlib.jobspec import base_name_files
 
 
@@ -283,3 +283,32 @@ def test_following_a_job_rides_out_a_master_out_of_reach(monkeypatch, capsys):
     clock[0] += send_job.LOST_CONTACT_LIMIT + 1
     with pytest.raises(OSError, match="still down"):
         contact.ask({}, 1)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def running(done, total=4, phase="map"):
+    return {"job_id": 3, "state": "running", "phase": phase, "tasks_done": done,
+            "tasks_total": total}
+
+
+def test_plain_progress_lines_change_only_and_tell_the_time_left():
+    out, clock = io.StringIO(), FakeClock()
+    lines = display.PlainLines(3, out, clock)
+    lines.update(running(0))
+    clock.now = 2.0
+    lines.update(running(0))  # nothing new: no line
+    lines.update(running(1))
+    lines.update(running(0, total=0, phase="merge"))
+    lines.update({"job_id": 3, "state": "succeeded", "phase": "done"})
+    assert out.getvalue().splitlines() == [
+        "job 3: running, map phase, 0/4 tasks done (0%), 0.0 s in the phase",
+        "job 3: running, map phase, 1/4 tasks done (25%), 2.0 s in the phase, about 6 s left",
+        "job 3: running, merge phase",
+        "job 3: succeeded"]

@@ -1,9 +1,13 @@
 """What a user sees of a job: each attempt's stderr kept in var/job-N/logs/, the probable
 cause of a failure, the queue, and options that cannot go together."""
+import os
+import pty
+import subprocess
+
 import pytest
 
 import helper
-from conftest import JOB_TIMEOUT, WORD_COUNT, wait_until, write_files
+from conftest import JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, write_files
 from mrlib.attemptlog import AttemptLog
 from support.programs import script
 
@@ -128,3 +132,35 @@ def test_workers_lists_the_queue(cluster, tmp_path):
                                 ).returncode == 0
     listing = cluster.send_job("--workers").stdout.decode()
     assert "running job: none; queued jobs: 0, 1" in listing, listing
+
+
+def test_wait_on_a_terminal_draws_progress_bars(cluster, tmp_path):
+    """On a terminal, --wait shows a bar per phase with tasks (rich), ending at 100 %."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    leader, follower = pty.openpty()
+    env = dict(cluster.env, COLUMNS="100", TERM="xterm")
+    client = subprocess.Popen([PYTHON, str(REPO / "send_job.py"), str(cluster.port), "--input",
+                               str(inputs), "--output", str(tmp_path / "out"), "--wait"],
+                              cwd=cluster.workdir, env=env, stdin=follower, stdout=follower,
+                              stderr=follower)
+    os.close(follower)
+    shown = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: the client exited
+                break
+            if not chunk:
+                break
+            shown += chunk
+        assert client.wait(JOB_TIMEOUT) == 0, shown.decode(errors="replace")
+    finally:
+        os.close(leader)
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    text = shown.decode(errors="replace")
+    assert "━" in text and "100%" in text, text
+    assert "map" in text and "reduce" in text and "merge" not in text.split("succeeded")[0]
