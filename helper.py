@@ -145,7 +145,8 @@ OPTIONAL_FIELDS = {
     "new_sort_job": {"timeout": NUM, "presorted": BOOL, "log_file": STR, "task_label": STR},
     "status": {"output_files": STR_LIST, "output_file": STR, "exit_code": INT,
                "error": STR, "stderr_tail": STR, "input_file": STR,
-               "counters": DICT, "task_status": STR, "sorted": BOOL, "unfit": BOOL},
+               "counters": DICT, "task_status": STR, "sorted": BOOL, "unfit": BOOL,
+               "run_seconds": NUM},
     "job_status": {"after_version": INT, "wait": NUM},
     # Our worker: random per process, so a restart with the same pid at the
     # same address (pid 1 in a container) is told from a repeated register.
@@ -214,6 +215,11 @@ def use_secret(secret):
 
 def has_secret():
     return _signer is not None
+
+
+def current_secret():
+    """The secret in use (bytes), or None."""
+    return _signer.secret if _signer is not None else None
 
 
 def setup_secret(args, host=None):

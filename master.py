@@ -21,7 +21,8 @@ import threading
 import time
 
 import helper
-from mrlib import auth, grouping, runner, splits, vardir
+from mrlib import auth, dashboard, grouping, runner, splits, vardir
+from mrlib.dashboard import Dashboard
 from mrlib.coordinator import DEFAULT_KEEP_FAILED, JOB_ROOT, Coordinator
 from mrlib.events import (AckResult, ClientRequest, Delivered, Heartbeat, Register, Shutdown,
                           Status, Tick, Unreachable, WorkDone)
@@ -190,6 +191,15 @@ class JobBoard:
         self.waiters = 0  # status queries waiting now
         self.closed = False  # shutting down: no query waits any more
 
+    def all(self):
+        with self.changed:
+            return [dict(s) for s in self.snapshots.values()]
+
+    def get(self, job_id):
+        with self.changed:
+            snapshot = self.snapshots.get(job_id)
+            return dict(snapshot) if snapshot is not None else None
+
     def publish(self, snapshots):
         with self.changed:
             for snapshot in snapshots:
@@ -256,13 +266,14 @@ class Master:
     """The shell: binds, turns I/O into events for the coordinator, carries out its commands."""
 
     def __init__(self, port, host="localhost", keep_intermediate=False,
-                 keep_failed=DEFAULT_KEEP_FAILED):
+                 keep_failed=DEFAULT_KEEP_FAILED, http=None):
         self.events = queue.Queue()
         self.stopping = threading.Event()
         self.board = JobBoard()
         self.guard = runner.ProgramGuard()
         self.revoked = set()
         self.couriers = Couriers(self.revoked, self.post, self.stopping)
+        self.dashboard = None
         self.helpers = Helpers()
         # Bind first: a master that cannot have its ports never touches var/.
         try:
@@ -277,13 +288,35 @@ class Master:
             raise OSError(f"cannot listen for heartbeats on UDP {host}:{helper.heartbeat_port(port)} "
                           f"(PORT-1): "
                           f"{error.strerror}") from None
+        if http is not None:
+            self.dashboard = self.bind_dashboard(*http)
         self.var = vardir.VarDirectory(VAR_DIRECTORY, port).claim()
         self.coordinator = Coordinator(self.var.path, VAR_DIRECTORY, keep_intermediate,
                                        keep_failed)
         self.janitor = vardir.Janitor()
         self.ticker = threading.Thread(target=self.tick_loop, name="ticker", daemon=True)
 
+    def bind_dashboard(self, host, port):
+        try:
+            return Dashboard(host, port, self.board, self.ask, VAR_DIRECTORY,
+                             dashboard.token_for(helper.current_secret()))
+        except OSError as error:
+            self.release_ports()
+            raise OSError(f"cannot serve the dashboard on {host}:{port}: "
+                          f"{error.strerror}") from None
+
+    def release_ports(self):
+        self.server.close()
+        self.server.sock.close()
+        self.heartbeats.sock.close()
+
     # --- other threads: only post events ----------------------------------
+
+    def ask(self, message):
+        """The coordinator's answer to a client message, from another thread (the dashboard)."""
+        reply = Reply()
+        self.post(ClientRequest(message, reply))
+        return reply.wait(SUBMIT_REPLY_TIMEOUT)
 
     def post(self, event):
         self.events.put(event)
@@ -319,6 +352,11 @@ class Master:
     def run(self):
         LOG.info("listening on TCP %s and UDP %s", self.server.port,
                  helper.heartbeat_port(self.server.port))  # before any thread can log
+        if self.dashboard is not None:
+            host, port = self.dashboard.server.server_address[:2]
+            token = f"?token={self.dashboard.token}" if self.dashboard.token else ""
+            LOG.info("dashboard on http://%s:%s/%s", host, port, token)
+            self.dashboard.start()
         self.server.start()
         self.heartbeats.start()
         self.ticker.start()
@@ -342,6 +380,8 @@ class Master:
                 LOG.exception("error carrying out %s", type(command).__name__)
 
     def close(self):
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self.board.close()  # status queries answer now, so their threads end
         self.server.stop()
         self.heartbeats.stop()
@@ -424,7 +464,13 @@ def parse_args(argv):
     parser.add_argument("--keep-failed", type=int, default=DEFAULT_KEEP_FAILED, metavar="N",
                         help="keep the files of the last N failed jobs for inspection "
                              f"(default {DEFAULT_KEEP_FAILED}); older ones are removed")
+    parser.add_argument("--http-port", type=int, metavar="PORT",
+                        help="serve the web dashboard on this port (see README, 'Dashboard')")
+    parser.add_argument("--http-host", default="localhost",
+                        help="address the dashboard binds (default: localhost)")
     args = parser.parse_args(argv)
+    if args.http_port is not None and not 0 <= args.http_port < 65536:
+        parser.error(f"--http-port {args.http_port} out of range")
     if not 1 < args.port < 65536:
         parser.error(f"port {args.port} out of range")
     if args.keep_failed < 0:
@@ -437,9 +483,14 @@ def main(argv=None):
     helper.configure_logging("master")
     if not helper.setup_secret(args, args.host):
         return 2
+    http = None
+    if args.http_port is not None:
+        if not helper.setup_secret(args, args.http_host):  # the same rule for the dashboard
+            return 2
+        http = (args.http_host, args.http_port)
     grouping.raise_open_file_limit()
     try:
-        master = Master(args.port, args.host, args.keep_intermediate, args.keep_failed)
+        master = Master(args.port, args.host, args.keep_intermediate, args.keep_failed, http)
     except (OSError, vardir.VarUnavailable) as error:
         LOG.error("cannot start: %s", error)
         return 1

@@ -97,6 +97,8 @@ def parse_args(argv):
     auth.add_arguments(parser, listens=False)
     args = parser.parse_args(argv)
     refuse_conflicts(parser, args)
+    if not (args.status is not None or args.kill is not None or args.workers or args.shutdown):
+        refuse_missing_sample(parser, args)
     if args.input is None:
         args.input = DEFAULT_INPUT
     args.host, args.port = "localhost", None
@@ -109,6 +111,19 @@ def parse_args(argv):
     except ValueError as error:
         parser.error(f"bad master address {args.master!r}: {error}")
     return args
+
+
+def refuse_missing_sample(parser, args):
+    """An installed send_job has no sample job: say so instead of a missing path."""
+    defaults = [("--mapper", args.mapper, DEFAULT_MAPPER),
+                ("--reducer", args.reducer, DEFAULT_REDUCER)]
+    if args.input is None and args.input_file is None and args.input_base is None:
+        defaults.append(("--input", DEFAULT_INPUT, DEFAULT_INPUT))
+    missing = [option for option, value, default in defaults
+               if value == default and not os.path.exists(default)]
+    if missing:
+        parser.error(f"the sample job ships only with a checkout of this project: give "
+                     f"{', '.join(sorted(missing))}")
 
 
 def refuse_conflicts(parser, args):
@@ -126,6 +141,10 @@ def refuse_conflicts(parser, args):
         parser.error(f"{' and '.join(queries)} cannot go together: give one")
     if queries and queries != ["--sequential"] and args.wait:
         parser.error(f"--wait follows a job this command submits, not {queries[0]}")
+    if args.sequential and args.master is not None:
+        parser.error(f"--sequential runs the job here, with no master: drop {args.master}")
+    if args.quiet and not (args.wait or args.sequential):
+        parser.error("--quiet quiets --wait: give --wait too")
 
 
 def _resolve(path, local):
@@ -259,13 +278,19 @@ def summarize(status, stream=sys.stderr):
     return 1
 
 
+def printable(text):
+    """A program's text made safe for a terminal: control characters as escapes."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
 def probable_cause(failure):
     """The lines of a "Probable cause of failure" block for the job's last failed attempt."""
     if not failure:
         return []
     lines = ["Probable cause of failure:",
-             f"  task:      {failure.get('task')}, attempt {failure.get('attempt')} of "
-             f"{failure.get('max_attempts')}, on worker {failure.get('worker')}"]
+             f"  task:      {failure.get('task')}, attempt {failure.get('attempt')} on worker "
+             f"{failure.get('worker')} (failure {failure.get('failures')} of "
+             f"{failure.get('max_attempts')} allowed)"]
     where = failure.get("input")
     if failure.get("input_length") is not None and "input_start" in failure:
         start = failure["input_start"]
@@ -282,7 +307,7 @@ def probable_cause(failure):
     tail = (failure.get("stderr_tail") or "").rstrip("\n")
     if tail:
         lines.append("  stderr (last lines):")
-        lines.extend(f"    {line}" for line in tail.splitlines()[-STDERR_LINES_SHOWN:])
+        lines.extend(f"    {printable(line)}" for line in tail.splitlines()[-STDERR_LINES_SHOWN:])
     if failure.get("log_file"):
         lines.append(f"  log:       {failure['log_file']}")
     return lines

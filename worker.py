@@ -349,12 +349,15 @@ class Worker:
             if reason is not None:
                 LOG.error("cannot run %s: %s", task.describe(), reason)
                 return self.failed_status(task, error=reason, unfit=True)
+            began = time.monotonic()
             if task.kind == "new_sort_job":
                 status = self.execute_sort(task.message, guard)
             else:
                 status = self.execute_programs(task.message, guard)
             if guard.cancelled:
                 return self.failed_status(task, error="cancelled by the master")
+            if "task_label" in task.message:  # our master's: it draws the time it ran
+                status["run_seconds"] = round(time.monotonic() - began, 3)
             return status
         except Exception as error:  # a bug or an odd input must not end this thread
             LOG.exception("task %s failed unexpectedly", task.describe())
@@ -395,7 +398,7 @@ class Worker:
     def execute_sort(self, message, guard):
         output = helper.normalize_path(message["output_file"])
         try:
-            with closing(AttemptLog(message.get("log_file"))) as log:
+            with closing(self.attempt_log(message, guard)) as log:
                 runner.sort_files(message["input_files"], output,
                                   merge=message.get("presorted") is True,
                                   timeout=message.get("timeout"), guard=guard, log=log)
@@ -409,8 +412,13 @@ class Worker:
                                   sorted=True if "presorted" in message else None)
 
     def execute_programs(self, message, guard):
-        with closing(AttemptLog(message.get("log_file"))) as log:
+        with closing(self.attempt_log(message, guard)) as log:
             return self.run_inputs(message, guard, log)
+
+    @staticmethod
+    def attempt_log(message, guard):
+        """Where this attempt's stderr goes: nowhere once the master cancelled it."""
+        return AttemptLog(message.get("log_file"), still_wanted=lambda: not guard.cancelled)
 
     def run_inputs(self, message, guard, log):
         """Each input file through the task's programs; the status to send."""

@@ -2,36 +2,44 @@
 
 The master names the file in the task message (`log_file`); our worker writes
 into it what its programs wrote to stderr, minus `reporter:` lines, with a
-header per input file or program when there are several. The file is made
-only if there is something to keep. Past MAX_LOG_BYTES the rest is counted,
-not kept, and the count is said at the end: a program that floods its stderr
-cannot fill the disk.
+header per input file when a task has several, and per program when more
+than one wrote to stderr. The file is made only if there is something to
+keep, never for an attempt the master cancelled, and never with the job's
+directory (a job whose files are gone gets no log). Past MAX_LOG_BYTES the
+rest is counted, not kept, and the count is said at the end.
 """
+import logging
 import os
 
+LOG = logging.getLogger("worker")
+
 MAX_LOG_BYTES = 1 << 20
+INPUT, PROGRAM = 0, 1  # header levels: an input file's part holds its programs' parts
 
 
 class AttemptLog:
-    def __init__(self, path, limit=MAX_LOG_BYTES):
+    def __init__(self, path, limit=MAX_LOG_BYTES, still_wanted=None):
         self.path = path
         self.limit = limit
+        self.still_wanted = still_wanted  # False once the attempt no longer counts
         self.handle = None
         self.written = 0
         self.dropped = 0
-        self.pending_header = None
+        self.pending = {}  # level -> header bytes not yet written
         self.failed = False  # it could not be written: the task goes on without it
 
-    def section(self, title):
+    def section(self, title, level=INPUT):
         """Start a part; its header is written only if the part has content."""
-        self.pending_header = f"==> {title} <==\n".encode("utf-8", "surrogateescape")
+        for deeper in [lv for lv in self.pending if lv >= level]:
+            del self.pending[deeper]
+        self.pending[level] = f"==> {title} <==\n".encode("utf-8", "surrogateescape")
 
     def write(self, data):
         if self.path is None or self.failed or not data:
             return
-        if self.pending_header is not None:  # headers are not counted against the limit
-            header, self.pending_header = self.pending_header, None
-            self._put(header)
+        for level in sorted(self.pending):  # headers are not counted against the limit
+            self._put(self.pending[level])
+        self.pending.clear()
         room = max(self.limit - self.written, 0)
         if room < len(data):
             self.dropped += len(data) - room
@@ -44,20 +52,30 @@ class AttemptLog:
             return 0
         try:
             self.handle.write(data)
-        except OSError:
-            self.failed = True
+        except OSError as error:
+            self._give_up(error)
             return 0
         return len(data)
 
     def _open(self):
-        if self.handle is None:
-            try:
-                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-                self.handle = open(self.path, "ab")
-            except OSError:
-                self.failed = True
-                return False
+        if self.handle is not None:
+            return True
+        if self.still_wanted is not None and not self.still_wanted():
+            self.failed = True  # cancelled: its job may be over and its files gone
+            return False
+        try:
+            directory = os.path.dirname(self.path) or "."
+            if not os.path.isdir(directory):
+                os.mkdir(directory)  # not makedirs: never bring back a removed job directory
+            self.handle = open(self.path, "ab")
+        except OSError as error:
+            self._give_up(error)
+            return False
         return True
+
+    def _give_up(self, error):
+        self.failed = True
+        LOG.warning("the stderr of this attempt is not kept in %s: %s", self.path, error)
 
     def close(self):
         if self.handle is None:

@@ -19,6 +19,8 @@ SUCCEEDED, FAILED, REVOKED, REPORTED, FORGOTTEN = (
     "succeeded", "failed", "revoked", "reported", "forgotten")
 COUNTING = (SENT, RUNNING)
 LIVE = (SENT, RUNNING, LEFTOVER)
+# The timelines of this many jobs are kept (the dashboard shows them).
+TIMELINES_KEPT = 20
 
 
 class Attempt:
@@ -37,6 +39,8 @@ class Attempt:
         self.ended_at = None
         self.outcome = None
         self.log_file = None  # where the worker keeps its stderr (our worker only)
+        self.number = None  # this copy's number among its task's (1 = the first sent)
+        self.run_seconds = None  # how long it ran at the worker, by its status (ours only)
 
     @property
     def counts(self):
@@ -61,6 +65,7 @@ class Attempts:
         self.counting_by_task = {}  # task key -> {attempt id: attempt} in a COUNTING state
         self.leftovers_by_worker = {}  # worker -> {attempt id: attempt} LEFTOVER
         self.pruned = set()  # jobs whose attempts are dropped as they end
+        self.ended = {}  # job id -> records of its ended attempts, the newest jobs only
 
     def start(self, job_id, task, worker, now, backup=False):
         attempt = Attempt(next(self.numbers), job_id, task, worker, now, backup)
@@ -133,6 +138,9 @@ class Attempts:
         attempt.state = state
         attempt.ended_at = now
         attempt.outcome = outcome
+        self.ended.setdefault(attempt.job_id, []).append(record(attempt))
+        while len(self.ended) > TIMELINES_KEPT:
+            del self.ended[next(iter(self.ended))]
 
     def reported(self, worker, key, now):
         """`worker` reported the task with `key`: it no longer runs a leftover of it.
@@ -152,6 +160,12 @@ class Attempts:
                 if attempt.set_aside_at < before:
                     self.end(attempt, FORGOTTEN, now)
 
+    def timeline(self, job_id):
+        """Every attempt of a job the table still knows: ended ones, then live ones."""
+        live = [record(a) for a in self.by_id.values()
+                if a.job_id == job_id and a.state in LIVE]
+        return list(self.ended.get(job_id, [])) + live
+
     def forget_worker(self, worker):
         """`worker` is gone for good and holds nothing: drop its (empty) indexes."""
         self.live_by_worker.pop(worker, None)
@@ -170,3 +184,13 @@ class Attempts:
             counting.pop(attempt.id, None)
             if not counting:
                 del self.counting_by_task[attempt.task.key]
+
+
+def record(attempt):
+    """What a timeline shows of an attempt (times are the coordinator's clock)."""
+    worker = attempt.worker
+    return {"attempt": attempt.id, "task": attempt.task.name, "kind": attempt.task.kind,
+            "worker": worker.pid, "worker_address": f"{worker.host}:{worker.port}",
+            "backup": attempt.backup, "state": attempt.state, "outcome": attempt.outcome,
+            "sent": attempt.sent_at, "started": attempt.started, "ended": attempt.ended_at,
+            "ran": attempt.run_seconds, "log_file": attempt.log_file}

@@ -62,7 +62,8 @@ class Coordinator:
         self.scheduler = Scheduler(self.workers, self.attempts, self.emit, lambda: self.now)
         self.client_handlers = {"new_master_job": self.new_job,
                                 "cluster_status": self.cluster_status,
-                                "cancel_job": self.cancel_job}
+                                "cancel_job": self.cancel_job,
+                                "job_timeline": self.job_timeline}
 
     def handle(self, event, now):
         """Run one event; return the commands it produced."""
@@ -242,6 +243,11 @@ class Coordinator:
             if os.path.realpath(job.spec.output_directory) == mine:
                 raise JobRejected(f"output_directory {spec.output_directory} is job {job.id}'s, "
                                   f"which is {job.state}: wait for it, or choose another")
+
+    def job_timeline(self, message):
+        """Every attempt of a job, for the dashboard (asked in-process, never on the wire)."""
+        return {"job_id": message["job_id"], "now": self.now,
+                "attempts": self.attempts.timeline(message["job_id"])}
 
     def cancel_job(self, message):
         """Cancel a queued or running job: it ends, its files kept as a failed job's."""

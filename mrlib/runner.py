@@ -17,6 +17,7 @@ import threading
 
 import sh
 
+from mrlib.attemptlog import PROGRAM
 from mrlib.reaper import ATTEMPT_VARIABLE, kill_tagged
 
 # How much of a failed program's stderr travels in its status message.
@@ -393,7 +394,7 @@ class Pipeline:
         for stage, error in zip(self.stages, errors):
             error.seek(0)
             if self.log is not None and several:
-                self.log.section(stage.label)
+                self.log.section(stage.label, PROGRAM)
             parsed = parse_stderr(error, self.log)
             tails.append(parsed.stderr_tail)
             if stage.reports:

@@ -143,7 +143,8 @@ class Scheduler:
     def send_task(self, job, task, worker, backup=False):
         attempt = self.attempts.start(job.id, task, worker, self.clock(), backup)
         task.attempts_started += 1
-        attempt.log_file = job.attempt_log(task, task.attempts_started)
+        attempt.number = task.attempts_started
+        attempt.log_file = job.attempt_log(task, attempt.number)
         message = task.message(worker.pid, task_extensions(job, task, attempt))
         self.emit(Deliver(attempt.id, worker.host, worker.port, message))
         LOG.debug("job %d: %s sent to %s", job.id, task.name, worker)
@@ -152,6 +153,8 @@ class Scheduler:
 
     def failed(self, job, task, worker, message):
         attempt = self.attempts.held_by(task, worker)
+        if attempt is not None:
+            attempt.run_seconds = message.get("run_seconds")
         if task.done or attempt is None:
             LOG.info("ignored a stale failure of %s from %s", task.name, worker)
         elif message.get("unfit") is True:  # it ran nothing: no leftover to stop
@@ -166,6 +169,8 @@ class Scheduler:
             LOG.info("job %d: duplicate finish of %s from %s ignored", job.id, task.name, worker)
             return False
         attempt = self.attempts.held_by(task, worker)
+        if attempt is not None:
+            attempt.run_seconds = message.get("run_seconds")
         missing = [path for path in task.outputs if not os.path.isfile(path)]
         if missing:
             if attempt is not None:
@@ -204,7 +209,6 @@ class Scheduler:
         attempt.outcome = reason
         task.failures += 1
         task.failed_on.add(attempt.worker)
-        job.failure = failure_details(job, attempt, reason, status)
         text = (f"{task.name} (input {task.describe_inputs()}) failed on worker "
                 f"{attempt.worker.pid}, attempt {task.failures} of {job.spec.max_attempts}: {reason}")
         if attempt.log_file and os.path.isfile(attempt.log_file):
@@ -212,6 +216,7 @@ class Scheduler:
         LOG.error("job %d: %s", job.id, text)
         job.note(text)
         if task.failures >= job.spec.max_attempts:
+            job.failure = failure_details(job, attempt, reason, status)  # what ended the job
             raise JobFailed(text)
         self.dispatch(job)
 
@@ -268,7 +273,7 @@ def task_extensions(job, task, attempt):
 def failure_details(job, attempt, reason, status=None):
     """What a user needs to find the cause of a failed attempt: the job's "failure"."""
     task, status = attempt.task, status or {}
-    details = {"task": task.name, "attempt": task.failures,
+    details = {"task": task.name, "attempt": attempt.number, "failures": task.failures,
                "max_attempts": job.spec.max_attempts, "worker": attempt.worker.pid,
                "reason": reason, "error": status.get("error"),
                "exit_code": status.get("exit_code"), "stderr_tail": status.get("stderr_tail"),
@@ -280,7 +285,7 @@ def failure_details(job, attempt, reason, status=None):
         details["input_start"] = int(split.get("mapreduce_map_input_start", 0))
         details["input_length"] = int(split.get("mapreduce_map_input_length", 0))
     else:
-        details["input"] = input_file or task.describe_inputs()
+        details["input"] = os.path.abspath(input_file) if input_file else task.describe_inputs()
     if attempt.log_file and os.path.isfile(attempt.log_file):
         details["log_file"] = os.path.abspath(attempt.log_file)
     return details

@@ -462,3 +462,23 @@ def test_a_stopped_leftovers_failure_is_not_charged_to_a_new_attempt(sim):
     sim.report(old, worker, helper.FAILED, error="cancelled by the master")
     task = sim.job(job_id).tasks[tuple(sorted(new.outputs))]
     assert task.failures == 1 and sim.coordinator.attempts.counting(task)
+
+
+def test_a_failure_that_was_recovered_is_not_given_as_the_cause(sim):
+    """The job's "failure" names only the attempt that ended it: none for a cancel."""
+    worker = sim.register(101)
+    job_id = sim.submit(mappers=1, reducers=1, max_attempts=3)
+    [task] = sim.tasks
+    sim.report(task, worker, helper.FAILED, error="boom")  # retried
+    sim.request(helper.cancel_job(job_id))
+    assert sim.job(job_id).snapshot()["failure"] is None
+
+
+def test_the_cause_of_a_failed_job_is_its_last_attempt(sim):
+    worker = sim.register(101)
+    job_id = sim.submit(mappers=1, reducers=1, max_attempts=2)
+    for _ in range(2):
+        [task] = sim.tasks
+        sim.report(task, worker, helper.FAILED, error="boom", exit_code=3)
+    failure = sim.job(job_id).snapshot()["failure"]
+    assert (failure["attempt"], failure["failures"], failure["exit_code"]) == (2, 2, 3)

@@ -75,6 +75,10 @@ def test_the_installed_commands_run_a_job_from_anywhere(installed, tmp_path):
         assert collected.returncode == 0, collected.stderr.decode()
         assert (tmp_path / "all.txt").read_bytes() == b"".join(
             p.read_bytes() for p in partition_files(tmp_path / "out"))
+        sample = subprocess.run([str(installed / "mapreduce-submit"), str(port)], cwd=scratch,
+                                capture_output=True, timeout=60)
+        assert sample.returncode == 2 and b"ships only with a checkout" in sample.stderr, \
+            sample.stderr
         subprocess.run([str(installed / "mapreduce-submit"), str(port), "--shutdown"],
                        cwd=scratch, timeout=60)
         assert master.wait(30) == 0

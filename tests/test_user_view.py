@@ -8,7 +8,8 @@ import pytest
 
 import helper
 from conftest import JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, write_files
-from mrlib.attemptlog import AttemptLog
+import send_job
+from mrlib.attemptlog import PROGRAM, AttemptLog
 from support.programs import script
 
 pytestmark = pytest.mark.timeout(120)
@@ -164,3 +165,35 @@ def test_wait_on_a_terminal_draws_progress_bars(cluster, tmp_path):
     text = shown.decode(errors="replace")
     assert "━" in text and "100%" in text, text
     assert "map" in text and "reduce" in text and "merge" not in text.split("succeeded")[0]
+
+
+def test_an_attempt_log_keeps_input_and_program_headers_in_order(tmp_path):
+    log = AttemptLog(str(tmp_path / "logs" / "a.log"))
+    log.section("in/a")
+    log.section("map.py", PROGRAM)
+    log.write(b"from map\n")
+    log.section("combine.py", PROGRAM)
+    log.write(b"from combine\n")
+    log.section("in/b")
+    log.section("map.py", PROGRAM)
+    log.close()
+    assert (tmp_path / "logs" / "a.log").read_bytes() == (
+        b"==> in/a <==\n==> map.py <==\nfrom map\n==> combine.py <==\nfrom combine\n")
+
+
+def test_no_log_for_a_cancelled_attempt_or_a_removed_job(tmp_path):
+    cancelled = AttemptLog(str(tmp_path / "logs" / "c.log"), still_wanted=lambda: False)
+    cancelled.write(b"late words\n")
+    cancelled.close()
+    gone = AttemptLog(str(tmp_path / "job-9" / "logs" / "g.log"))  # job-9 was removed
+    gone.write(b"late words\n")
+    gone.close()
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "job-9").exists()
+
+
+def test_the_cause_shows_control_characters_escaped():
+    lines = send_job.probable_cause({"task": "map task 0", "attempt": 1, "failures": 1,
+                                     "max_attempts": 1, "worker": 7, "input": "/in/x",
+                                     "exit_code": 3, "stderr_tail": "bad\x1b[2J\x00byte\n"})
+    shown = "\n".join(lines)
+    assert "\x1b" not in shown and "\x00" not in shown and "bad\\x1b[2J\\x00byte" in shown

@@ -1,0 +1,363 @@
+"""The master's web dashboard: the cluster, the jobs, and a timeline of each job's attempts.
+
+    GET /                 the cluster and every job (refreshes itself every 2 s)
+    GET /jobs/N           one job: progress, counters, failure, and its timeline (SVG)
+    GET /logs/N/NAME      an attempt's stderr (var/job-N/logs/NAME), as text
+    GET /api/cluster      JSON: cluster_status
+    GET /api/jobs         JSON: every job's job_status_reply
+    GET /api/jobs/N       JSON: one job's job_status_reply, with "attempts" (its timeline)
+
+It reads only what the master publishes (the job board) or answers through
+its event queue (`ask`): it never touches the coordinator's state. With a
+secret, every request needs `token` (in the query, or an X-Token header):
+an HMAC of the secret, printed in the master's log. Served by a threading
+HTTP server on its own threads, stopped and joined with the master.
+"""
+import hashlib
+import hmac
+import html
+import json
+import logging
+import os
+import re
+import threading
+import urllib.parse
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOG = logging.getLogger("master")
+
+REFRESH_SECONDS = 2  # pages of a running job reload this often
+LOG_NAME = re.compile(r"(map|sort|reduce)-\d{5}\.attempt-\d+\.log")
+JOB_PATH = re.compile(r"/(?:api/)?jobs/(-?\d{1,9})")
+LOG_PATH = re.compile(r"/logs/(\d{1,9})/([^/]+)")
+RUNNING_STATES = ("queued", "running")
+# The timeline's drawing: pixels.
+BAR_HEIGHT, LANE_GAP, ROW_GAP, LABEL_WIDTH, PLOT_WIDTH = 18, 2, 10, 190, 760
+AXIS_HEIGHT, LEGEND_HEIGHT, LEGEND_SPACING = 24, 30, 135
+PHASE_COLOURS = {"map": "#4e79a7", "sort": "#f28e2b", "reduce": "#59a14f"}
+OUTCOME_STROKES = {"failed": "#d62728", "revoked": "#999999", "leftover": "#999999",
+                   "forgotten": "#999999", "reported": "#999999"}
+
+
+def token_for(secret):
+    """The dashboard's token for a secret (None without one)."""
+    if not secret:
+        return None
+    return hmac.new(secret, b"mapreduce dashboard", hashlib.sha256).hexdigest()[:32]
+
+
+class Dashboard:
+    """An HTTP server on (host, port), answering from `board` and `ask`."""
+
+    def __init__(self, host, port, board, ask, job_root, token=None):
+        self.board = board  # .all() -> [job snapshots]; .get(N) -> snapshot or None
+        self.ask = ask  # ask(message) -> the coordinator's answer, or None
+        self.job_root = job_root
+        self.token = token
+        dashboard = self
+
+        class Handler(_Handler):
+            owner = dashboard
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="dashboard",
+                                       daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self, join_timeout=2.0):
+        if self.thread.is_alive():
+            self.server.shutdown()
+            self.thread.join(join_timeout)
+        self.server.server_close()
+
+    # --- what each path shows --------------------------------------------------------
+
+    def cluster(self):
+        return self.ask({"message_type": "cluster_status"}) or {"workers": []}
+
+    def job(self, job_id):
+        snapshot = self.board.get(job_id)
+        if snapshot is None:
+            return None
+        timeline = self.ask({"message_type": "job_timeline", "job_id": job_id}) or {}
+        return dict(snapshot, attempts=timeline.get("attempts", []), now=timeline.get("now"))
+
+    def log_path(self, job_id, name):
+        """The attempt log's path, or None unless `name` is one our master gives."""
+        if not LOG_NAME.fullmatch(name):
+            return None
+        return os.path.join(self.job_root, f"job-{job_id}", "logs", name)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner = None  # the Dashboard, set by a subclass per server
+    server_version = "mapreduce-dashboard"
+
+    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+        LOG.debug("dashboard: %s", format % args)
+
+    def do_GET(self):  # noqa: N802 (the base class's name)
+        url = urllib.parse.urlsplit(self.path)
+        query = urllib.parse.parse_qs(url.query)
+        if not self.allowed(query):
+            self.send_text(HTTPStatus.FORBIDDEN, "a token is needed: see the master's log for "
+                                                 "the dashboard's address with its token\n")
+            return
+        try:
+            self.route(url.path)
+        except BrokenPipeError:
+            pass
+        except Exception:  # one bad request must never stop the dashboard
+            LOG.exception("dashboard: error answering %s", url.path)
+            self.send_text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
+
+    def allowed(self, query):
+        token = self.owner.token
+        if token is None:
+            return True
+        given = (query.get("token") or [self.headers.get("X-Token", "")])[0]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def route(self, path):
+        owner = self.owner
+        if path == "/api/cluster":
+            self.send_json(owner.cluster())
+        elif path == "/api/jobs":
+            self.send_json({"jobs": owner.board.all()})
+        elif path in ("/", "/index.html"):
+            self.send_html(render_index(owner.cluster(), owner.board.all(), self.suffix()))
+        elif match := JOB_PATH.fullmatch(path):
+            job = owner.job(int(match.group(1)))
+            if job is None:
+                self.send_text(HTTPStatus.NOT_FOUND, f"no job {match.group(1)}\n")
+            elif path.startswith("/api/"):
+                self.send_json(job)
+            else:
+                self.send_html(render_job(job, self.suffix()))
+        elif match := LOG_PATH.fullmatch(path):
+            self.send_log(int(match.group(1)), urllib.parse.unquote(match.group(2)))
+        else:
+            self.send_text(HTTPStatus.NOT_FOUND, f"no page {path}: try / or /api/jobs\n")
+
+    def suffix(self):
+        """What every link carries: the token, if one is needed."""
+        token = self.owner.token
+        return f"?token={token}" if token else ""
+
+    def send_log(self, job_id, name):
+        path = self.owner.log_path(job_id, name)
+        try:
+            if path is None:
+                raise FileNotFoundError(name)
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            self.send_text(HTTPStatus.NOT_FOUND, f"no log {name} for job {job_id} (the attempt "
+                                                 f"wrote nothing, or the job's files are gone)\n")
+            return
+        self.send_bytes(HTTPStatus.OK, data, "text/plain; charset=utf-8")
+
+    def send_json(self, value):
+        self.send_bytes(HTTPStatus.OK, json.dumps(value).encode(), "application/json")
+
+    def send_html(self, text):
+        self.send_bytes(HTTPStatus.OK, text.encode(), "text/html; charset=utf-8")
+
+    def send_text(self, status, text):
+        self.send_bytes(status, text.encode(), "text/plain; charset=utf-8")
+
+    def send_bytes(self, status, data, content_type):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(data)
+
+
+# --- pages ---------------------------------------------------------------------------
+
+def page(title, body, refresh):
+    meta = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">' if refresh else ""
+    return (f"<!doctype html><html><head><meta charset='utf-8'>{meta}"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
+            f"<body><h1>{html.escape(title)}</h1>{body}</body></html>")
+
+
+STYLE = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+         "td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}"
+         ".failed,.cancelled{color:#d62728}.succeeded{color:#2a7d2a}"
+         "pre{background:#f6f6f6;padding:.6em}")
+
+
+def render_index(cluster, jobs, suffix):
+    workers = "".join(
+        f"<tr><td>{w['pid']}</td><td>{html.escape(str(w['host']))}:{w['port']}</td>"
+        f"<td class='{w['state']}'>{w['state']}</td><td>{w['tasks']}</td>"
+        f"<td>{w.get('since_heartbeat', 0):.1f} s</td></tr>" for w in cluster["workers"])
+    rows = "".join(
+        f"<tr><td><a href='/jobs/{j['job_id']}{suffix}'>job {j['job_id']}</a></td>"
+        f"<td class='{j['state']}'>{j['state']}</td><td>{html.escape(str(j.get('phase')))}</td>"
+        f"<td>{progress(j)}</td><td>{elapsed(j)}</td>"
+        f"<td>{html.escape(j.get('error') or '')}</td></tr>"
+        for j in sorted(jobs, key=lambda j: -j["job_id"]))
+    body = (f"<h2>Workers</h2><table><tr><th>pid</th><th>address</th><th>state</th>"
+            f"<th>tasks</th><th>last heartbeat</th></tr>{workers}</table>"
+            f"<p>running job: {cluster.get('current_job')}, queued: "
+            f"{', '.join(map(str, cluster.get('queued_jobs') or [])) or 'none'}</p>"
+            f"<h2>Jobs</h2><table><tr><th>job</th><th>state</th><th>phase</th>"
+            f"<th>progress</th><th>time</th><th>error</th></tr>{rows}</table>")
+    return page("MapReduce cluster", body, refresh=True)  # workers come and go too
+
+
+def progress(job):
+    total = job.get("tasks_total") or 0
+    if job["state"] != "running" or not total:
+        return ""
+    return f"{job['tasks_done']}/{total} ({100 * job['tasks_done'] // total}%)"
+
+
+def elapsed(job):
+    total = (job.get("timings") or {}).get("total")
+    return f"{total:.1f} s" if total is not None else ""
+
+
+def render_job(job, suffix):
+    counters = "".join(f"<tr><td>{html.escape(g)}.{html.escape(n)}</td><td>{v}</td></tr>"
+                       for g, names in sorted((job.get("counters") or {}).items())
+                       for n, v in sorted(names.items()))
+    failure = ""
+    if job.get("failure") and job["state"] in ("failed", "cancelled"):
+        cause = job["failure"]
+        failure = (f"<h2>Probable cause of failure</h2><p>{html.escape(cause.get('task', ''))}"
+                   f", attempt {cause.get('attempt')}, on worker {cause.get('worker')}: "
+                   f"{html.escape(cause.get('reason') or '')}</p>"
+                   f"<pre>{html.escape(cause.get('stderr_tail') or '')}</pre>"
+                   + log_link(job["job_id"], cause.get("log_file"), suffix, "its stderr"))
+    events = "".join(f"<li>{html.escape(e)}</li>" for e in job.get("events") or [])
+    body = (f"<p><a href='/{suffix}'>cluster</a></p>"
+            f"<p class='{job['state']}'>{job['state']}, {html.escape(str(job.get('phase')))} "
+            f"phase {progress(job)} {elapsed(job)}</p>"
+            f"<p>{html.escape(job.get('error') or '')}</p>{failure}"
+            f"<h2>Timeline</h2>{timeline_svg(job, suffix)}"
+            f"<h2>Counters</h2><table>{counters}</table><h2>Events</h2><ul>{events}</ul>")
+    return page(f"job {job['job_id']}", body, job["state"] in RUNNING_STATES)
+
+
+def log_link(job_id, path, suffix, text):
+    if not path:
+        return ""
+    return (f"<p><a class='log' href='/logs/{job_id}/{urllib.parse.quote(os.path.basename(path))}"
+            f"{suffix}'>{html.escape(text)}</a></p>")
+
+
+def timeline_svg(job, suffix):
+    """One row per worker, one bar per attempt from delivery to end (or now), coloured by
+    phase, outlined by outcome; backups hatched; each bar links to its stderr. Attempts
+    a worker held at once (queued behind each other) get lanes of their own."""
+    attempts = job.get("attempts") or []
+    if not attempts:
+        return "<p>no attempts yet</p>"
+    now = job.get("now")
+    start = min(a["sent"] for a in attempts)
+    end = max([finish_of(a, now) for a in attempts] + [start + 1e-3])
+    scale = PLOT_WIDTH / (end - start)
+    rows, y = [], AXIS_HEIGHT
+    by_worker = {}
+    for attempt in attempts:
+        by_worker.setdefault((attempt["worker"], attempt["worker_address"]), []).append(attempt)
+    for worker in sorted(by_worker, key=lambda w: w[1]):
+        lanes = pack(by_worker[worker], now)
+        rows.append((worker, y, lanes))
+        y += max(1, len(lanes)) * (BAR_HEIGHT + LANE_GAP) + ROW_GAP
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' class='timeline' width='"
+             f"{LABEL_WIDTH + PLOT_WIDTH + 10}' height='{y + LEGEND_HEIGHT}'>",
+             "<defs><pattern id='backup' width='6' height='6' patternUnits='userSpaceOnUse'>"
+             "<path d='M0,6 L6,0' stroke='white' stroke-width='2'/></pattern></defs>"]
+    for (pid, address), top, lanes in rows:
+        parts.append(f"<text x='0' y='{top + BAR_HEIGHT - 4}' font-size='12'>worker {pid} "
+                     f"({html.escape(address)})</text>")
+        for number, lane in enumerate(lanes):
+            for attempt in lane:
+                parts.append(bar(job, attempt, start, scale,
+                                 top + number * (BAR_HEIGHT + LANE_GAP), suffix))
+    parts.append(f"<text x='{LABEL_WIDTH}' y='14' font-size='11'>0 s</text>"
+                 f"<text x='{LABEL_WIDTH + PLOT_WIDTH - 40}' y='14' font-size='11'>"
+                 f"{end - start:.1f} s</text>{legend(y)}</svg>")
+    return "".join(parts)
+
+
+def finish_of(attempt, now):
+    return attempt["ended"] or now or attempt["started"]
+
+
+def pack(attempts, now):
+    """Attempts in lanes, none overlapping another in its lane (greedy by start)."""
+    lanes = []
+    for attempt in sorted(attempts, key=began_of):
+        for lane in lanes:
+            if finish_of(lane[-1], now) <= began_of(attempt):
+                lane.append(attempt)
+                break
+        else:
+            lanes.append([attempt])
+    return lanes
+
+
+def legend(top):
+    items = [(f"<rect width='14' height='10' fill='{colour}'/>", kind)
+             for kind, colour in PHASE_COLOURS.items()]
+    items += [("<rect width='14' height='10' fill='#ccc' stroke='#d62728' stroke-width='2'/>",
+               "failed"),
+              ("<rect width='14' height='10' fill='#ccc' stroke='#999' stroke-width='2'/>",
+               "revoked or left over"),
+              ("<rect width='14' height='10' fill='#4e79a7'/><rect width='14' height='10' "
+               "fill='url(#backup)'/>", "backup")]
+    shown = []
+    for number, (shape, text) in enumerate(items):
+        x = LABEL_WIDTH + number * LEGEND_SPACING
+        shown.append(f"<g transform='translate({x},{top + 6})'>{shape}"
+                     f"<text x='18' y='10' font-size='11'>{text}</text></g>")
+    return "".join(shown)
+
+
+def began_of(attempt):
+    """When it started running: its worker's own count where it sent one (our worker), else
+    its delivery (a task may then have waited in the worker's queue)."""
+    if attempt.get("ran") is not None and attempt["ended"] is not None:
+        return max(attempt["started"], attempt["ended"] - attempt["ran"])
+    return attempt["started"]
+
+
+def bar(job, attempt, start, scale, y, suffix):
+    """The attempt's bar, from when it started running to its end (or now)."""
+    finish = finish_of(attempt, job.get("now"))
+    began = began_of(attempt)
+    waited = began - attempt["started"]
+    x = LABEL_WIDTH + (began - start) * scale
+    width = max(2.0, (finish - began) * scale)
+    colour = PHASE_COLOURS.get(attempt["kind"], "#777")
+    stroke = OUTCOME_STROKES.get(attempt["state"], "none")
+    title = (f"{attempt['task']}{' (backup)' if attempt['backup'] else ''} on worker "
+             f"{attempt['worker']}: {attempt['state']}"
+             f"{': ' + attempt['outcome'] if attempt['outcome'] else ''}, "
+             f"ran {finish - began:.2f} s"
+             f"{f' after {waited:.2f} s in the worker’s queue' if waited > 0.01 else ''}")
+    shape = (f"<rect class='attempt {attempt['kind']} {attempt['state']}' "
+             f"data-worker='{attempt['worker']}' x='{x:.1f}' y='{y}' width='{width:.1f}' "
+             f"height='{BAR_HEIGHT}' fill='{colour}' stroke='{stroke}' stroke-width='2'>"
+             f"<title>{html.escape(title)}</title></rect>")
+    if attempt["backup"]:
+        shape += (f"<rect x='{x:.1f}' y='{y}' width='{width:.1f}' height='{BAR_HEIGHT}' "
+                  f"fill='url(#backup)'/>")
+    log_file = attempt.get("log_file")
+    if log_file and os.path.isfile(log_file):
+        name = urllib.parse.quote(os.path.basename(log_file))
+        shape = f"<a class='log' href='/logs/{job['job_id']}/{name}{suffix}'>{shape}</a>"
+    return shape

@@ -1,0 +1,162 @@
+"""The master's dashboard (--http-port): JSON API, pages and the timeline, over real HTTP."""
+import json
+import re
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, free_master_port, free_port,
+                      wait_until, write_files)
+from support.programs import script
+
+pytestmark = pytest.mark.timeout(120)
+
+SMALL_INPUT = {f"part-{n}": b"the quick brown fox jumps over the lazy dog\n" * (n + 1)
+               for n in range(4)}
+SECRET = "d" * 64
+
+
+def get(port, path, token=None):
+    """(status, body bytes, content type) of GET path."""
+    url = f"http://localhost:{port}{path}"
+    if token:
+        url += ("&" if "?" in url else "?") + f"token={token}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read(), response.headers["Content-Type"]
+    except urllib.error.HTTPError as error:
+        return error.code, error.read(), error.headers["Content-Type"]
+
+
+def api(port, path, token=None):
+    status, body, _ = get(port, path, token)
+    assert status == 200, body
+    return json.loads(body)
+
+
+@pytest.fixture
+def dashboard(make_cluster):
+    cluster = make_cluster(start=False)
+    cluster.http_port = free_port()
+    cluster.start_master(extra=("--http-port", cluster.http_port))
+    return cluster
+
+
+def test_the_api_and_the_timeline_show_every_attempt(dashboard, tmp_path):
+    workers = dashboard.start_workers(2)
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    dashboard.run_job(*WORD_COUNT, inputs, tmp_path / "out", 4, 2)
+    jobs = api(dashboard.http_port, "/api/jobs")["jobs"]
+    assert [(j["job_id"], j["state"]) for j in jobs] == [(0, "succeeded")]
+    job = api(dashboard.http_port, "/api/jobs/0")
+    attempts = job["attempts"]
+    assert sorted(a["task"] for a in attempts if a["kind"] == "map") == \
+        [f"map task {n}" for n in range(4)]
+    assert sorted(a["task"] for a in attempts if a["kind"] == "reduce") == \
+        ["reduce task 0", "reduce task 1"]
+    assert {a["worker"] for a in attempts} == {w.pid for w in workers}
+    assert all(a["state"] == "succeeded" for a in attempts)
+    cluster = api(dashboard.http_port, "/api/cluster")
+    assert sorted(w["pid"] for w in cluster["workers"]) == sorted(w.pid for w in workers)
+    status, page, kind = get(dashboard.http_port, "/jobs/0")
+    assert status == 200 and kind.startswith("text/html")
+    bars = re.findall(rb"<rect class='attempt (\w+) (\w+)' data-worker='(\d+)'", page)
+    assert sorted((k.decode(), int(w)) for k, _, w in bars) == \
+        sorted((a["kind"], a["worker"]) for a in attempts)
+    status, index, _ = get(dashboard.http_port, "/")
+    assert status == 200 and b"/jobs/0" in index and str(workers[0].pid).encode() in index
+
+
+def test_a_failed_jobs_page_shows_the_cause_and_links_its_stderr(dashboard, tmp_path):
+    dashboard.start_worker()
+    mapper = script(tmp_path / "failing.sh", "cat >/dev/null\necho 'bad record 7' >&2\nexit 3\n")
+    inputs = write_files(tmp_path / "in", {"only": b"x\n"})
+    result = dashboard.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
+                                mapper, "--mappers", 1, "--max-attempts", 1, "--wait")
+    assert result.returncode == 1
+    status, page, _ = get(dashboard.http_port, "/jobs/0")
+    assert b"Probable cause of failure" in page and b"bad record 7" in page
+    links = re.findall(rb"href='(/logs/0/[^']+)'", page)
+    assert links, page
+    status, log, kind = get(dashboard.http_port, links[0].decode())
+    assert status == 200 and log == b"bad record 7\n" and kind.startswith("text/plain")
+
+
+@pytest.mark.parametrize("path", ["/api/jobs/99", "/jobs/7", "/nope", "/api/jobs/x",
+                                  "/logs/0/../../../etc/passwd", "/logs/0/map-00000.attempt-1.log",
+                                  "/logs/0/%2e%2e%2fsecret"])
+def test_unknown_jobs_and_paths_are_404(dashboard, path):
+    status, body, _ = get(dashboard.http_port, path)
+    assert status == 404, body
+    assert dashboard.master.poll() is None
+
+
+def test_a_dashboard_port_in_use_stops_the_start_cleanly(make_cluster):
+    cluster = make_cluster(start=False)
+    with socket.create_server(("localhost", 0)) as taken:
+        port = free_master_port()
+        result = subprocess.run([PYTHON, str(REPO / "master.py"), str(port), "--http-port",
+                                 str(taken.getsockname()[1])], cwd=cluster.workdir,
+                                capture_output=True, timeout=30)
+    assert result.returncode == 1
+    assert b"cannot serve the dashboard" in result.stderr, result.stderr
+    assert not (cluster.workdir / "var").exists(), "nothing touched before binding"
+
+
+def test_with_a_secret_the_dashboard_needs_its_token(make_cluster, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    cluster = make_cluster(start=False, env={"MAPREDUCE_SECRET_FILE": str(secret)})
+    http_port = free_port()
+    cluster.start_master(extra=("--http-port", http_port))
+    status, body, _ = get(http_port, "/api/jobs")
+    assert status == 403, body
+    token = wait_until(lambda: re.search(r"dashboard on http://\S+\?token=(\w+)",
+                                         cluster.master_log()), what="the dashboard's address")
+    assert get(http_port, "/api/jobs", "0" * 32)[0] == 403
+    assert get(http_port, "/api/jobs", token.group(1))[0] == 200
+    status, index, _ = get(http_port, "/", token.group(1))
+    assert status == 200
+
+
+def test_the_timeline_draws_lanes_for_attempts_a_worker_held_at_once():
+    from mrlib import dashboard
+
+    def attempt(number, started, ended):
+        return {"attempt": number, "task": f"map task {number}", "kind": "map", "worker": 7,
+                "worker_address": "h:1", "backup": number == 2, "state": "succeeded",
+                "outcome": None, "sent": 0.0, "started": started, "ended": ended,
+                "log_file": None}
+    job = {"job_id": 0, "now": 10.0,
+           "attempts": [attempt(0, 0.0, 4.0), attempt(1, 0.0, 8.0), attempt(2, 5.0, 6.0)]}
+    svg = dashboard.timeline_svg(job, "")
+    rows = sorted(float(y) for y in re.findall(r"class='attempt map succeeded' "
+                                               r"data-worker='7' x='[\d.]+' y='([\d.]+)'", svg))
+    assert len(rows) == 3 and len(set(rows)) == 2, svg  # two lanes: 0-4 then 5-6, and 0-8
+    assert "url(#backup)" in svg
+
+
+def test_a_running_job_shows_in_the_api_with_its_progress(dashboard, tmp_path):
+    dashboard.start_worker()
+    mapper = script(tmp_path / "slow.sh", f"sleep 1\nexec {WORD_COUNT[0]}\n")
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    client = dashboard.send_job_async("--input", inputs, "--output", tmp_path / "out",
+                                      "--mapper", mapper, "--mappers", 4, "--wait")
+    try:
+        seen = set()
+        wait_until(lambda: seen.add(progress_of(dashboard)) or len(seen - {None}) >= 2,
+                   JOB_TIMEOUT, what="the dashboard to show the job advancing")
+        assert client.wait(JOB_TIMEOUT) == 0
+    finally:
+        if client.poll() is None:
+            client.kill()
+        client.communicate()
+
+
+def progress_of(cluster):
+    jobs = api(cluster.http_port, "/api/jobs")["jobs"]
+    running = [j for j in jobs if j["state"] == "running" and j["phase"] == "map"]
+    return running[0]["tasks_done"] if running else None
