@@ -437,7 +437,7 @@ class Worker:
                     env=context.environment(input_file), timeout=message.get("timeout"),
                     guard=guard, log=log))
             except runner.TaskFailed as failure:
-                LOG.error("%s failed: %s", Task(message).describe(), failure)
+                LOG.error("task failed: %s: %s", Task(message).describe(), failure)
                 return helper.status_files(outputs, self.pid, helper.FAILED,
                                            **_failure_fields(failure))
         LOG.info("finished %s", Task(message).describe())
