@@ -464,7 +464,18 @@ def main(argv=None):
 
 
 def shut_down(args):
-    """Send shutdown; a master that refuses it says so on the connection (ours, with a secret)."""
+    """Say what stops, send shutdown; a master that refuses it says so (ours, with a secret)."""
+    try:
+        cluster = helper.request(args.host, args.port, helper.cluster_status())
+    except (OSError, helper.ProtocolError):
+        cluster = None  # another implementation's master: it only takes shutdown
+    if cluster is not None and "current_job" in cluster:
+        running, queued = cluster.get("current_job"), cluster.get("queued_jobs") or []
+        print(f"shutting down the master at {args.host}:{args.port} and its "
+              f"{len(cluster.get('workers') or [])} worker(s)"
+              + (f"; job {running} stops unfinished" if running is not None else "")
+              + (f"; queued job(s) dropped: {', '.join(map(str, queued))}" if queued else ""),
+              flush=True)
     try:
         helper.request(args.host, args.port, helper.shutdown(), reply_timeout=SHUTDOWN_WAIT)
     except (helper.NoReply, socket.timeout):  # taken: the spec's master answers nothing

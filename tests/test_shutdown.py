@@ -35,6 +35,8 @@ def test_shutdown_stops_everything_mid_task(cluster, tmp_path):
 
     result = cluster.send_job("--shutdown")
     assert result.returncode == 0, result.stderr.decode()
+    said = result.stdout.decode()  # what stops, before it stops
+    assert f"and its {len(workers)} worker(s); job 0 stops unfinished" in said, said
     wait_until(lambda: not cluster.alive(), EXIT_DEADLINE,
                what=f"every process to exit (left: {cluster.alive()})")
     assert not pid_alive(program)
