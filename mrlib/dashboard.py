@@ -280,17 +280,29 @@ def timeline_svg(job, suffix):
              f"{LABEL_WIDTH + PLOT_WIDTH + 10}' height='{y + LEGEND_HEIGHT}'>",
              "<defs><pattern id='backup' width='6' height='6' patternUnits='userSpaceOnUse'>"
              "<path d='M0,6 L6,0' stroke='white' stroke-width='2'/></pattern></defs>"]
+    logs = existing_logs(attempts)
     for (pid, address), top, lanes in rows:
         parts.append(f"<text x='0' y='{top + BAR_HEIGHT - 4}' font-size='12'>worker {pid} "
                      f"({html.escape(address)})</text>")
         for number, lane in enumerate(lanes):
             for attempt in lane:
                 parts.append(bar(job, attempt, start, scale,
-                                 top + number * (BAR_HEIGHT + LANE_GAP), suffix))
+                                 top + number * (BAR_HEIGHT + LANE_GAP), suffix, logs))
     parts.append(f"<text x='{LABEL_WIDTH}' y='14' font-size='11'>0 s</text>"
                  f"<text x='{LABEL_WIDTH + PLOT_WIDTH - 40}' y='14' font-size='11'>"
                  f"{end - start:.1f} s</text>{legend(y)}</svg>")
     return "".join(parts)
+
+
+def existing_logs(attempts):
+    """The attempts' log files that exist: one listing per log directory, not a stat each."""
+    found = set()
+    for directory in {os.path.dirname(a["log_file"]) for a in attempts if a.get("log_file")}:
+        try:
+            found.update(os.path.join(directory, name) for name in os.listdir(directory))
+        except OSError:  # no attempt wrote anything, or the job's files are gone
+            pass
+    return found
 
 
 def finish_of(attempt, now):
@@ -335,7 +347,7 @@ def began_of(attempt):
     return attempt["started"]
 
 
-def bar(job, attempt, start, scale, y, suffix):
+def bar(job, attempt, start, scale, y, suffix, logs=frozenset()):
     """The attempt's bar, from when it started running to its end (or now)."""
     finish = finish_of(attempt, job.get("now"))
     began = began_of(attempt)
@@ -357,7 +369,7 @@ def bar(job, attempt, start, scale, y, suffix):
         shape += (f"<rect x='{x:.1f}' y='{y}' width='{width:.1f}' height='{BAR_HEIGHT}' "
                   f"fill='url(#backup)'/>")
     log_file = attempt.get("log_file")
-    if log_file and os.path.isfile(log_file):
+    if log_file and log_file in logs:
         name = urllib.parse.quote(os.path.basename(log_file))
         shape = f"<a class='log' href='/logs/{job['job_id']}/{name}{suffix}'>{shape}</a>"
     return shape

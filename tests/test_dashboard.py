@@ -80,7 +80,9 @@ def test_a_failed_jobs_page_shows_the_cause_and_links_its_stderr(dashboard, tmp_
     status, page, _ = get(dashboard.http_port, "/jobs/0")
     assert b"Probable cause of failure" in page and b"bad record 7" in page
     links = re.findall(rb"href='(/logs/0/[^']+)'", page)
-    assert links, page
+    assert len(links) == 2, page  # the cause's link and the failed attempt's bar
+    assert re.search(rb"<a class='log' href='/logs/0/[^']+'><rect class='attempt map failed'",
+                     page), page
     status, log, kind = get(dashboard.http_port, links[0].decode())
     assert status == 200 and log == b"bad record 7\n" and kind.startswith("text/plain")
 
