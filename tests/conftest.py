@@ -153,3 +153,12 @@ def assert_matches_sequential(outputs, input_dir, mapper, reducer, reducers, env
         for line in path.read_bytes().splitlines():
             assert owner.setdefault(key_of(line), number) == number, \
                 f"key {key_of(line)!r} in input_{owner[key_of(line)]} and input_{number}"
+
+
+@pytest.fixture
+def dashboard(make_cluster):
+    """A master serving its dashboard (--http-port) on cluster.http_port."""
+    cluster = make_cluster(start=False)
+    cluster.http_port = free_port()
+    cluster.start_master(extra=("--http-port", cluster.http_port))
+    return cluster

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JOB_TIMEOUT, REPO, WORD_COUNT, free_port, wait_until, write_files
+from conftest import JOB_TIMEOUT, REPO, WORD_COUNT, wait_until, write_files
 from support.programs import script
 
 pytestmark = pytest.mark.timeout(180)
@@ -51,14 +51,6 @@ def browser(tmp_path):
         yield driver
     finally:
         driver.quit()
-
-
-@pytest.fixture
-def dashboard(make_cluster):
-    cluster = make_cluster(start=False)
-    cluster.http_port = free_port()
-    cluster.start_master(extra=("--http-port", cluster.http_port))
-    return cluster
 
 
 def screenshot(driver, name):

@@ -37,14 +37,6 @@ def api(port, path, token=None):
     return json.loads(body)
 
 
-@pytest.fixture
-def dashboard(make_cluster):
-    cluster = make_cluster(start=False)
-    cluster.http_port = free_port()
-    cluster.start_master(extra=("--http-port", cluster.http_port))
-    return cluster
-
-
 def test_the_api_and_the_timeline_show_every_attempt(dashboard, tmp_path):
     workers = dashboard.start_workers(2)
     inputs = write_files(tmp_path / "in", SMALL_INPUT)

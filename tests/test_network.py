@@ -82,6 +82,13 @@ def run_job(cluster, tmp_path, mapper, name="out", timeout=JOB_SECONDS):
                               REDUCERS)
 
 
+def submit(cluster, tmp_path, mapper):
+    """The word count with `mapper`, submitted from the client host with --wait; its client."""
+    return cluster.send_job_async("--input", inputs_of(tmp_path), "--output", tmp_path / "out",
+                                  "--mapper", mapper, "--mappers", MAPPERS,
+                                  "--reducers", REDUCERS, "--wait")
+
+
 def inputs_of(tmp_path):
     directory = tmp_path / "in"
     return directory if directory.exists() else inputs(tmp_path)
@@ -116,9 +123,7 @@ def test_a_job_across_three_hosts_and_only_secret_holders_get_in(cluster, tmp_pa
 def test_a_cut_link_mid_map_moves_its_tasks_and_the_worker_rejoins(cluster, tmp_path):
     first, second = cluster.add_worker("w1"), cluster.add_worker("w2")
     mapper, trace = tracing_mapper(tmp_path, 1)
-    client = cluster.send_job_async("--input", inputs_of(tmp_path), "--output",
-                                    tmp_path / "out", "--mapper", mapper, "--mappers", MAPPERS,
-                                    "--reducers", REDUCERS, "--wait")
+    client = submit(cluster, tmp_path, mapper)
     try:
         wait_until(lambda: ran_on(trace, first), what="a map task on w1")
         first.cut()
@@ -155,9 +160,7 @@ def test_a_lossy_network_slows_the_job_and_kills_no_worker(cluster, tmp_path):
 def test_a_flapping_link_through_a_whole_job(cluster, tmp_path):
     flaky, steady = cluster.add_worker("w1"), cluster.add_worker("w2")
     mapper, _ = tracing_mapper(tmp_path, 1)
-    client = cluster.send_job_async("--input", inputs_of(tmp_path), "--output",
-                                    tmp_path / "out", "--mapper", mapper, "--mappers", MAPPERS,
-                                    "--reducers", REDUCERS, "--wait")
+    client = submit(cluster, tmp_path, mapper)
     try:
         while client.poll() is None:
             flaky.cut()
@@ -178,9 +181,7 @@ def test_a_rebooted_worker_host_comes_back_with_a_new_worker(cluster, tmp_path):
     the same pid (1) at the same address and port, and is still told from its old self."""
     rebooted, other = cluster.add_worker("w1"), cluster.add_worker("w2")
     mapper, trace = tracing_mapper(tmp_path, 1)
-    client = cluster.send_job_async("--input", inputs_of(tmp_path), "--output",
-                                    tmp_path / "out", "--mapper", mapper, "--mappers", MAPPERS,
-                                    "--reducers", REDUCERS, "--wait")
+    client = submit(cluster, tmp_path, mapper)
     try:
         wait_until(lambda: ran_on(trace, rebooted), what="a map task on w1")
         cluster.reboot(rebooted)  # back within a second: before the master misses it
@@ -198,9 +199,7 @@ def test_a_rebooted_worker_host_comes_back_with_a_new_worker(cluster, tmp_path):
 def test_a_partitioned_master_heals_and_the_job_finishes(cluster, tmp_path):
     workers = [cluster.add_worker("w1"), cluster.add_worker("w2")]
     mapper, trace = tracing_mapper(tmp_path, 1)
-    client = cluster.send_job_async("--input", inputs_of(tmp_path), "--output",
-                                    tmp_path / "out", "--mapper", mapper, "--mappers", MAPPERS,
-                                    "--reducers", REDUCERS, "--wait")
+    client = submit(cluster, tmp_path, mapper)
     try:
         wait_until(lambda: trace.read_text(), what="the first map task")
         cluster.master_host.cut()
