@@ -20,7 +20,7 @@ import helper
 from mrlib import auth, display, outputdir
 from mrlib.display import describe
 from mrlib.grouping import raise_open_file_limit
-from mrlib.jobspec import ENV_NAME, JobRejected, JobSpec
+from mrlib.jobspec import ENV_NAME, JobRejected, JobSpec, in_option_terms
 from mrlib.runner import TaskFailed
 from mrlib.sequential import SequentialRun
 from mrlib.splits import TooManySplits
@@ -262,9 +262,10 @@ def summarize(status, stream=sys.stderr):
     if status.get("state") == "succeeded":
         print(f"job {status['job_id']} succeeded: {len(status.get('outputs', []))} file(s) in "
               f"{status.get('output_directory')}")
-        for group, counters in sorted((status.get("counters") or {}).items()):
-            for name, amount in sorted(counters.items()):
-                print(f"  counter {group}.{name} = {amount}")
+        for group, counters in display.counter_groups(status.get("counters")):
+            print(f"  counters: {group}")
+            for name, amount in counters:
+                print(f"    {name} = {amount}")
         if status.get("timings"):
             timings = ", ".join(f"{k} {v:.2f}s" for k, v in status["timings"].items())
             print(f"  timings: {timings}")
@@ -291,6 +292,12 @@ def probable_cause(failure):
              f"  task:      {failure.get('task')}, attempt {failure.get('attempt')} on worker "
              f"{failure.get('worker')} (failure {failure.get('failures')} of "
              f"{failure.get('max_attempts')} allowed)"]
+    return lines + attempt_lines(failure)
+
+
+def attempt_lines(failure):
+    """What went wrong in one failed run of a program: input, how it ended, stderr, log."""
+    lines = []
     where = failure.get("input")
     if failure.get("input_length") is not None and "input_start" in failure:
         start = failure["input_start"]
@@ -386,7 +393,7 @@ def run_sequential(args):
     try:
         spec = JobSpec.from_message(build_job(args))
     except (JobRejected, helper.ProtocolError) as error:
-        print(f"send_job: invalid job: {error}", file=sys.stderr)
+        print(f"send_job: invalid job: {in_option_terms(str(error))}", file=sys.stderr)
         return 2
     try:
         names = outputs_to_replace(args, build_job(args))
@@ -400,7 +407,14 @@ def run_sequential(args):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         job = SequentialRun(spec).run()
-    except (OSError, TaskFailed, TooManySplits) as error:
+    except TaskFailed as failure:
+        print("sequential job failed:", file=sys.stderr)
+        for line in attempt_lines({"input": failure.input_file, "exit_code": failure.exit_code,
+                                   "error": failure.reason, "stderr_tail": failure.stderr_tail,
+                                   "time_limit": spec.task_timeout}):
+            print(line, file=sys.stderr)
+        return 1
+    except (OSError, TooManySplits) as error:
         print(f"sequential job failed: {error}", file=sys.stderr)
         return 1
     return summarize(job.snapshot())
@@ -410,7 +424,7 @@ def submit(args):
     try:
         message = build_job(args)
     except (JobRejected, helper.ProtocolError) as error:
-        print(f"send_job: invalid job: {error}", file=sys.stderr)
+        print(f"send_job: invalid job: {in_option_terms(str(error))}", file=sys.stderr)
         return 2
     try:
         names = outputs_to_replace(args, message)
@@ -424,7 +438,8 @@ def submit(args):
     except helper.NoReply:
         return submitted_without_reply(args)
     if reply.get("message_type") == "job_rejected":
-        print(f"send_job: the master rejected the job: {reply.get('error')}", file=sys.stderr)
+        print(f"send_job: the master rejected the job: {in_option_terms(str(reply.get('error')))}",
+              file=sys.stderr)
         return 2
     job_id = reply.get("job_id")
     try:  # from here on the job exists, so an interrupt says how to find it again

@@ -426,6 +426,8 @@ class Worker:
                    for path in message["input_files"]]
         context = runner.TaskContext(message.get("context"))
         sort_output = message.get("sort_output") is True
+        counting = message.get("builtin_counters")
+        counting = counting if counting in (runner.MAP_COUNTING, runner.REDUCE_COUNTING) else None
         report = runner.Report()
         for input_file, output in zip(message["input_files"], outputs):
             if len(outputs) > 1:
@@ -435,7 +437,7 @@ class Worker:
                     message["executable"], input_file, output,
                     combiner=message.get("combiner_executable"), sort_output=sort_output,
                     env=context.environment(input_file), timeout=message.get("timeout"),
-                    guard=guard, log=log))
+                    guard=guard, log=log, counting=counting, spills=sort_output))
             except runner.TaskFailed as failure:
                 LOG.error("task failed: %s: %s", Task(message).describe(), failure)
                 return helper.status_files(outputs, self.pid, helper.FAILED,

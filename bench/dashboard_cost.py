@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """What watching the dashboard costs a job: the same jobs with and without a browser polling it.
 
-    python3 bench/dashboard_cost.py [--rounds 10] [--data bench/data]
+    python3 bench/dashboard_cost.py [--rounds 10] [--data bench/data] [--no-browser]
 
 One cluster (a master with --http-port and 2 workers). In interleaved rounds,
 the sample job (submit to finished, send_job --wait as a whole process) runs
 alone and with a poller loading /, /api/jobs and the job's page every second;
 then the 2,000-map-task job once each way, with the master's CPU seconds. The
 poller is headless Chromium through selenium when both are installed (the
-pages and their SVG rendered for real), else plain HTTP. Prints one JSON object.
+pages and their SVG rendered for real), else (or with --no-browser: the
+master's own cost, without a browser's on the same cores) plain HTTP. Prints
+one JSON object.
 """
 import argparse
 import json
@@ -96,6 +98,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--data", default=os.path.join(BENCH, "data"))
+    parser.add_argument("--no-browser", action="store_true",
+                        help="poll over plain HTTP even if Chromium is installed")
     args = parser.parse_args()
     os.makedirs(args.data, exist_ok=True)
     scale_input = os.path.join(args.data, f"tiny-{bench_run.SCALE_TASKS}")
@@ -110,7 +114,7 @@ def main():
         cluster.start_master(extra=("--http-port", http_port))
         cluster.start_workers(2)
         out = iter(range(10 ** 6))
-        driver = browser()
+        driver = None if args.no_browser else browser()
         if driver is not None:
             driver.get(f"http://localhost:{http_port}/")  # warm: its start is not measured
         try:

@@ -46,6 +46,10 @@ class AttemptLog:
             data = data[:room]
         self.written += self._put(data)
 
+    def skipped(self, count):
+        """`count` more bytes that were not kept (said at the end)."""
+        self.dropped += count
+
     def _put(self, data):
         """Write `data`; how many bytes went in."""
         if not data or not self._open():

@@ -13,6 +13,7 @@ secret, every request needs `token` (in the query, or an X-Token header):
 an HMAC of the secret, printed in the master's log. Served by a threading
 HTTP server on its own threads, stopped and joined with the master.
 """
+import collections
 import hashlib
 import hmac
 import html
@@ -25,6 +26,8 @@ import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from mrlib.display import counter_groups
+
 LOG = logging.getLogger("master")
 
 REFRESH_SECONDS = 2  # pages of a running job reload this often
@@ -32,6 +35,7 @@ LOG_NAME = re.compile(r"(map|sort|reduce)-\d{5}\.attempt-\d+\.log")
 JOB_PATH = re.compile(r"/(?:api/)?jobs/(-?\d{1,9})")
 LOG_PATH = re.compile(r"/logs/(\d{1,9})/([^/]+)")
 RUNNING_STATES = ("queued", "running")
+CACHED_PAGES = 32  # rendered pages of ended jobs kept: a page left open costs nothing
 # The timeline's drawing: pixels.
 BAR_HEIGHT, LANE_GAP, ROW_GAP, LABEL_WIDTH, PLOT_WIDTH = 18, 2, 10, 190, 760
 AXIS_HEIGHT, LEGEND_HEIGHT, LEGEND_SPACING = 24, 30, 135
@@ -55,6 +59,8 @@ class Dashboard:
         self.ask = ask  # ask(message) -> the coordinator's answer, or None
         self.job_root = job_root
         self.token = token
+        self.cache = collections.OrderedDict()  # (job, version, kind) -> bytes, ended jobs
+        self.cache_lock = threading.Lock()
         dashboard = self
 
         class Handler(_Handler):
@@ -86,6 +92,29 @@ class Dashboard:
             return None
         timeline = self.ask({"message_type": "job_timeline", "job_id": job_id}) or {}
         return dict(snapshot, attempts=timeline.get("attempts", []), now=timeline.get("now"))
+
+    def job_page(self, job_id, kind, render):
+        """The rendered page (`kind`: html or json) of a job, or None if there is no such
+        job. An ended job whose attempts have all ended does not change: its page is
+        rendered once."""
+        job = self.job(job_id)
+        if job is None:
+            return None
+        attempts = job["attempts"]
+        ended = (job["state"] not in RUNNING_STATES
+                 and all(a["ended"] is not None for a in attempts))
+        key = (job_id, job.get("version"), len(attempts), kind)
+        with self.cache_lock:
+            if ended and key in self.cache:
+                self.cache.move_to_end(key)
+                return self.cache[key]
+        page = render(job)
+        if ended:
+            with self.cache_lock:
+                self.cache[key] = page
+                while len(self.cache) > CACHED_PAGES:
+                    self.cache.popitem(last=False)
+        return page
 
     def log_path(self, job_id, name):
         """The attempt log's path, or None unless `name` is one our master gives."""
@@ -132,13 +161,17 @@ class _Handler(BaseHTTPRequestHandler):
         elif path in ("/", "/index.html"):
             self.send_html(render_index(owner.cluster(), owner.board.all(), self.suffix()))
         elif match := JOB_PATH.fullmatch(path):
-            job = owner.job(int(match.group(1)))
-            if job is None:
+            api = path.startswith("/api/")
+            suffix = self.suffix()
+            page = owner.job_page(
+                int(match.group(1)), "json" if api else "html",
+                lambda job: json.dumps(job).encode() if api else
+                render_job(job, suffix).encode())
+            if page is None:
                 self.send_text(HTTPStatus.NOT_FOUND, f"no job {match.group(1)}\n")
-            elif path.startswith("/api/"):
-                self.send_json(job)
             else:
-                self.send_html(render_job(job, self.suffix()))
+                self.send_bytes(HTTPStatus.OK, page,
+                                "application/json" if api else "text/html; charset=utf-8")
         elif match := LOG_PATH.fullmatch(path):
             self.send_log(int(match.group(1)), urllib.parse.unquote(match.group(2)))
         else:
@@ -229,9 +262,10 @@ def elapsed(job):
 
 
 def render_job(job, suffix):
-    counters = "".join(f"<tr><td>{html.escape(g)}.{html.escape(n)}</td><td>{v}</td></tr>"
-                       for g, names in sorted((job.get("counters") or {}).items())
-                       for n, v in sorted(names.items()))
+    counters = "".join(
+        f"<tr><th colspan='2'>{html.escape(group)}</th></tr>"
+        + "".join(f"<tr><td>{html.escape(n)}</td><td>{v}</td></tr>" for n, v in named)
+        for group, named in counter_groups(job.get("counters")))
     failure = ""
     if job.get("failure") and job["state"] in ("failed", "cancelled"):
         cause = job["failure"]

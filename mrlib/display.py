@@ -9,6 +9,19 @@ Phases the master runs itself (merge, publish) have no tasks and no bar.
 import sys
 import time
 
+from mrlib.runner import FRAMEWORK_COUNTERS
+
+
+def counter_groups(counters):
+    """[(group, [(name, amount), ...]), ...]: groups by name, the built-in
+    counters in the order the data passes them, the others by name."""
+    def shown_order(counter):
+        name = counter[0]
+        known = FRAMEWORK_COUNTERS.index(name) if name in FRAMEWORK_COUNTERS else None
+        return (0, known, "") if known is not None else (1, 0, name)
+    return [(group, sorted(named.items(), key=shown_order))
+            for group, named in sorted((counters or {}).items())]
+
 
 def describe(status):
     """One line for a job's state: its phase, and its tasks if the phase has any."""

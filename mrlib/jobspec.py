@@ -21,8 +21,26 @@ PARTITIONERS = ("range", "hash")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+# The send_job.py option behind each new_master_job field: what a user of
+# send_job typed, and so what a rejection should name to them.
+OPTION_OF_FIELD = {
+    "input_directory": "--input", "input_file": "--input-file", "input_base_name": "--input-base",
+    "output_directory": "--output", "output_base_name": "--output-base",
+    "mapper_executable": "--mapper", "reducer_executable": "--reducer",
+    "combiner_executable": "--combiner", "num_mappers": "--mappers",
+    "num_reducers": "--reducers", "split_size": "--split-size", "record_size": "--record-size",
+    "partitioner": "--partitioner", "task_timeout": "--timeout",
+    "max_attempts": "--max-attempts", "env": "--env"}
+_FIELD_NAMES = re.compile(r"\b(" + "|".join(OPTION_OF_FIELD) + r")\b")
+
+
 class JobRejected(Exception):
     """A job that cannot run, with the reason in one line."""
+
+
+def in_option_terms(reason):
+    """A rejection's reason with the message's field names as send_job's options."""
+    return _FIELD_NAMES.sub(lambda match: OPTION_OF_FIELD[match.group(1)], reason)
 
 
 @dataclasses.dataclass
@@ -89,6 +107,15 @@ class JobSpec:
             return
         if not os.path.isdir(self.input_directory):
             raise JobRejected(f"input_directory {self.input_directory} is not a directory")
+        if not directory_files(self.input_directory):
+            subdirectories = [n for n in sorted(os.listdir(self.input_directory))
+                              if os.path.isdir(os.path.join(self.input_directory, n))]
+            if subdirectories:  # an empty directory is a job with no input; this, a slip
+                raise JobRejected(
+                    f"input_directory {self.input_directory} holds no files, only "
+                    f"directories ({', '.join(subdirectories[:3])}"
+                    f"{', ...' if len(subdirectories) > 3 else ''}): the inputs are the "
+                    f"files directly in it")
 
     def check_options(self):
         if self.split_size is not None and self.split_size < 1:

@@ -71,11 +71,12 @@ class SequentialRun:
             return
         combiner = self.spec.combiner_executable if task.kind == MAP else None
         context = runner.TaskContext(task.context)
+        spills = task.kind == MAP and self.spec.num_reducers > 0
         for path, output in zip(task.inputs, task.outputs):
             self.counters.merge(runner.run_task_program(
                 task.executable, path, output, combiner=combiner,
                 env=context.environment(path), timeout=self.spec.task_timeout,
-                guard=self.guard))
+                guard=self.guard, counting=task.kind, spills=spills))
 
 
 @contextlib.contextmanager

@@ -74,7 +74,7 @@ MASTER_TIMEOUT_GRACE = 10
 # Fields every job's tasks may carry (documented in the README): a worker that
 # does not know them ignores them and stays correct. `presorted` is only ever
 # sent when our own workers reported sorted map output, never to a foreign one's.
-PERFORMANCE_HINTS = {"new_worker_job": {"sort_output", "log_file", "task_label"},
+PERFORMANCE_HINTS = {"new_worker_job": {"sort_output", "log_file", "task_label", "builtin_counters"},
                      "new_sort_job": {"log_file", "task_label"}}
 
 

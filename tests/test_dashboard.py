@@ -51,6 +51,8 @@ def test_the_api_and_the_timeline_show_every_attempt(dashboard, tmp_path):
         ["reduce task 0", "reduce task 1"]
     assert {a["worker"] for a in attempts} == {w.pid for w in workers}
     assert all(a["state"] == "succeeded" for a in attempts)
+    lines = sum(data.count(b"\n") for data in SMALL_INPUT.values())
+    assert job["counters"]["Map-Reduce Framework"]["Map input records"] == lines
     cluster = api(dashboard.http_port, "/api/cluster")
     assert sorted(w["pid"] for w in cluster["workers"]) == sorted(w.pid for w in workers)
     status, page, kind = get(dashboard.http_port, "/jobs/0")
@@ -58,6 +60,7 @@ def test_the_api_and_the_timeline_show_every_attempt(dashboard, tmp_path):
     bars = re.findall(rb"<rect class='attempt (\w+) (\w+)' data-worker='(\d+)'", page)
     assert sorted((k.decode(), int(w)) for k, _, w in bars) == \
         sorted((a["kind"], a["worker"]) for a in attempts)
+    assert f"<td>Map input records</td><td>{lines}</td>".encode() in page
     status, index, _ = get(dashboard.http_port, "/")
     assert status == 200 and b"/jobs/0" in index and str(workers[0].pid).encode() in index
 
@@ -154,3 +157,30 @@ def progress_of(cluster):
     jobs = api(cluster.http_port, "/api/jobs")["jobs"]
     running = [j for j in jobs if j["state"] == "running" and j["phase"] == "map"]
     return running[0]["tasks_done"] if running else None
+
+
+@pytest.mark.parametrize("state, last_ended, renders", [
+    ("succeeded", 3.0, 1),  # ended, every attempt too: rendered once
+    ("running", 3.0, 3),  # its bars grow: rendered each time
+    ("succeeded", None, 3),  # a losing copy still runs: its bar grows
+])
+def test_only_a_page_that_cannot_change_is_rendered_once(state, last_ended, renders):
+    from mrlib import dashboard
+
+    class Board:
+        @staticmethod
+        def get(job_id):
+            return {"job_id": job_id, "state": state, "version": 5} if job_id == 0 else None
+
+    attempts = [{"ended": 2.0}, {"ended": last_ended}]
+    shown = dashboard.Dashboard("localhost", 0, Board(), lambda message: {"attempts": attempts},
+                                "var")
+    try:
+        rendered = []
+        for _ in range(3):
+            page = shown.job_page(0, "html", lambda job: rendered.append(job) or b"page")
+            assert page == b"page"
+        assert len(rendered) == renders
+        assert shown.job_page(1, "html", lambda job: b"page") is None
+    finally:
+        shown.stop()

@@ -20,6 +20,7 @@ from conftest import (EXEC, GREP, PYTHON, REPO, WORD_COUNT, WORD_COUNT_SH, conca
                       sequential, wait_until, write_files)
 from mrlib.splits import MAX_SPLITS
 from support.programs import write_script
+from support.summary import counters
 
 SEND_JOB = REPO / "send_job.py"
 COLLECT = REPO / "collect.py"
@@ -73,11 +74,6 @@ def run_sequential(cluster, *args):
 def job_id(stdout):
     """The job number from send_job.py's "job N submitted" line."""
     return int(re.search(r"^job (\d+) submitted", stdout, re.M).group(1))
-
-
-def counters(stdout):
-    """The summary's "counter GROUP.NAME = N" lines as {"GROUP.NAME": N}."""
-    return {name: int(n) for name, n in re.findall(r"^\s*counter (\S+) = (-?\d+)$", stdout, re.M)}
 
 
 def collect(cluster, source, destination=None, merge=False):

@@ -1,6 +1,9 @@
 """Unit tests for the pure logic: protocol validation and key-range cuts."""
 import argparse
+import concurrent.futures
 import io
+import os
+import stat
 import random
 
 import pytest
@@ -9,7 +12,10 @@ import helper
 import send_job
 from mrlib import display
 from mrlib import grouping, outputdir, runner
+from mrlib.attemptlog import MAX_LOG_BYTES, AttemptLog
 from mrlib.jobspec import base_name_files
+from support.localcluster import wait_until
+from support.programs import script
 
 
 def sorted_lines(rng, count, alphabet=b"ab\t\x01\x09 z", max_len=6):
@@ -231,6 +237,39 @@ def test_stderr_is_read_in_bounded_pieces():
     assert report.status == "half way"
     assert report.stderr_tail.endswith("a-line-start,5\nbye\n")
     assert len(report.stderr_tail) <= runner.STDERR_TAIL_BYTES
+
+
+def test_stderr_is_read_while_the_program_runs_and_never_held_whole(tmp_path):
+    """30 MB of stderr: no file of this process ever holds it; the log keeps its
+    first MAX_LOG_BYTES and says how much more there was; the reporter line counts."""
+    said = 30_000_000
+    marker = tmp_path / "written"
+    program = script(tmp_path / "noisy.sh",
+                     f"head -c {said} /dev/zero | tr '\\0' e >&2\n"
+                     "echo >&2\necho 'reporter:counter:app,done,1' >&2\n"
+                     f"touch {marker}\nsleep 2\ncat\n")
+    source = tmp_path / "in"
+    source.write_bytes(b"x\n")
+    log = AttemptLog(str(tmp_path / "attempt.log"))
+    ran = concurrent.futures.ThreadPoolExecutor(1).submit(
+        runner.run_stages, [runner.program_stage(str(program))], str(source),
+        str(tmp_path / "out"), log=log)
+    wait_until(marker.exists, what="the program to have written its stderr")
+    held = [fd for fd in map(int, os.listdir("/proc/self/fd")) if regular_size(fd) > said // 2]
+    assert not held, "a file holds the program's stderr"
+    assert ran.result(timeout=60).counters == {"app": {"done": 1}}
+    log.close()
+    kept = (tmp_path / "attempt.log").read_bytes()
+    assert kept.startswith(b"e" * MAX_LOG_BYTES + b"\n[... ")
+    assert f"{said + 1 - MAX_LOG_BYTES} more bytes".encode() in kept  # and its newline
+
+
+def regular_size(fd):
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return 0
+    return info.st_size if stat.S_ISREG(info.st_mode) else 0
 
 
 @pytest.mark.parametrize("names,ours", [

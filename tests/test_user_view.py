@@ -10,7 +10,8 @@ import helper
 from conftest import JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, write_files
 import send_job
 from mrlib.attemptlog import PROGRAM, AttemptLog
-from support.programs import script
+from mrlib.jobspec import OPTION_OF_FIELD, in_option_terms
+from support.programs import script, write_script
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -111,6 +112,49 @@ def test_a_timeout_is_shown_as_the_time_limit(cluster, tmp_path):
                               mapper, "--mappers", 1, "--max-attempts", 1, "--timeout", 1,
                               "--wait", timeout=JOB_TIMEOUT)
     assert "killed:    after the 1 s time limit (--timeout)" in result.stderr.decode()
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (("--timeout", "0"), "--timeout must be between 0 and"),
+    (("--mappers", "0"), "--mappers must be at least 1"),
+    (("--reducer", "/nonexistent/reduce"), "--reducer /nonexistent/reduce"),
+])
+def test_a_rejection_names_the_option_typed(cluster, tmp_path, arguments, says):
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", *arguments)
+    shown = result.stderr.decode()
+    assert result.returncode == 2 and says in shown, shown
+    assert not any(field in shown for field in OPTION_OF_FIELD), shown
+
+
+def test_the_masters_rejection_is_shown_in_option_terms():
+    said = "task_timeout must be between 0 and 604800 seconds, got 0; input_file x is not a file"
+    assert in_option_terms(said) == ("--timeout must be between 0 and 604800 seconds, got 0; "
+                                     "--input-file x is not a file")
+
+
+def test_an_input_directory_of_directories_is_refused_by_name(cluster, tmp_path):
+    (tmp_path / "in" / "part-a").mkdir(parents=True)
+    result = cluster.send_job("--input", tmp_path / "in", "--output", tmp_path / "out")
+    shown = result.stderr.decode()
+    assert result.returncode == 2 and f"--input {tmp_path / 'in'} holds no files" in shown, shown
+    assert "(part-a)" in shown
+
+
+@pytest.mark.parametrize("first_line, says", [
+    ("#!/nonexistent/python3", "its interpreter /nonexistent/python3 (on its #! line) does not "
+                               "exist"),
+    ("#!/bin/sh\r", "its #! line ends in a carriage return"),
+    ("echo no interpreter line", "it is neither a program nor a script starting with a #! line"),
+])
+def test_a_program_that_cannot_start_says_why(cluster, tmp_path, first_line, says):
+    cluster.start_worker()
+    mapper = write_script(tmp_path / "map.py", f"{first_line}\nprint('x')\n")
+    inputs = write_files(tmp_path / "in", {"only": b"x\n"})
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
+                              mapper, "--max-attempts", 1, "--wait")
+    assert result.returncode == 1
+    assert f"error:     cannot start {mapper}: {says}" in result.stderr.decode(), result.stderr
 
 
 @pytest.mark.parametrize("arguments, named", [
