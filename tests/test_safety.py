@@ -304,7 +304,7 @@ def test_send_job_refuses_the_input_directory_as_output(cluster, tmp_path):
     result = cluster.send_job("--input", inputs, "--output", inputs)
     assert result.returncode == SEND_JOB_INVALID
     line = one_line(result.stderr.decode())
-    assert "output_directory" in line and str(inputs) in line, line
+    assert "--output" in line and str(inputs) in line, line
     assert sorted(os.listdir(inputs)) == sorted(SMALL_INPUT)
     assert "accepted" not in cluster.master_log()
 
