@@ -138,7 +138,7 @@ OPTIONAL_FIELDS = {
         "split_size": INT, "record_size": INT, "combiner_executable": STR,
         "partitioner": STR, "task_timeout": NUM, "env": DICT,
         "output_base_name": STR, "max_attempts": INT, "speculative": BOOL,
-        "keep_intermediate": BOOL,
+        "keep_intermediate": BOOL, "shipped_files": DICT, "python_job": STR,
     },
     "new_worker_job": {"timeout": NUM, "context": DICT, "combiner_executable": STR,
                        "sort_output": BOOL, "log_file": STR, "task_label": STR,

@@ -17,7 +17,7 @@ import sys
 import time
 
 import helper
-from mrlib import auth, display, outputdir
+from mrlib import auth, display, outputdir, pyjob, shipping
 from mrlib.display import describe
 from mrlib.grouping import raise_open_file_limit
 from mrlib.jobspec import ENV_NAME, JobRejected, JobSpec, in_option_terms
@@ -29,6 +29,7 @@ from mrlib.splits import TooManySplits
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_INPUT = os.path.relpath(os.path.join(HERE, "input", "sample1"))
 DEFAULT_OUTPUT = "output"
+DEFAULT_REDUCERS = 2
 DEFAULT_MAPPER = os.path.relpath(os.path.join(HERE, "exec", "word_count", "map.py"))
 DEFAULT_REDUCER = os.path.relpath(os.path.join(HERE, "exec", "word_count", "reduce.py"))
 # How long one status query may wait on the master for news.
@@ -64,11 +65,17 @@ def parse_args(argv):
     parser.add_argument("--overwrite", action="store_true",
                         help="remove an earlier job's output files from the output directory "
                              "first (and nothing else)")
-    parser.add_argument("--mapper", default=DEFAULT_MAPPER, help="map executable")
-    parser.add_argument("--reducer", default=DEFAULT_REDUCER, help="reduce executable")
+    parser.add_argument("--mapper", help=f"map executable (default: {DEFAULT_MAPPER})")
+    parser.add_argument("--reducer", help=f"reduce executable (default: {DEFAULT_REDUCER})")
+    parser.add_argument("--job", metavar="FILE.py[:CLASS]",
+                        help="a Python job: a Job subclass in FILE (mrlib.Job), shipped with "
+                             "the job; instead of --mapper, --reducer and --combiner")
+    parser.add_argument("--ship", action="append", default=[], metavar="FILE",
+                        help="a file the tasks need (a module, data, a program), copied with the "
+                             "job; a shipped program named as --mapper etc. runs from the copy")
     parser.add_argument("--combiner", help="combiner executable, run over each map output")
     parser.add_argument("--mappers", type=int, default=4, help="number of map tasks (default 4)")
-    parser.add_argument("--reducers", type=int, default=2,
+    parser.add_argument("--reducers", type=int, default=None,
                         help="number of reduce tasks (default 2; 0 = map only)")
     parser.add_argument("--split-size", type=int, help="cut inputs into splits of this many bytes")
     parser.add_argument("--record-size", type=int,
@@ -97,6 +104,13 @@ def parse_args(argv):
     auth.add_arguments(parser, listens=False)
     args = parser.parse_args(argv)
     refuse_conflicts(parser, args)
+    args.job_class = None
+    if args.job is not None:
+        load_python_job(parser, args)
+    else:
+        args.mapper = args.mapper or DEFAULT_MAPPER
+        args.reducer = args.reducer or DEFAULT_REDUCER
+        args.reducers = DEFAULT_REDUCERS if args.reducers is None else args.reducers
     if not (args.status is not None or args.kill is not None or args.workers or args.shutdown):
         refuse_missing_sample(parser, args)
     if args.input is None:
@@ -111,6 +125,32 @@ def parse_args(argv):
     except ValueError as error:
         parser.error(f"bad master address {args.master!r}: {error}")
     return args
+
+
+def load_python_job(parser, args):
+    """Find the --job's class (its file is run here, as the user's own code): its
+    programs are written by the master; without a reducer it is map-only."""
+    for option, value in (("--mapper", args.mapper), ("--reducer", args.reducer),
+                          ("--combiner", args.combiner)):
+        if value is not None:
+            parser.error(f"--job and {option} cannot go together: a Python job's methods "
+                         f"are its programs")
+    path, colon, class_name = args.job.rpartition(":")
+    if not colon or not class_name.isidentifier():  # FILE alone, or a colon in its path
+        path, class_name = args.job, ""
+    try:
+        args.job_class = pyjob.find_class(path, class_name or None)
+    except pyjob.CodeBroken as broken:
+        print(f"send_job: --job {args.job}: {broken}", file=sys.stderr)
+        sys.exit(2)
+    args.job_file = path
+    has_reducer = getattr(args.job_class, "reducer", None) is not None
+    if args.reducers is None:
+        args.reducers = DEFAULT_REDUCERS if has_reducer else 0
+    elif args.reducers > 0 and not has_reducer:
+        parser.error(f"--reducers {args.reducers}: {args.job_class.__name__} has no reducer, "
+                     f"so it is map-only; drop --reducers or define reducer()")
+    args.mapper = args.reducer = path  # what a spec-only reader of the message sees
 
 
 def refuse_missing_sample(parser, args):
@@ -132,6 +172,9 @@ def refuse_conflicts(parser, args):
                                        ("--input-base", args.input_base)) if value is not None]
     if len(inputs) > 1:
         parser.error(f"{' and '.join(inputs)} each name the whole input: give one")
+    if args.ship and (args.status is not None or args.kill is not None or args.workers
+                      or args.shutdown):
+        parser.error("--ship goes with a job to submit")
     queries = [name for name, given in (("--status", args.status is not None),
                                         ("--kill", args.kill is not None),
                                         ("--workers", args.workers),
@@ -186,10 +229,32 @@ def build_job(args):
         speculative=args.speculative, keep_intermediate=args.keep_intermediate)
     if args.input_base and args.input_base.endswith(os.sep):
         raise JobRejected(f"--input-base {args.input_base} names a directory; use --input")
+    ship(args, message)
     helper.validate(message)
     if local:
         JobSpec.from_message(message)  # the master's own checks, before sending
     return message
+
+
+def ship(args, message):
+    """Put the Python job's file and the --ship files into the message; a program
+    that is one of them runs from the job's snapshot (`shipped:NAME`)."""
+    paths = ([args.job_file] if args.job is not None else []) + list(args.ship)
+    if not paths:
+        return
+    try:
+        message["shipped_files"] = shipping.pack(paths)
+    except shipping.ShippingError as error:
+        raise JobRejected(str(error)) from None
+    if args.job is not None:
+        message["python_job"] = f"{os.path.basename(os.path.abspath(args.job_file))}:" \
+                                f"{args.job_class.__qualname__}"
+        return
+    shipped = {os.path.realpath(path): os.path.basename(os.path.abspath(path)) for path in paths}
+    for field in ("mapper_executable", "reducer_executable", "combiner_executable"):
+        program = message.get(field)
+        if program and os.path.realpath(program) in shipped:
+            message[field] = shipping.SHIPPED_PREFIX + shipped[os.path.realpath(program)]
 
 
 def follow(args, job_id, quiet):

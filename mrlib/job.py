@@ -110,8 +110,10 @@ class Job:
                                                   f".attempt-{number}.log")
 
     def make_directories(self):
+        """The job's directories, and the snapshot of the code it ships."""
         for directory in (self.mapper_dir, self.grouper_dir, self.reducer_dir):
             os.makedirs(directory, exist_ok=True)
+        self.spec.install_code(self.directory)
 
     def touch(self):
         self.changed.add(self)

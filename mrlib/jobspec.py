@@ -8,6 +8,7 @@ import dataclasses
 import os
 import re
 
+from mrlib import pyjob, shipping
 from mrlib.outputdir import within
 
 DEFAULT_TASK_TIMEOUT = 600.0  # seconds; a task running longer is a failed attempt
@@ -63,6 +64,8 @@ class JobSpec:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     speculative: bool = False
     keep_intermediate: bool = False
+    shipped_files: dict = None  # {name: {"data": base64, "executable": bool}} (mrlib/shipping.py)
+    python_job: str = None  # "NAME:CLASS" of a shipped file: a Python job (mrlib/pyjob.py)
 
     @classmethod
     def from_message(cls, message, var_directory=None):
@@ -88,13 +91,48 @@ class JobSpec:
             raise JobRejected(f"num_reducers must be 0 (map only) or more, got {self.num_reducers}")
         if max(self.num_mappers, self.num_reducers) > MAX_TASKS:
             raise JobRejected(f"num_mappers and num_reducers must be at most {MAX_TASKS}")
-        check_executable("mapper_executable", self.mapper_executable)
-        if self.num_reducers > 0:
-            check_executable("reducer_executable", self.reducer_executable)
-        if self.combiner_executable:
-            check_executable("combiner_executable", self.combiner_executable)
+        self.check_programs()
         self.check_inputs()
         self.check_options()
+
+    def programs(self):
+        """{field: executable} of the programs the job runs."""
+        programs = {"mapper_executable": self.mapper_executable}
+        if self.num_reducers > 0:
+            programs["reducer_executable"] = self.reducer_executable
+        if self.combiner_executable:
+            programs["combiner_executable"] = self.combiner_executable
+        return programs
+
+    def check_programs(self):
+        try:
+            shipping.check(self.shipped_files, self.python_job, self.programs())
+        except shipping.ShippingError as error:
+            raise JobRejected(str(error)) from None
+        if self.python_job is not None:
+            if self.combiner_executable:
+                raise JobRejected("combiner_executable is for programs: a Python job "
+                                  "combines with its combiner method")
+            return  # its programs are written with its code when it is accepted
+        for field, program in self.programs().items():
+            if not program.startswith(shipping.SHIPPED_PREFIX):
+                check_executable(field, program)
+
+    def install_code(self, job_directory):
+        """Snapshot the shipped files into the job's directory and point the job's
+        programs at the snapshot (OSError if it cannot be written)."""
+        if not self.shipped_files:
+            return
+        programs = shipping.install(self.shipped_files, self.python_job, job_directory,
+                                    reducer=self.num_reducers > 0)
+        if self.python_job is not None:
+            self.mapper_executable = programs[pyjob.MAP]
+            self.reducer_executable = programs.get(pyjob.REDUCE, self.reducer_executable)
+            return
+        for field in ("mapper_executable", "reducer_executable", "combiner_executable"):
+            value = getattr(self, field)
+            if value and value in programs:
+                setattr(self, field, programs[value])
 
     def check_inputs(self):
         if self.input_file is not None:

@@ -22,6 +22,8 @@ import sh
 
 from mrlib.attemptlog import MAX_LOG_BYTES, PROGRAM
 from mrlib.reaper import ATTEMPT_VARIABLE, kill_tagged
+from mrlib.pyjob import FRAMEWORK
+from mrlib.shipping import LIBRARY_VARIABLE, PYTHON_VARIABLE
 
 # How much of a failed program's stderr travels in its status message.
 STDERR_TAIL_BYTES = 2048
@@ -36,8 +38,7 @@ PR_SET_PDEATHSIG = 1
 MAX_SORT_ARGS = 256
 SORT_ENV = {"LC_ALL": "C"}
 
-# Built-in counters, Hadoop's names in Hadoop's group.
-FRAMEWORK = "Map-Reduce Framework"
+# Built-in counters, Hadoop's names in Hadoop's group (FRAMEWORK).
 MAP_COUNTING, REDUCE_COUNTING = "map", "reduce"  # what a task counts
 # Their names, in the order a job's data passes them (the order they are shown).
 FRAMEWORK_COUNTERS = (
@@ -49,6 +50,8 @@ TALLY_CHUNK = 1024 * 1024
 F_SETPIPE_SZ = 1031
 RELAY_JOIN_SECONDS = 5
 MAX_SHEBANG = 4096  # what of a script is read to explain why it did not start
+
+LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds mrlib
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _TEMP_COUNTER = itertools.count()
@@ -782,6 +785,9 @@ class TaskContext:
         # goes to files, never to a terminal, so buffering loses nothing; a
         # job that wants it anyway sets it in its env.
         env.pop("PYTHONUNBUFFERED", None)
+        # A Python job's programs run in this interpreter, with this library.
+        env[PYTHON_VARIABLE] = sys.executable
+        env[LIBRARY_VARIABLE] = LIBRARY
         env.update(self.common)
         described = _string_dict(self.per_file.get(input_file))
         if not described:

@@ -14,6 +14,7 @@ from mrlib.attempts import SUCCEEDED as ATTEMPT_SUCCEEDED
 from mrlib.events import Datagram, Deliver, Revoke
 from mrlib.job import MAP, REDUCE, SORT
 from mrlib.jobspec import DEFAULT_TASK_TIMEOUT
+from mrlib.pyjob import CODE_BROKEN_EXIT
 
 LOG = logging.getLogger("master")
 
@@ -215,7 +216,10 @@ class Scheduler:
             text += f"; its stderr: {os.path.abspath(attempt.log_file)}"
         LOG.error("job %d: %s", job.id, text)
         job.note(text)
-        if task.failures >= job.spec.max_attempts:
+        broken = code_broken(job, status)
+        if broken:
+            text += "; the job's code cannot run at all, so it is not tried again"
+        if task.failures >= job.spec.max_attempts or broken:
             job.failure = failure_details(job, attempt, reason, status)  # what ended the job
             raise JobFailed(text)
         self.dispatch(job)
@@ -252,6 +256,13 @@ class Scheduler:
         LOG.warning("job %d: %s", job.id, text)
         job.note(text)
         self.dispatch(job)
+
+
+def code_broken(job, status):
+    """A Python job's program said its code cannot run (it does not load, or an
+    *_init raised): every attempt anywhere would fail the same way."""
+    return (job.spec.python_job is not None and status is not None
+            and status.get("exit_code") == CODE_BROKEN_EXIT)
 
 
 def task_extensions(job, task, attempt):

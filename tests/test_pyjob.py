@@ -1,0 +1,302 @@
+"""Python jobs (mrlib.Job) through send_job --job, the Python API and --sequential,
+with their code shipped: each output compared with the job computed here in plain
+Python, as JSON lines in bytewise key order."""
+import collections
+import json
+import subprocess
+import textwrap
+
+import pytest
+
+import helper
+from conftest import JOB_TIMEOUT, PYTHON, REPO, write_files
+from mrlib import pyjob
+from support.localcluster import wait_until
+from support.summary import all_counters
+
+pytestmark = pytest.mark.timeout(180)
+
+TEXT = {"a": "the cat sat on the mat\nthe end".encode(),
+        "b": "café crème, déjà vu\n\n  spaced   out  \n".encode(),
+        "c": b"bytes \xff\xfe not utf-8 \x80\n" + b"one two three\n" * 40}
+WORD_COUNT = """
+from mrlib import Job
+
+
+class WordCount(Job):
+    def mapper(self, key, line):
+        for word in line.split():
+            yield word, 1
+
+    def combiner(self, word, counts):
+        yield word, sum(counts)
+
+    def reducer(self, word, counts):
+        yield word, sum(counts)
+"""
+
+
+def write_job(directory, source, name="job.py"):
+    path = directory / name
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def lines_of(pairs):
+    """A job's whole output for these pairs: JSON lines sorted by key bytes."""
+    lines = [f"{pyjob.encode_key(k)}\t{json.dumps(v)}\n".encode() for k, v in pairs]
+    return b"".join(sorted(lines))
+
+
+def words(data):
+    return data.decode("utf-8", "surrogateescape").split()
+
+
+def output_of(directory):
+    return b"".join(p.read_bytes() for p in sorted(directory.iterdir(),
+                                                   key=lambda p: int(p.name.split("_")[1])))
+
+
+def submit(cluster, *args, **kwargs):
+    result = cluster.send_job(*args, **kwargs)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    return result
+
+
+def sequential(tmp_path, *args):
+    result = subprocess.run([PYTHON, REPO / "send_job.py", "--sequential", *map(str, args)],
+                            cwd=tmp_path, capture_output=True, timeout=JOB_TIMEOUT)
+    assert result.returncode == 0, result.stderr.decode()
+    return result
+
+
+def test_word_count_with_a_combiner_matches_plain_python(cluster, tmp_path):
+    cluster.start_workers(2)
+    inputs = write_files(tmp_path / "in", TEXT)
+    job = write_job(tmp_path, WORD_COUNT)
+    counts = collections.Counter(w for data in TEXT.values() for w in words(data))
+    want = lines_of(counts.items())
+    result = submit(cluster, "--job", job, "--input", inputs, "--output", tmp_path / "out",
+                    "--split-size", 100, "--reducers", 3, "--wait")
+    assert output_of(tmp_path / "out") == want
+    framework = all_counters(result.stdout.decode())["Map-Reduce Framework"]
+    assert framework["Combine input records"] == sum(counts.values())
+    assert framework["Reduce output records"] == len(counts)
+    sequential(tmp_path, "--job", f"{job}:WordCount", "--input", inputs, "--output",
+               tmp_path / "alone", "--reducers", 3)
+    assert output_of(tmp_path / "alone") == want
+
+
+def test_init_final_counters_and_status(cluster, tmp_path):
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", TEXT)
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        class Lengths(Job):
+            def mapper_init(self):
+                self.longest = 0
+                yield "__tasks__", 1
+
+            def mapper(self, key, line):
+                print("debugging:", line)  # goes to the attempt's log, not the output
+                self.increment_counter("lines", "seen")
+                self.longest = max(self.longest, len(line))
+                yield len(line), [line[:3]]
+
+            def mapper_final(self):
+                self.set_status("done mapping")
+                yield "__longest__", self.longest
+
+            def reducer_init(self):
+                self.groups = 0
+
+            def reducer(self, length, values):
+                self.groups += 1
+                yield length, sorted(values) if length not in ("__tasks__", "__longest__") \\
+                    else max(values) if length == "__longest__" else sum(values)
+
+            def reducer_final(self):
+                self.increment_counter("groups", "reduced", self.groups)
+        """)
+    result = submit(cluster, "--job", job, "--input", inputs, "--output", tmp_path / "out",
+                    "--mappers", 3, "--reducers", 2, "--wait")
+    lines = [line.decode("utf-8", "surrogateescape") for data in TEXT.values()
+             for line in data.split(b"\n")[:len(data.split(b"\n")) - (data.endswith(b"\n"))]]
+    by_length = collections.defaultdict(list)
+    for line in lines:
+        by_length[len(line)].append([line[:3]])
+    want = [(n, sorted(v)) for n, v in by_length.items()]
+    want += [("__tasks__", len(TEXT)), ("__longest__", max(map(len, lines)))]
+    assert output_of(tmp_path / "out") == lines_of(want)
+    shown = all_counters(result.stdout.decode())
+    assert shown["lines"] == {"seen": len(lines)}
+    assert shown["groups"] == {"reduced": len(want)}
+
+
+def test_a_job_without_a_reducer_is_map_only(cluster, tmp_path):
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", TEXT)
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        class Upper(Job):
+            def mapper(self, key, line):
+                yield key, line.upper()
+        """)
+    submit(cluster, "--job", job, "--input", inputs, "--output", tmp_path / "out", "--wait")
+    produced = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(produced) == len(TEXT)  # one output per input, no reduce phase
+    for name, data in TEXT.items():
+        [path] = [tmp_path / "out" / p for p in produced if p.endswith(name)]
+        expected = [(None, line.upper()) for line in
+                    data.decode("utf-8", "surrogateescape").split("\n")]
+        if data.endswith(b"\n"):
+            expected.pop()
+        got = [pyjob.decode_pair(line) for line in path.read_bytes().splitlines(True)]
+        assert got == [tuple(pair) for pair in expected]
+
+
+def test_the_job_runs_the_code_submitted_not_the_file_later(cluster, tmp_path):
+    """No worker yet: the job waits in the queue while its file (and a shipped module
+    it imports) change; it runs what was submitted."""
+    inputs = write_files(tmp_path / "in", {"x": b"a b a\n"})
+    code = tmp_path / "code"
+    code.mkdir()
+    write_job(code, "WEIGHT = 1\n", name="weights.py")
+    job = write_job(code, """
+        from mrlib import Job
+        from weights import WEIGHT
+
+
+        class Weighted(Job):
+            def mapper(self, key, line):
+                for word in line.split():
+                    yield word, WEIGHT
+
+            def reducer(self, word, weights):
+                yield word, sum(weights)
+        """)
+    submit(cluster, "--job", job, "--ship", code / "weights.py", "--input", inputs,
+           "--output", tmp_path / "out")
+    write_job(code, "WEIGHT = 100\n", name="weights.py")
+    job.write_text("raise SystemExit('the edited file ran')\n")
+    cluster.start_worker()
+    wait_until(lambda: helper.request("localhost", cluster.port, helper.job_status(0))
+               ["state"] not in ("queued", "running"), JOB_TIMEOUT, what="the job to end")
+    assert output_of(tmp_path / "out") == lines_of([("a", 2), ("b", 1)])
+
+
+def test_a_broken_job_fails_once_with_its_traceback(cluster, tmp_path):
+    cluster.start_workers(2)
+    inputs = write_files(tmp_path / "in", TEXT)
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        class Broken(Job):
+            def mapper_init(self):
+                raise ValueError("no model file here")
+
+            def mapper(self, key, line):
+                yield line, 1
+        """)
+    result = cluster.send_job("--job", job, "--input", inputs, "--output", tmp_path / "out",
+                              "--wait")
+    assert result.returncode == 1
+    shown = result.stderr.decode()
+    assert "ValueError: no model file here" in shown and "Traceback" in shown, shown
+    assert "(failure 1 of 4 allowed)" in shown, shown
+
+
+def test_a_job_file_that_does_not_load_is_refused_at_submission(cluster, tmp_path):
+    job = write_job(tmp_path, "from mrlib import Job\nclass Bad(Job):\n    def mapper(self\n")
+    result = cluster.send_job("--job", job, "--input", tmp_path, "--output", tmp_path / "o")
+    assert result.returncode == 2
+    assert "SyntaxError" in result.stderr.decode(), result.stderr.decode()
+    none = write_job(tmp_path, "X = 1\n", name="none.py")
+    result = cluster.send_job("--job", none, "--input", tmp_path, "--output", tmp_path / "o")
+    assert result.returncode == 2 and "defines 0 Job subclasses" in result.stderr.decode()
+
+
+def test_the_python_api_runs_on_the_cluster_and_here(cluster, tmp_path):
+    cluster.start_workers(2)
+    inputs = write_files(tmp_path / "in", TEXT)
+    script = write_job(tmp_path, WORD_COUNT + """
+
+if __name__ == "__main__":
+    import json, sys
+    on_cluster = list(WordCount().run(input=sys.argv[1], master=sys.argv[2], reducers=3))
+    here = list(WordCount().run(input=sys.argv[1], sequential=True))
+    print(json.dumps([on_cluster, here]))
+""", name="wc.py")
+    result = subprocess.run([PYTHON, script, inputs, f"localhost:{cluster.port}"],
+                            capture_output=True, timeout=JOB_TIMEOUT, cwd=tmp_path,
+                            env=dict(cluster.env, PYTHONPATH=str(REPO)))
+    assert result.returncode == 0, result.stderr.decode()
+    on_cluster, here = json.loads(result.stdout)
+    counts = collections.Counter(w for data in TEXT.values() for w in words(data))
+    want = sorted(([k, v] for k, v in counts.items()), key=lambda p: pyjob.encode_key(p[0]))
+    assert sorted(on_cluster, key=lambda p: pyjob.encode_key(p[0])) == want
+    assert here == on_cluster  # both in partition order: the same bytes
+
+
+def test_a_shipped_program_runs_from_the_snapshot(cluster, tmp_path):
+    inputs = write_files(tmp_path / "in", {"x": b"hello\n"})
+    mapper = tmp_path / "map.sh"
+    mapper.write_text("#!/bin/sh\nsed 's/^/v1 /'\n")
+    mapper.chmod(0o755)
+    submit(cluster, "--mapper", mapper, "--ship", mapper, "--reducers", 0, "--input", inputs,
+           "--output", tmp_path / "out")
+    mapper.write_text("#!/bin/sh\nsed 's/^/v2 /'\n")
+    cluster.start_worker()
+    wait_until(lambda: helper.request("localhost", cluster.port, helper.job_status(0))
+               ["state"] == "succeeded", JOB_TIMEOUT, what="the job to succeed")
+    assert output_of_any(tmp_path / "out") == b"v1 hello\n"
+
+
+def output_of_any(directory):
+    return b"".join(p.read_bytes() for p in sorted(directory.iterdir()))
+
+
+def test_combining_in_a_small_memory_flushes_and_stays_right(tmp_path):
+    """A dict too small for all that a map gives: combined, written, held again."""
+    class Sum(pyjob.Job):
+        def combiner(self, key, values):
+            yield key, sum(values)
+
+    written = []
+
+    class Sink:
+        def write(self, key, value):
+            written.append((key, value))
+
+        def flush(self):
+            pass
+
+    combining = pyjob.Combining(Sum().combiner, Sink(), 20_000)
+    for number in range(5000):
+        combining.write(f"k{number % 37}", 1)
+        combining.write([number % 3], 2)
+    combining.flush()
+    totals = collections.Counter()
+    for key, value in written:
+        totals[json.dumps(key)] += value
+    assert totals == {**{json.dumps(f"k{n}"): len(range(n, 5000, 37)) for n in range(37)},
+                      **{json.dumps([n]): 2 * len(range(n, 5000, 3)) for n in range(3)}}
+    assert 40 < len(written) < 2000, "combined, and written in several flushes"
+    assert combining.taken == 10000 and combining.given == len(written)
+
+
+def test_one_hot_key_is_combined_as_it_comes():
+    class Sum(pyjob.Job):
+        def combiner(self, key, values):
+            yield key, sum(values)
+
+    combining = pyjob.Combining(Sum().combiner, None, 64 * 1024 * 1024)
+    for _ in range(100_000):
+        combining.write("the", 1)
+    assert len(combining.held["the"]) <= pyjob.COMBINE_EVERY
+    assert sum(combining.held["the"]) == 100_000
