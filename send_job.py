@@ -232,7 +232,7 @@ def build_job(args):
     ship(args, message)
     helper.validate(message)
     if local:
-        JobSpec.from_message(message)  # the master's own checks, before sending
+        JobSpec.from_message(message).check_input_slip()  # the master's checks, and a slip
     return message
 
 
@@ -590,8 +590,8 @@ def run(args):
             return kill(args)
         if args.status is not None:
             status = helper.request(args.host, args.port, helper.job_status(args.status))
-            if status.get("state") in ("failed", "cancelled"):
-                return summarize(status, sys.stdout)
+            if status.get("state") in ("succeeded", "failed", "cancelled"):
+                return summarize(status, sys.stdout)  # counters and timings, or the cause
             print(describe(status))
             return 0 if status.get("state") != "unknown" else 1
         return submit(args)

@@ -427,7 +427,7 @@ class Worker:
         context = runner.TaskContext(message.get("context"))
         sort_output = message.get("sort_output") is True
         counting = message.get("builtin_counters")
-        counting = counting if counting in (runner.MAP_COUNTING, runner.REDUCE_COUNTING) else None
+        counting = counting if counting in runner.COUNTING_MODES else None
         report = runner.Report()
         for input_file, output in zip(message["input_files"], outputs):
             if len(outputs) > 1:

@@ -391,14 +391,14 @@ class Coordinator:
             LOG.warning("status %r from %s dropped: expected finished or failed",
                         message["status"], worker)
         elif self.scheduler.finished(job, task, worker, message):
-            self.absorb(job, task, message)
+            self.absorb(job, task, message, worker)
 
-    def absorb(self, job, task, message):
+    def absorb(self, job, task, message, worker):
         """What a finished task tells: sortedness, counters, status; the next phase if done."""
         if task.kind in (MAP, SORT):
             job.record_sorted(task.outputs, message.get("sorted") is True)
-        if isinstance(message.get("counters"), dict):
-            job.add_counters(message["counters"])
+        counters = message.get("counters")
+        job.add_task_counters(task, counters if isinstance(counters, dict) else {}, worker)
         if message.get("task_status"):
             LOG.info("job %d: %s says: %s", job.id, task.name, message["task_status"])
         if job.phase_complete():

@@ -14,6 +14,7 @@ import time
 
 import helper
 from mrlib import names
+from mrlib.runner import FRAMEWORK
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 CANCELLED = "cancelled"
@@ -100,6 +101,7 @@ class Job:
         self.events = collections.deque(maxlen=EVENT_HISTORY)  # the latest notes
         self.events_total = 0  # every note ever made: clients tell new ones by it
         self.counters = {}
+        self.uncounted = False  # a task ran where the built-in counters are not counted
         self.timings = {}
         self.phase_started = None
         self.submitted = time.monotonic()
@@ -231,6 +233,21 @@ class Job:
     def all_sorted(self, paths):
         return bool(paths) and all(key in self.sorted_files for key in task_key(paths))
 
+    def add_task_counters(self, task, counters, worker):
+        """A finished task's counters. A map or reduce without the built-in ones ran
+        on a worker that does not count them: the job's totals would be short."""
+        if task.kind in (MAP, REDUCE) and FRAMEWORK not in counters and not self.uncounted:
+            self.uncounted = True
+            self.note(f"built-in counters left out: worker {worker.pid} ran {task.name} "
+                      f"without counting them (another implementation's worker?)")
+        self.add_counters(counters)
+
+    def shown_counters(self):
+        counters = copy.deepcopy(self.counters)
+        if self.uncounted:
+            counters.pop(FRAMEWORK, None)
+        return counters
+
     def add_counters(self, counters):
         for group, values in counters.items():
             if not isinstance(values, dict):
@@ -288,7 +305,7 @@ class Job:
                 "job_directory": os.path.abspath(self.directory) if self.files_kept else None,
                 "error": self.error, "failure": copy.deepcopy(self.failure),
                 "events": list(self.events), "events_total": self.events_total,
-                "counters": copy.deepcopy(self.counters),
+                "counters": self.shown_counters(),
                 "timings": dict(self.timings)}
 
 

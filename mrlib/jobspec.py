@@ -32,7 +32,8 @@ OPTION_OF_FIELD = {
     "num_reducers": "--reducers", "split_size": "--split-size", "record_size": "--record-size",
     "partitioner": "--partitioner", "task_timeout": "--timeout",
     "max_attempts": "--max-attempts", "env": "--env"}
-_FIELD_NAMES = re.compile(r"\b(" + "|".join(OPTION_OF_FIELD) + r")\b")
+# A field's name as a word of its own: not inside a path or an option (--env).
+_FIELD_NAMES = re.compile(r"(?<![\w/.-])(" + "|".join(OPTION_OF_FIELD) + r")(?![\w/.-])")
 
 
 class JobRejected(Exception):
@@ -145,15 +146,21 @@ class JobSpec:
             return
         if not os.path.isdir(self.input_directory):
             raise JobRejected(f"input_directory {self.input_directory} is not a directory")
-        if not directory_files(self.input_directory):
-            subdirectories = [n for n in sorted(os.listdir(self.input_directory))
-                              if os.path.isdir(os.path.join(self.input_directory, n))]
-            if subdirectories:  # an empty directory is a job with no input; this, a slip
-                raise JobRejected(
-                    f"input_directory {self.input_directory} holds no files, only "
-                    f"directories ({', '.join(subdirectories[:3])}"
-                    f"{', ...' if len(subdirectories) > 3 else ''}): the inputs are the "
-                    f"files directly in it")
+
+    def check_input_slip(self):
+        """For a client: an input directory with no files but directories is a slip (the
+        files are one level down), though the spec's master runs it as a job with no input."""
+        if self.input_file is not None or self.input_base_name is not None:
+            return
+        if directory_files(self.input_directory):
+            return
+        subdirectories = [n for n in sorted(os.listdir(self.input_directory))
+                          if os.path.isdir(os.path.join(self.input_directory, n))]
+        if subdirectories:
+            raise JobRejected(
+                f"input_directory {self.input_directory} holds no input files (only files "
+                f"directly in it are read, hidden ones not); it has the directories "
+                f"{', '.join(subdirectories[:3])}{', ...' if len(subdirectories) > 3 else ''}")
 
     def check_options(self):
         if self.split_size is not None and self.split_size < 1:

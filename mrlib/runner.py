@@ -9,9 +9,11 @@ import collections
 import ctypes
 import errno
 import fcntl
+import io
 import itertools
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -40,6 +42,13 @@ SORT_ENV = {"LC_ALL": "C"}
 
 # Built-in counters, Hadoop's names in Hadoop's group (FRAMEWORK).
 MAP_COUNTING, REDUCE_COUNTING = "map", "reduce"  # what a task counts
+# ...and, for binary records (--record-size), where lines mean nothing: bytes only.
+BYTES_ONLY = "-bytes"
+BYTE_COUNTERS = ("Map input bytes", "Map output bytes", "Spilled bytes")
+COUNTING_MODES = tuple(kind + unit for kind in (MAP_COUNTING, REDUCE_COUNTING)
+                       for unit in ("", BYTES_ONLY))
+FROM_PROGRAMS = FRAMEWORK + " (said by the programs)"
+COMBINED_IN_MAP = ("Combine input records", "Combine output records")
 # Their names, in the order a job's data passes them (the order they are shown).
 FRAMEWORK_COUNTERS = (
     "Map input records", "Map input bytes", "Map output records", "Map output bytes",
@@ -48,8 +57,12 @@ FRAMEWORK_COUNTERS = (
 # Pieces in which a stream is counted; a relay's pipes are widened to this.
 TALLY_CHUNK = 1024 * 1024
 F_SETPIPE_SZ = 1031
-RELAY_JOIN_SECONDS = 5
+RELAY_JOIN_SECONDS = 5  # a safety net: a relay or reader ends once its program has
+DRAIN_POLL_MS = 50  # how often a pipe's reader looks whether its writer has exited
 MAX_SHEBANG = 4096  # what of a script is read to explain why it did not start
+MAX_KERNEL_SHEBANG = 256  # Linux's BINPRM_BUF_SIZE: a #! line must fit in it
+UTF8_BOM = b"\xef\xbb\xbf"
+WINDOWS_LINES = "its #! line ends in a carriage return: the file has Windows line endings"
 
 LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds mrlib
 
@@ -134,6 +147,40 @@ class Tally:
         return tally
 
 
+class _Drain(io.RawIOBase):
+    """The read end of a pipe that a program writes: read to its end, or, once
+    the program has exited (writer_exited), to the last byte there. A descendant
+    that escaped the program's death with the write end open can then keep
+    nobody waiting (and no thread or descriptor of ours alive)."""
+
+    def __init__(self, fd):
+        super().__init__()
+        self.fd = fd
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+        self.exited = threading.Event()
+
+    def writer_exited(self):
+        self.exited.set()
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        while True:
+            if self.poller.poll(DRAIN_POLL_MS):  # data, or the end of the pipe
+                data = os.read(self.fd, len(buffer))
+                buffer[:len(data)] = data
+                return len(data)
+            if self.exited.is_set():
+                return 0  # nothing left of what the program wrote
+
+    def close(self):
+        if not self.closed:
+            os.close(self.fd)
+        super().close()
+
+
 class _Relay(threading.Thread):
     """Copies one program's output into the next one's input, counting it:
     what passes between two programs is seen nowhere else."""
@@ -148,23 +195,28 @@ class _Relay(threading.Thread):
                 fcntl.fcntl(fd, F_SETPIPE_SZ, TALLY_CHUNK)
             except OSError:
                 pass  # over the system's limit: the default size works too
-        self.source, self.sink = source, sink
+        self.source, self.sink = _Drain(source), sink
 
     def ends(self):
         """(what the next program reads, what this program writes) as files."""
         return os.fdopen(self.reader, "rb"), os.fdopen(self.writer, "wb")
 
+    def writer_exited(self):
+        """The program exited: pass on what it wrote, then end the next one's input."""
+        self.source.writer_exited()
+
     def run(self):
+        buffer = bytearray(TALLY_CHUNK)
         try:
-            while chunk := os.read(self.source, TALLY_CHUNK):
-                self.tally.add(chunk)
-                view = memoryview(chunk)
+            while length := self.source.readinto(buffer):
+                self.tally.add(buffer, length)
+                view = memoryview(buffer)[:length]
                 while view:
                     view = view[os.write(self.sink, view):]
         except OSError:
             pass  # the next program died (EPIPE): this one gets SIGPIPE, as with one pipe
         finally:
-            os.close(self.source)
+            self.source.close()
             os.close(self.sink)
 
 
@@ -210,7 +262,8 @@ class _StderrReader(threading.Thread):
     def __init__(self, limit=MAX_LOG_BYTES):
         super().__init__(daemon=True)
         read_fd, write_fd = os.pipe()
-        self.reader = os.fdopen(read_fd, "rb")
+        self.drain = _Drain(read_fd)
+        self.reader = io.BufferedReader(self.drain)
         self.writer = os.fdopen(write_fd, "wb")  # the program's; closed here once it has it
         self.limit = limit
         self.kept = bytearray()
@@ -227,9 +280,12 @@ class _StderrReader(threading.Thread):
         with self.reader:
             parse_stderr(self.reader, self, self.report)
 
+    def writer_exited(self):
+        self.drain.writer_exited()
+
     def finish(self):
-        """Wait for the end of its stderr: once no process holds the pipe, or,
-        if an escaped descendant still does, after RELAY_JOIN_SECONDS."""
+        """Wait for the rest of its stderr (the program has exited)."""
+        self.writer_exited()
         self.join(RELAY_JOIN_SECONDS)
         return self
 
@@ -423,7 +479,20 @@ def program_stage(executable):
         raise TaskFailed(f"executable {executable} does not exist")
     if not os.access(path, os.X_OK):
         raise TaskFailed(f"executable {executable} is not executable")
+    if first_line(path).endswith(b"\r\n") and first_line(path).startswith(b"#!"):
+        # Found before it runs: through `#!/usr/bin/env python3\r`, env would only
+        # say that "python3\r" does not exist.
+        raise TaskFailed(f"cannot start {executable}: {WINDOWS_LINES}")
     return Stage(executable, sh.Command(path))
+
+
+def first_line(path):
+    """The first line of a file (at most MAX_SHEBANG bytes), or b"" if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.readline(MAX_SHEBANG)
+    except OSError:
+        return b""
 
 
 def sort_stage(argv=(), temp_dir=None):
@@ -457,14 +526,14 @@ class Pipeline:
         started, errors = [], []
         try:
             self._start_all(stdin, stdout, input_label, started, errors)
-            exit_codes, expired = self._wait_all(started)
+            exit_codes, expired = self._wait_all(started, errors)
             return self._report(exit_codes, errors, input_label, expired)
         finally:
             for error in errors:
                 error.writer.close()  # if a start failed before it was handed over
+                error.writer_exited()  # every program has ended by now
             if self.relay is not None:
-                # Done once no program holds its ends; a program's escaped
-                # descendant may, until the attempt's end kills it.
+                self.relay.writer_exited()
                 self.relay.join(RELAY_JOIN_SECONDS)
 
     def _start_all(self, stdin, stdout, input_label, started, errors):
@@ -518,11 +587,16 @@ class Pipeline:
             self.guard.finished(group)
         _kill_group(group)  # children it left behind must not outlive the task
 
-    def _wait_all(self, started):
+    def _wait_all(self, started, errors):
         """The stages' exit codes, and whether the deadline killed them."""
         deadline = _Deadline([p.pid for p in started], self.timeout)
         try:
-            exit_codes = [_wait(process) for process in started]
+            exit_codes = []
+            for number, process in enumerate(started):
+                exit_codes.append(_wait(process))
+                errors[number].writer_exited()
+                if number == 0 and self.relay is not None:
+                    self.relay.writer_exited()
         finally:
             deadline.cancel()
             for process in started:
@@ -563,24 +637,26 @@ def why_not_started(stage, error):
     path = getattr(stage.command, "_path", b"")
     path = os.fsdecode(path) if isinstance(path, bytes) else str(path)
     code = int(code.group(1)) if code else None
+    first = first_line(path) if os.path.isfile(path) else b""
     if code == errno.ENOEXEC:
+        if first.startswith(UTF8_BOM + b"#!"):
+            return "it starts with a UTF-8 byte-order mark before its #! line: save it without"
+        length = len(first.rstrip(b"\n"))
+        if first.startswith(b"#!") and length >= MAX_KERNEL_SHEBANG:
+            return (f"its #! line is {length} bytes long: the kernel reads at most "
+                    f"{MAX_KERNEL_SHEBANG - 1}")
         return ("it is neither a program nor a script starting with a #! line "
                 "(add one, e.g. #!/bin/sh)")
-    if code not in (errno.ENOENT, errno.EACCES) or not os.path.isfile(path):
-        return text
-    try:
-        with open(path, "rb") as handle:
-            first = handle.readline(MAX_SHEBANG)
-    except OSError:
-        return text
-    if not first.startswith(b"#!"):
+    if code not in (errno.ENOENT, errno.EACCES) or not first.startswith(b"#!"):
         return text
     if first.rstrip(b"\n").endswith(b"\r"):
-        return "its #! line ends in a carriage return: the file has Windows line endings"
+        return WINDOWS_LINES
     words = first[2:].split()
     if not words:
         return "its #! line names no interpreter"
     interpreter = os.fsdecode(words[0])
+    if not (interpreter.isascii() and interpreter.isprintable()):
+        interpreter = ascii(interpreter)  # a non-breaking space or the like, made visible
     if code == errno.ENOENT:
         return f"its interpreter {interpreter} (on its #! line) does not exist"
     return f"its interpreter {interpreter} (on its #! line) is not an executable program"
@@ -660,16 +736,33 @@ def run_task_program(executable, input_path, output_path, combiner=None, sort_ou
         # and a second sort thread there only contends (0.63 s vs 0.90 s a
         # 16 MB run on 2 cores).
         stages.append(sort_stage(["--parallel=1"], scratch))
+    counting = counting or ""
+    kind, bytes_only = counting.removesuffix(BYTES_ONLY), counting.endswith(BYTES_ONLY)
     produced = Tally() if counting and len(stages) > 1 else None
-    groups = GroupCount(input_path, guard) if counting == REDUCE_COUNTING else None
+    counts_groups = kind == REDUCE_COUNTING and not bytes_only
+    groups = GroupCount(input_path, guard) if counts_groups else None
     try:
         report = run_stages(stages, input_path, output_path, env, timeout, guard, log, produced)
     finally:
         group_count = groups.result() if groups is not None else None
     if counting:
-        report.add_counters(FRAMEWORK, builtin_counters(
-            counting, input_path, output_path, produced, group_count, bool(combiner), spills))
+        keep_claims_of_programs(report, bool(combiner))
+        counters = builtin_counters(kind, input_path, output_path, produced, group_count,
+                                    bool(combiner), spills)
+        if bytes_only:
+            counters = {name: n for name, n in counters.items() if name in BYTE_COUNTERS}
+        report.add_counters(FRAMEWORK, counters)
     return report
+
+
+def keep_claims_of_programs(report, combined):
+    """The built-in counters are counted here: what a program says of them is moved to a
+    group of its own, except the combine counts of a map that combines in memory (a
+    Python job's), which nothing else can count."""
+    claimed = report.counters.pop(FRAMEWORK, {})
+    own = {name: n for name, n in claimed.items() if name in COMBINED_IN_MAP and not combined}
+    report.add_counters(FRAMEWORK, own)
+    report.add_counters(FROM_PROGRAMS, {n: v for n, v in claimed.items() if n not in own})
 
 
 def builtin_counters(counting, input_path, output_path, produced, groups, combined, spills):
@@ -687,8 +780,8 @@ def builtin_counters(counting, input_path, output_path, produced, groups, combin
     if combined:
         counters.update({"Combine input records": produced.records,
                          "Combine output records": output.records})
-    if spills:
-        counters["Spilled bytes"] = output.bytes
+    if spills:  # as records, each with its newline: what a map-side sort writes
+        counters["Spilled bytes"] = output.bytes + output.open_line
     return counters
 
 

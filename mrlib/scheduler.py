@@ -15,6 +15,7 @@ from mrlib.events import Datagram, Deliver, Revoke
 from mrlib.job import MAP, REDUCE, SORT
 from mrlib.jobspec import DEFAULT_TASK_TIMEOUT
 from mrlib.pyjob import CODE_BROKEN_EXIT
+from mrlib.runner import BYTES_ONLY
 
 LOG = logging.getLogger("master")
 
@@ -271,8 +272,8 @@ def task_extensions(job, task, attempt):
     extensions = {"timeout": timeout if timeout != DEFAULT_TASK_TIMEOUT else None,
                   "log_file": attempt.log_file,
                   "task_label": f"job {job.id} {task.name} attempt {task.attempts_started}"}
-    if task.kind in (MAP, REDUCE):
-        extensions["builtin_counters"] = task.kind  # Hadoop's framework counters, counted
+    if task.kind in (MAP, REDUCE):  # Hadoop's framework counters, counted by the worker
+        extensions["builtin_counters"] = task.kind + (BYTES_ONLY if job.spec.record_size else "")
     if task.kind == MAP:
         extensions["combiner_executable"] = job.spec.combiner_executable
         # Ask for map-side sorting: the group phase then only merges.

@@ -76,7 +76,8 @@ class SequentialRun:
             self.counters.merge(runner.run_task_program(
                 task.executable, path, output, combiner=combiner,
                 env=context.environment(path), timeout=self.spec.task_timeout,
-                guard=self.guard, counting=task.kind, spills=spills))
+                guard=self.guard, spills=spills,
+                counting=task.kind + (runner.BYTES_ONLY if self.spec.record_size else "")))
 
 
 @contextlib.contextmanager

@@ -605,3 +605,15 @@ def test_worker_exits_on_shutdown(registered):
     master.worker.wait(SHUTDOWN_TIMEOUT)
     wait_until(lambda: not session_members(master.worker.pid), timeout=SHUTDOWN_TIMEOUT,
                what="the worker's session to empty")
+
+
+def test_a_foreign_workers_tasks_leave_the_builtin_counters_out(cluster, fakes, tmp_path):
+    """Its tasks come back without them: totals of the rest would be short, so none are shown."""
+    fakes.join()
+    submit_sample_job(cluster, tmp_path / "out")
+    serve_job(fakes, cluster.workdir, "output_files")
+    wait_for_output(tmp_path / "out")
+    status = wait_until(lambda: (lambda s: s if s.get("state") == "succeeded" else None)(
+        helper.request("localhost", cluster.port, helper.job_status(0))), what="the job's end")
+    assert "Map-Reduce Framework" not in (status.get("counters") or {})
+    assert any("built-in counters left out" in event for event in status["events"]), status

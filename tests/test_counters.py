@@ -62,6 +62,8 @@ def test_each_builtin_counter_counts_its_stage(cluster, tmp_path):
     assert all_counters(result.stdout.decode())[FRAMEWORK] == want
     status = helper.request("localhost", cluster.port, helper.job_status(0))
     assert status["counters"][FRAMEWORK] == want
+    shown = cluster.send_job("--status", 0)
+    assert shown.returncode == 0 and all_counters(shown.stdout.decode())[FRAMEWORK] == want
     alone = subprocess.run([PYTHON, REPO / "send_job.py", *job, "--output", tmp_path / "alone",
                             "--sequential"], capture_output=True, timeout=JOB_TIMEOUT)
     assert alone.returncode == 0, alone.stderr.decode()
@@ -113,3 +115,27 @@ def test_a_tally_counts_bytes_and_records_however_they_end(tmp_path):
         path.write_bytes(data)
         tally = runner.Tally.of_file(path)
         assert (tally.records, tally.bytes) == want, data[:10]
+
+
+def test_a_program_cannot_change_the_builtin_counters(tmp_path):
+    source = tmp_path / "in"
+    source.write_bytes(b"a\nb\n")
+    forger = script(tmp_path / "map.sh", "echo 'reporter:counter:Map-Reduce Framework,"
+                                         "Map input records,-1000' >&2\nexec cat\n")
+    report = runner.run_task_program(str(forger), str(source), str(tmp_path / "out"),
+                                     counting=runner.MAP_COUNTING)
+    assert report.counters[FRAMEWORK]["Map input records"] == 2
+    assert report.counters[runner.FROM_PROGRAMS] == {"Map input records": -1000}
+
+
+def test_binary_records_count_bytes_not_lines(cluster, tmp_path):
+    """With --record-size the data is not lines: only byte counts mean something."""
+    cluster.start_worker()
+    data = bytes(range(256)) * 40  # newlines and tabs inside 4-byte records
+    inputs = write_files(tmp_path / "in", {"r": data})
+    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
+                              "/bin/cat", "--reducers", 0, "--record-size", 4,
+                              "--split-size", 1024, "--wait")
+    assert result.returncode == 0, result.stderr.decode()
+    assert all_counters(result.stdout.decode())[FRAMEWORK] == {
+        "Map input bytes": len(data), "Map output bytes": len(data)}

@@ -4,6 +4,8 @@ import concurrent.futures
 import io
 import os
 import stat
+import threading
+import time
 import random
 
 import pytest
@@ -262,6 +264,32 @@ def test_stderr_is_read_while_the_program_runs_and_never_held_whole(tmp_path):
     kept = (tmp_path / "attempt.log").read_bytes()
     assert kept.startswith(b"e" * MAX_LOG_BYTES + b"\n[... ")
     assert f"{said + 1 - MAX_LOG_BYTES} more bytes".encode() in kept  # and its newline
+
+
+@pytest.mark.parametrize("escapee", [
+    "setsid sleep 30 >/dev/null &",  # holds stderr
+    "setsid sleep 30 2>/dev/null &",  # holds stdout: the map's output, relayed to sort
+])
+def test_a_descendant_that_escapes_keeps_no_task_waiting(tmp_path, escapee):
+    """The map leaves a detached child holding one of its pipes: the task ends when
+    the map does, and no thread or descriptor of the worker waits for that child."""
+    source = tmp_path / "in"
+    source.write_bytes(b"b\na\n")
+    mapper = script(tmp_path / "map.sh", f"cat\n{escapee}\n")
+    guard = runner.TaskGuard(runner.ProgramGuard(use_reaper=False))
+    threads, fds = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    began = time.monotonic()
+    try:
+        report = runner.run_task_program(str(mapper), str(source), str(tmp_path / "out"),
+                                          sort_output=True, counting=runner.MAP_COUNTING,
+                                          guard=guard)
+        assert time.monotonic() - began < 3
+        assert (tmp_path / "out").read_bytes() == b"a\nb\n"
+        assert report.counters["Map-Reduce Framework"]["Map output records"] == 2
+        wait_until(lambda: threading.active_count() <= threads, 5, what="no thread left")
+        assert len(os.listdir("/proc/self/fd")) <= fds
+    finally:
+        guard.close()  # the escapee carries the attempt's tag: it dies here
 
 
 def regular_size(fd):

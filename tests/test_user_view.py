@@ -131,20 +131,30 @@ def test_the_masters_rejection_is_shown_in_option_terms():
     said = "task_timeout must be between 0 and 604800 seconds, got 0; input_file x is not a file"
     assert in_option_terms(said) == ("--timeout must be between 0 and 604800 seconds, got 0; "
                                      "--input-file x is not a file")
+    # Never inside a path or an option: only the field's name as a word of its own.
+    for untouched in ["mapper_executable /x/env/bin/map.sh is not executable",
+                      "input_directory /x/input_directory is not a directory",
+                      "--env wants NAME=VALUE", "input_file env.py is not a file"]:
+        field = untouched.split()[0]
+        assert in_option_terms(untouched) == untouched.replace(
+            field, OPTION_OF_FIELD.get(field, field), 1)
 
 
 def test_an_input_directory_of_directories_is_refused_by_name(cluster, tmp_path):
     (tmp_path / "in" / "part-a").mkdir(parents=True)
     result = cluster.send_job("--input", tmp_path / "in", "--output", tmp_path / "out")
     shown = result.stderr.decode()
-    assert result.returncode == 2 and f"--input {tmp_path / 'in'} holds no files" in shown, shown
-    assert "(part-a)" in shown
+    assert result.returncode == 2 and f"--input {tmp_path / 'in'} holds no input files" in shown
+    assert "it has the directories part-a" in shown, shown
 
 
 @pytest.mark.parametrize("first_line, says", [
     ("#!/nonexistent/python3", "its interpreter /nonexistent/python3 (on its #! line) does not "
                                "exist"),
     ("#!/bin/sh\r", "its #! line ends in a carriage return"),
+    ("#!/usr/bin/env python3\r", "its #! line ends in a carriage return"),
+    ("\ufeff#!/bin/sh", "it starts with a UTF-8 byte-order mark before its #! line"),
+    ("#!/bin/sh\u00a0-e", r"its interpreter '/bin/sh\xa0-e' (on its #! line) does not exist"),
     ("echo no interpreter line", "it is neither a program nor a script starting with a #! line"),
 ])
 def test_a_program_that_cannot_start_says_why(cluster, tmp_path, first_line, says):
