@@ -24,6 +24,7 @@ The same module runs a job's phase as a program over stdin and stdout
 script per phase that does so from the job's snapshot of its code. The map
 program combines its output in memory, per key, before it writes anything.
 """
+import collections
 import contextlib
 import importlib.util
 import io
@@ -43,11 +44,9 @@ MAP, REDUCE = "map", "reduce"
 # The map side holds pairs in memory, per key, up to about this much, then
 # combines and writes them. A job sets its own with `combine_memory_mib`.
 DEFAULT_COMBINE_MEMORY_MIB = 64
-# What a held value is reckoned to cost, and how many one key holds before
-# they are combined into (usually) one.
+# What a held value and a held key are reckoned to cost.
 VALUE_COST_BYTES = 64
 KEY_COST_BYTES = 128
-COMBINE_EVERY = 64
 WRITE_BATCH = 4096  # output lines joined per write
 USER_MODULE = "mapreduce_user_job"
 FRAMEWORK = "Map-Reduce Framework"  # the group of the built-in counters (Hadoop's)
@@ -147,12 +146,30 @@ def read_output(directory):
 
 # --- the wire form of a pair -------------------------------------------------------
 
+_JSON_STRING = json.encoder.encode_basestring_ascii  # json.dumps of a str, in C
+
+
 def encode_key(key):
+    """A key's JSON, one form for equal keys (dicts' keys sorted)."""
+    kind = key.__class__
+    if kind is str:
+        return _JSON_STRING(key)
+    if kind is int:
+        return int.__repr__(key)
     return json.dumps(key, sort_keys=True)
 
 
+def encode_value(value):
+    kind = value.__class__
+    if kind is str:
+        return _JSON_STRING(value)
+    if kind is int:
+        return int.__repr__(value)
+    return json.dumps(value)
+
+
 def encode_pair(key, value):
-    return f"{encode_key(key)}\t{json.dumps(value)}\n"
+    return f"{encode_key(key)}\t{encode_value(value)}\n"
 
 
 def decode_pair(line):
@@ -183,6 +200,12 @@ class Output:
         if len(self.lines) >= WRITE_BATCH:
             self.flush()
 
+    def absorb(self, pairs):
+        """All the pairs one call of a method gave."""
+        self.lines.extend([f"{encode_key(k)}\t{encode_value(v)}\n" for k, v in pairs])
+        if len(self.lines) >= WRITE_BATCH:
+            self.flush()
+
     def flush(self):
         if self.lines:
             self.stream.write("".join(self.lines).encode("ascii"))
@@ -191,53 +214,62 @@ class Output:
 
 class Combining:
     """Map output held per key in a dict of bounded size, combined before it is
-    written: Hadoop's spill-time combine, without sorting uncombined pairs."""
+    written: Hadoop's spill-time combine, without sorting uncombined pairs. Once
+    about `limit_bytes` are held, each key's values are combined in place; if
+    that leaves more than half of it, everything is written out."""
 
     def __init__(self, combiner, output, limit_bytes):
         self.combiner = combiner
         self.output = output
         self.limit = limit_bytes
-        self.held = {}  # a str key as itself, any other as (None, its JSON)
-        self.cost = 0
+        self.held = collections.defaultdict(list)  # a str key as itself, others (None, JSON)
+        self.values = 0  # values held
         self.taken = 0  # pairs the mapper gave
         self.given = 0  # pairs written after combining
 
     def write(self, key, value):
-        self.taken += 1
-        self.hold(key, value)
+        self.absorb(((key, value),))
 
-    def hold(self, key, value):
-        slot = key if type(key) is str else (None, encode_key(key))
-        values = self.held.get(slot)
-        if values is None:
-            self.held[slot] = [value]
-            self.cost += KEY_COST_BYTES + VALUE_COST_BYTES
-        else:
-            values.append(value)
-            self.cost += VALUE_COST_BYTES
-            if len(values) >= COMBINE_EVERY:
+    def absorb(self, pairs):
+        """All the pairs one call of the mapper gave (the hot loop: one call a line)."""
+        held = self.held
+        taken = 0
+        for key, value in pairs:
+            taken += 1
+            held[key if key.__class__ is str else (None, encode_key(key))].append(value)
+        self.taken += taken
+        self.values += taken
+        if self.cost() > self.limit:
+            for slot in [slot for slot, values in held.items() if len(values) > 1]:
                 self.combine(slot)
-        if self.cost > self.limit:
-            self.flush()
+            if self.cost() > self.limit // 2:
+                self.flush()
+
+    def cost(self):
+        return KEY_COST_BYTES * len(self.held) + VALUE_COST_BYTES * self.values
 
     def combine(self, slot):
-        """Combine one key's values in place (what comes back for other keys is written)."""
+        """Combine one key's values in place (what comes back for other keys is held)."""
         values = self.held.pop(slot)
-        key = slot if type(slot) is str else json.loads(slot[1])
-        kept = []
+        key = slot if slot.__class__ is str else json.loads(slot[1])
+        kept, others = [], []
         for out_key, out_value in pairs_of(self.combiner(key, iter(values))):
             if out_key == key and type(out_key) is type(key):
                 kept.append(out_value)
             else:
-                self.hold(out_key, out_value)
-        self.cost -= VALUE_COST_BYTES * (len(values) - len(kept))
+                others.append((out_key, out_value))
+        self.values -= len(values) - len(kept)
         if kept:
             self.held[slot] = kept
+        for out_key, out_value in others:
+            self.held[out_key if out_key.__class__ is str
+                      else (None, encode_key(out_key))].append(out_value)
+            self.values += 1
 
     def flush(self):
-        held, self.held, self.cost = self.held, {}, 0
+        held, self.held, self.values = self.held, collections.defaultdict(list), 0
         for slot, values in held.items():
-            key = slot if type(slot) is str else json.loads(slot[1])
+            key = slot if slot.__class__ is str else json.loads(slot[1])
             for out_key, out_value in pairs_of(self.combiner(key, iter(values))):
                 self.output.write(out_key, out_value)
                 self.given += 1
@@ -343,12 +375,13 @@ def run_map(job, stdin, stdout):
         sink = Combining(combiner, output, int(job.combine_memory_mib * 1024 * 1024))
     call_init(job, "mapper_init", sink)
     mapper = job.mapper
-    write = sink.write
+    absorb = sink.absorb
     for line in stdin:
         if line.endswith(b"\n"):
             line = line[:-1]
-        for key, value in pairs_of(mapper(None, line.decode("utf-8", "surrogateescape"))):
-            write(key, value)
+        result = mapper(None, line.decode("utf-8", "surrogateescape"))
+        if result is not None:
+            absorb(result)
     call_final(job, "mapper_final", sink)
     sink.flush()
     output.flush()

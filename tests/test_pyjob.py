@@ -278,25 +278,26 @@ def test_combining_in_a_small_memory_flushes_and_stays_right(tmp_path):
 
     combining = pyjob.Combining(Sum().combiner, Sink(), 20_000)
     for number in range(5000):
-        combining.write(f"k{number % 37}", 1)
+        combining.write(f"k{number % 397}", 1)
         combining.write([number % 3], 2)
     combining.flush()
     totals = collections.Counter()
     for key, value in written:
         totals[json.dumps(key)] += value
-    assert totals == {**{json.dumps(f"k{n}"): len(range(n, 5000, 37)) for n in range(37)},
+    assert totals == {**{json.dumps(f"k{n}"): len(range(n, 5000, 397)) for n in range(397)},
                       **{json.dumps([n]): 2 * len(range(n, 5000, 3)) for n in range(3)}}
-    assert 40 < len(written) < 2000, "combined, and written in several flushes"
+    assert 400 < len(written) < 10_000, "combined, and written in several flushes"
     assert combining.taken == 10000 and combining.given == len(written)
 
 
-def test_one_hot_key_is_combined_as_it_comes():
+def test_one_hot_key_is_combined_in_memory_not_written():
     class Sum(pyjob.Job):
         def combiner(self, key, values):
             yield key, sum(values)
 
-    combining = pyjob.Combining(Sum().combiner, None, 64 * 1024 * 1024)
+    limit = 64 * 1024  # about 1,000 values
+    combining = pyjob.Combining(Sum().combiner, None, limit)  # writes nothing: no output
     for _ in range(100_000):
         combining.write("the", 1)
-    assert len(combining.held["the"]) <= pyjob.COMBINE_EVERY
+    assert len(combining.held["the"]) <= limit // pyjob.VALUE_COST_BYTES
     assert sum(combining.held["the"]) == 100_000
