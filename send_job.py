@@ -136,19 +136,24 @@ def load_python_job(parser, args):
             parser.error(f"--job and {option} cannot go together: a Python job's methods "
                          f"are its programs")
     path, colon, class_name = args.job.rpartition(":")
-    if not colon or not class_name.isidentifier():  # FILE alone, or a colon in its path
+    if not colon or os.path.isfile(args.job):  # FILE alone (a colon may be in its name)
         path, class_name = args.job, ""
+    elif not class_name.isidentifier():
+        parser.error(f"--job {args.job}: {class_name!r} is not the name of a class at the top "
+                     f"of {path}")
+    if args.record_size is not None:
+        parser.error("--job reads lines: --record-size is for programs that read records")
     try:
-        args.job_class = pyjob.find_class(path, class_name or None)
+        described = pyjob.describe_job(path, class_name or None, args.ship)
     except pyjob.CodeBroken as broken:
         print(f"send_job: --job {args.job}: {broken}", file=sys.stderr)
         sys.exit(2)
-    args.job_file = path
-    has_reducer = getattr(args.job_class, "reducer", None) is not None
+    args.job_class, args.job_file = described["class"], path
+    has_reducer = described["reducer"]
     if args.reducers is None:
         args.reducers = DEFAULT_REDUCERS if has_reducer else 0
     elif args.reducers > 0 and not has_reducer:
-        parser.error(f"--reducers {args.reducers}: {args.job_class.__name__} has no reducer, "
+        parser.error(f"--reducers {args.reducers}: {args.job_class} has no reducer, "
                      f"so it is map-only; drop --reducers or define reducer()")
     args.mapper = args.reducer = path  # what a spec-only reader of the message sees
 
@@ -248,7 +253,7 @@ def ship(args, message):
         raise JobRejected(str(error)) from None
     if args.job is not None:
         message["python_job"] = f"{os.path.basename(os.path.abspath(args.job_file))}:" \
-                                f"{args.job_class.__qualname__}"
+                                f"{args.job_class}"
         return
     shipped = {os.path.realpath(path): os.path.basename(os.path.abspath(path)) for path in paths}
     for field in ("mapper_executable", "reducer_executable", "combiner_executable"):
@@ -353,10 +358,11 @@ def probable_cause(failure):
     """The lines of a "Probable cause of failure" block for the job's last failed attempt."""
     if not failure:
         return []
+    tries = (f"failure {failure.get('failures')} of {failure.get('max_attempts')} allowed"
+             if not failure.get("code_broken") else "the job's code cannot run: not tried again")
     lines = ["Probable cause of failure:",
              f"  task:      {failure.get('task')}, attempt {failure.get('attempt')} on worker "
-             f"{failure.get('worker')} (failure {failure.get('failures')} of "
-             f"{failure.get('max_attempts')} allowed)"]
+             f"{failure.get('worker')} ({tries})"]
     return lines + attempt_lines(failure)
 
 

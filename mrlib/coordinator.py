@@ -222,12 +222,14 @@ class Coordinator:
             LOG.error("rejected a job: %s", rejection)
             return {"message_type": "job_rejected", "error": str(rejection)}
         job = Job(self.next_job_id, spec, self.job_root, self.changed)
+        # Its number is used up even if it is refused now: whatever was made of its
+        # directory (a part of its code) never becomes another job's.
+        self.next_job_id += 1
         try:
             job.make_directories()
         except OSError as error:
             LOG.error("rejected a job: cannot create %s: %s", job.directory, error)
             return {"message_type": "job_rejected", "error": f"cannot create directories: {error}"}
-        self.next_job_id += 1
         self.jobs[job.id] = job
         self.waiting.append(job)
         job.touch()

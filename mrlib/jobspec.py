@@ -126,6 +126,7 @@ class JobSpec:
             return
         programs = shipping.install(self.shipped_files, self.python_job, job_directory,
                                     reducer=self.num_reducers > 0)
+        self.shipped_files = {name: None for name in self.shipped_files}  # the copy is in var/
         if self.python_job is not None:
             self.mapper_executable = programs[pyjob.MAP]
             self.reducer_executable = programs.get(pyjob.REDUCE, self.reducer_executable)

@@ -32,6 +32,7 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -40,15 +41,19 @@ import traceback
 # all (it does not import, has no such class, or its *_init raised): the
 # master then fails the job at once instead of trying again elsewhere.
 CODE_BROKEN_EXIT = 86
-MAP, REDUCE = "map", "reduce"
+MAP, REDUCE, DESCRIBE = "map", "reduce", "describe"
 # The map side holds pairs in memory, per key, up to about this much, then
 # combines and writes them. A job sets its own with `combine_memory_mib`.
 DEFAULT_COMBINE_MEMORY_MIB = 64
-# What a held value and a held key are reckoned to cost.
+# What a held value and a held key are reckoned to cost beyond their own size,
+# which is measured on MEASURED of them every MEASURE_EVERY calls of the mapper.
 VALUE_COST_BYTES = 64
 KEY_COST_BYTES = 128
+MEASURED, MEASURE_EVERY = 16, 256
 WRITE_BATCH = 4096  # output lines joined per write
 USER_MODULE = "mapreduce_user_job"
+LOADING_VARIABLE = "MAPREDUCE_LOADING_JOB"  # set while a job file is loaded to run or submit
+LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds mrlib, send_job
 FRAMEWORK = "Map-Reduce Framework"  # the group of the built-in counters (Hadoop's)
 
 
@@ -90,47 +95,59 @@ class Job:
 # --- running a job from Python ---------------------------------------------------
 
 def job_reference(cls):
-    """FILE:CLASS for a Job subclass defined in a file."""
+    """FILE:CLASS for a Job subclass defined at the top of a file."""
     module = sys.modules.get(cls.__module__)
     path = getattr(module, "__file__", None)
-    if not path:
-        raise JobFailed(f"{cls.__name__} is not defined in a file, so it cannot be shipped")
-    return f"{os.path.abspath(path)}:{cls.__qualname__}"
+    if not path or "." in cls.__qualname__:
+        raise JobFailed(f"{cls.__qualname__} is not a class at the top of a file, so it "
+                        f"cannot be shipped")
+    return f"{os.path.abspath(path)}:{cls.__name__}"
+
+
+def refuse_nested_run():
+    """run() while a job file loads (in a task, or being looked at to submit it)
+    would submit a job from inside a job: without end, or waiting for itself."""
+    if os.environ.get(LOADING_VARIABLE):
+        raise JobFailed("Job.run() called while the job file is loaded to run or submit it: "
+                        "guard the call with  if __name__ == \"__main__\":")
 
 
 def run_job(cls, input, output, master, sequential, options):
-    import send_job  # the client: only needed when a job is run from Python
-
+    refuse_nested_run()
     if (master is None) == (not sequential):
         raise JobFailed("give master='HOST:PORT' or sequential=True")
-    scratch = None
-    if output is None:
-        scratch = tempfile.mkdtemp(prefix="mapreduce-job-output-")
-        output = os.path.join(scratch, "output")
     argv = [] if sequential else [str(master)]
-    argv += ["--job", job_reference(cls), "--output", str(output), "--quiet",
+    argv += ["--job", job_reference(cls), "--quiet",
              "--input-file" if options.pop("input_file", False) else "--input", str(input)]
-    argv += [] if sequential else ["--wait"]
-    argv += ["--sequential"] if sequential else []
+    argv += ["--sequential"] if sequential else ["--wait"]
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         values = value if isinstance(value, (list, tuple)) else [value]
         for item in values:
             argv += [flag] if item is True else [] if item is False else [flag, str(item)]
-    said = io.StringIO()  # send_job's summary: only worth showing if the job failed
+    scratch = None
     try:
-        try:
-            with contextlib.redirect_stdout(said):
-                code = send_job.main(argv)
-        except SystemExit as stop:  # an option send_job refused (said on stderr)
-            code = stop.code
-        if code != 0:
-            raise JobFailed(f"the job failed (send_job exit code {code}); its messages are "
-                            f"above{': ' + said.getvalue().strip() if said.getvalue() else ''}")
-        return iter(list(read_output(output)))
+        if output is None:
+            scratch = tempfile.mkdtemp(prefix="mapreduce-job-output-")
+            output = os.path.join(scratch, "output")
+        submit(argv + ["--output", str(output)])
+        if scratch is None:
+            return read_output(output)
+        return iter(list(read_output(output)))  # read before its directory goes
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def submit(argv):
+    """send_job.py with these options, in a process of its own (the project's top-level
+    modules, helper and send_job, never meet the caller's own modules of those names)."""
+    result = subprocess.run([sys.executable, os.path.join(LIBRARY, "send_job.py"), *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sys.stderr.write(result.stderr.decode("utf-8", "replace"))
+    if result.returncode != 0:
+        said = (result.stdout + result.stderr).decode("utf-8", "replace").strip()
+        raise JobFailed(f"the job failed (send_job exit code {result.returncode}): {said}")
 
 
 def read_output(directory):
@@ -156,7 +173,7 @@ def encode_key(key):
         return _JSON_STRING(key)
     if kind is int:
         return int.__repr__(key)
-    return json.dumps(key, sort_keys=True)
+    return _json(key, "key", sort_keys=True)
 
 
 def encode_value(value):
@@ -165,7 +182,14 @@ def encode_value(value):
         return _JSON_STRING(value)
     if kind is int:
         return int.__repr__(value)
-    return json.dumps(value)
+    return _json(value, "value")
+
+
+def _json(thing, what, **options):
+    try:
+        return json.dumps(thing, **options)
+    except (TypeError, ValueError) as error:
+        raise BadPair(f"a pair's {what} {thing!r:.100} is not JSON: {error}") from None
 
 
 def encode_pair(key, value):
@@ -183,9 +207,18 @@ def decode_pair(line):
 
 # --- the programs ------------------------------------------------------------------
 
-def pairs_of(result):
+def pairs_of(result, method="a method"):
     """A method's pairs: a generator, a list, or None (nothing)."""
-    return () if result is None else result
+    if result is None:
+        return ()
+    if isinstance(result, (tuple, str, bytes)):
+        raise TypeError(f"{method} returned {type(result).__name__} {result!r:.80}: yield each "
+                        f"(key, value) pair, or return a list of them")
+    return result
+
+
+class BadPair(TypeError):
+    """A method gave a key or value JSON cannot encode."""
 
 
 class Output:
@@ -226,6 +259,8 @@ class Combining:
         self.values = 0  # values held
         self.taken = 0  # pairs the mapper gave
         self.given = 0  # pairs written after combining
+        self.key_cost, self.value_cost = KEY_COST_BYTES, VALUE_COST_BYTES  # measured anew
+        self.calls = 0
 
     def write(self, key, value):
         self.absorb(((key, value),))
@@ -239,6 +274,9 @@ class Combining:
             held[key if key.__class__ is str else (None, encode_key(key))].append(value)
         self.taken += taken
         self.values += taken
+        self.calls += 1
+        if self.calls % MEASURE_EVERY == 1:
+            self.measure()
         if self.cost() > self.limit:
             for slot in [slot for slot, values in held.items() if len(values) > 1]:
                 self.combine(slot)
@@ -246,7 +284,17 @@ class Combining:
                 self.flush()
 
     def cost(self):
-        return KEY_COST_BYTES * len(self.held) + VALUE_COST_BYTES * self.values
+        return self.key_cost * len(self.held) + self.value_cost * self.values
+
+    def measure(self):
+        """What a held key and value cost, from a few of them: big ones fill memory sooner."""
+        sample = list(itertools.islice(self.held.items(), MEASURED))
+        if sample:
+            self.key_cost = KEY_COST_BYTES + sum(
+                sys.getsizeof(slot if slot.__class__ is str else slot[1])
+                for slot, _ in sample) // len(sample)
+            self.value_cost = VALUE_COST_BYTES + sum(
+                sys.getsizeof(values[-1]) for _, values in sample) // len(sample)
 
     def combine(self, slot):
         """Combine one key's values in place (what comes back for other keys is held)."""
@@ -297,37 +345,16 @@ def load_module(path):
             raise ImportError(f"{path} is not a Python file (its name must end in .py)")
         module = importlib.util.module_from_spec(spec)
         sys.modules[USER_MODULE] = module
+        os.environ[LOADING_VARIABLE] = "1"  # run() refuses: see refuse_nested_run
         spec.loader.exec_module(module)
     except BaseException:
         raise CodeBroken(f"the job file {path} does not load:\n{traceback.format_exc()}")
     return module
 
 
-def load_job(path, class_name):
-    """An instance of the job's class from its file; CodeBroken with the traceback if not."""
-    module = load_module(path)
-    cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Job)):
-        found = ", ".join(job_classes(module)) or "none"
-        raise CodeBroken(f"{path} has no Job subclass {class_name} (it has: {found})")
-    try:
-        return cls()
-    except Exception:
-        raise CodeBroken(f"{class_name}() raised:\n{traceback.format_exc()}")
-
-
-def find_class(path, class_name=None):
-    """The Job subclass `class_name` (or the only one) of the file at `path`, for a
-    client: a module already loaded from that file is used as it is (a job run from
-    its own script), else the file is loaded. CodeBroken says what is wrong."""
-    real = os.path.realpath(path)
-    if not os.path.isfile(real):
-        raise CodeBroken(f"{path} is not a file")
-    module = next((m for m in list(sys.modules.values())
-                   if getattr(m, "__file__", None)
-                   and os.path.realpath(m.__file__) == real), None)
-    if module is None:
-        module = load_module(path)
+def job_class(module, path, class_name=None):
+    """The Job subclass `class_name` of a loaded job file (or its only one); CodeBroken if
+    there is none such, or it cannot be a job."""
     names = job_classes(module)
     if class_name is None:
         if len(names) != 1:
@@ -335,18 +362,60 @@ def find_class(path, class_name=None):
                              f"{' (' + ', '.join(names) + ')' if names else ''}: "
                              f"name one as {path}:CLASS")
         class_name = names[0]
-    cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Job)):
-        raise CodeBroken(f"{path} has no Job subclass {class_name} (it has: "
+    cls = vars(module).get(class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Job) and cls is not Job):
+        raise CodeBroken(f"{path} has no Job subclass {class_name} at its top level (it has: "
                          f"{', '.join(names) or 'none'})")
+    if cls.mapper is Job.mapper:
+        raise CodeBroken(f"{class_name} defines no mapper(self, key, value)")
     return cls
 
 
+def load_job(path, class_name):
+    """An instance of the job's class from its file; CodeBroken with the traceback if not."""
+    cls = job_class(load_module(path), path, class_name)
+    try:
+        return cls()
+    except Exception:
+        raise CodeBroken(f"{class_name}() raised:\n{traceback.format_exc()}")
+
+
+def describe(path, class_name=None):
+    """What a client needs to submit the job in `path`: {"class", "reducer"}."""
+    cls = job_class(load_module(path), path, class_name)
+    return {"class": cls.__name__, "reducer": getattr(cls, "reducer", None) is not None}
+
+
+def describe_job(path, class_name=None, shipped=()):
+    """describe() as the job's code will run on a worker: a copy of the job file and
+    the `shipped` files in a directory of their own, in a fresh interpreter (the
+    client's modules, helper and send_job, never meet the job's, and a module the
+    job imports but does not ship is missed here, not on every worker). CodeBroken
+    with what it said if the job cannot be used."""
+    if not os.path.isfile(path):
+        raise CodeBroken(f"{path} is not a file")
+    with tempfile.TemporaryDirectory(prefix="mapreduce-job-code-") as code:
+        for source in [*shipped, path]:
+            if os.path.isfile(source):
+                shutil.copyfile(source, os.path.join(code, os.path.basename(source)))
+        copy = os.path.join(code, os.path.basename(path))
+        paths = [LIBRARY] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+        result = subprocess.run(
+            [sys.executable, "-m", "mrlib.pyjobrun", DESCRIBE, copy,
+             *([class_name] if class_name else [])],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=code,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(paths)))
+    if result.returncode != 0:
+        said = result.stderr.decode("utf-8", "replace").strip()
+        raise CodeBroken(said.replace(copy, path).replace(code + os.sep, ""))
+    return json.loads(result.stdout)
+
+
 def job_classes(module):
-    """Names of the Job subclasses a module defines itself."""
+    """Names of the Job subclasses a module defines itself (an alias counted once)."""
     return [name for name, value in vars(module).items()
             if isinstance(value, type) and issubclass(value, Job) and value is not Job
-            and value.__module__ == module.__name__]
+            and value.__module__ == module.__name__ and value.__name__ == name]
 
 
 def call_init(job, name, output):
@@ -377,11 +446,11 @@ def run_map(job, stdin, stdout):
     mapper = job.mapper
     absorb = sink.absorb
     for line in stdin:
-        if line.endswith(b"\n"):
-            line = line[:-1]
+        if line.endswith(b"\n"):  # and its \r with it, as Hadoop's line reader does
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
         result = mapper(None, line.decode("utf-8", "surrogateescape"))
         if result is not None:
-            absorb(result)
+            absorb(pairs_of(result, "mapper"))
     call_final(job, "mapper_final", sink)
     sink.flush()
     output.flush()
@@ -400,21 +469,36 @@ def run_reduce(job, stdin, stdout):
     for encoded, lines in itertools.groupby(stdin, key=key_bytes):
         key = json.loads(encoded)
         values = (decode_pair(line)[1] for line in lines)
-        for out_key, out_value in pairs_of(reducer(key, values)):
-            output.write(out_key, out_value)
+        output.absorb(pairs_of(reducer(key, values), "reducer"))
     call_final(job, "reducer_final", output)
     output.flush()
 
 
 def main(argv=None):
-    """map|reduce FILE CLASS: one phase over stdin to stdout (mrlib/pyjobrun.py)."""
+    """map|reduce FILE CLASS: one phase over stdin to stdout; describe FILE [CLASS]: what
+    a client needs to know of the job, as JSON (mrlib/pyjobrun.py)."""
     argv = sys.argv[1:] if argv is None else argv
+    if sys.path and sys.path[0] == os.getcwd():
+        del sys.path[0]  # python -m put the working directory there: only the job's own
+    os.environ[LOADING_VARIABLE] = "1"  # run() refuses in here: see refuse_nested_run
+    # Our output gets the real stdout; what the job's code or its own programs
+    # print goes to stderr (a task's: the attempt's log).
+    stdout = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    if argv[:1] == [DESCRIBE] and len(argv) in (2, 3):
+        try:
+            stdout.write(json.dumps(describe(*argv[1:])).encode())
+        except CodeBroken as broken:
+            print(broken, file=sys.stderr)
+            return 2
+        stdout.flush()
+        return 0
     if len(argv) != 3 or argv[0] not in (MAP, REDUCE):
         print("usage: python3 -m mrlib.pyjobrun map|reduce FILE CLASS", file=sys.stderr)
         return 2
     phase, path, class_name = argv
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # what the job's code prints goes to its log, not among its pairs
+    stdin = sys.stdin.buffer
     try:
         job = load_job(path, class_name)
         (run_map if phase == MAP else run_reduce)(job, stdin, stdout)
@@ -423,4 +507,3 @@ def main(argv=None):
         return CODE_BROKEN_EXIT
     stdout.flush()
     return 0
-

@@ -222,6 +222,7 @@ class Scheduler:
             text += "; the job's code cannot run at all, so it is not tried again"
         if task.failures >= job.spec.max_attempts or broken:
             job.failure = failure_details(job, attempt, reason, status)  # what ended the job
+            job.failure["code_broken"] = broken
             raise JobFailed(text)
         self.dispatch(job)
 

@@ -19,9 +19,10 @@ from mrlib import pyjob
 
 SHIPPED_PREFIX = "shipped:"
 MAX_SHIPPED_BYTES = 8 * 1024 * 1024  # all files of a job together, before base64
+MAX_SHIPPED_FILES = 256  # the master writes them while it runs its events
+MAX_NAME_BYTES = 255  # a file name on Linux
 CODE, PROGRAMS = "code", "programs"
 PLAIN_NAME = re.compile(r"[^/\0]+")
-CLASS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 # What the worker tells a Python job's programs: its interpreter and library.
 PYTHON_VARIABLE, LIBRARY_VARIABLE = "MAPREDUCE_PYTHON", "MAPREDUCE_LIBRARY"
 
@@ -32,8 +33,11 @@ class ShippingError(ValueError):
 
 def pack(paths):
     """{name: entry} for the files at `paths`; ShippingError naming the path if one cannot go."""
-    shipped, total = {}, 0
+    shipped, total, seen = {}, 0, set()
     for path in paths:
+        if os.path.realpath(path) in seen:
+            continue  # named twice (the job file as --ship too): shipped once
+        seen.add(os.path.realpath(path))
         name = os.path.basename(os.path.abspath(path))
         if name in shipped:
             raise ShippingError(f"--ship {path}: another shipped file is also named {name}")
@@ -57,9 +61,14 @@ def pack(paths):
 def decoded(shipped):
     """{name: (bytes, executable)} of a message's shipped_files; ShippingError if malformed."""
     files, total = {}, 0
+    if len(shipped) > MAX_SHIPPED_FILES:
+        raise ShippingError(f"{len(shipped)} shipped files: at most {MAX_SHIPPED_FILES}")
     for name, entry in shipped.items():
         if not PLAIN_NAME.fullmatch(name) or name in (".", ".."):
             raise ShippingError(f"shipped file name {name!r} is not a plain file name")
+        if len(os.fsencode(name)) > MAX_NAME_BYTES:
+            raise ShippingError(f"shipped file name {name[:40]!r}... is over "
+                                f"{MAX_NAME_BYTES} bytes")
         if not (isinstance(entry, dict) and isinstance(entry.get("data"), str)):
             raise ShippingError(f"shipped file {name} has no base64 data")
         try:
@@ -76,8 +85,9 @@ def decoded(shipped):
 def split_reference(reference):
     """(file name, class name) of a python_job "NAME:CLASS"."""
     name, colon, class_name = reference.rpartition(":")
-    if not colon or not name or not CLASS_NAME.fullmatch(class_name):
-        raise ShippingError(f"python_job {reference!r} is not FILE:CLASS")
+    if not colon or not name or not class_name.isidentifier():
+        raise ShippingError(f"python_job {reference!r} is not FILE:CLASS (a class at the top "
+                            f"of FILE)")
     return name, class_name
 
 

@@ -208,7 +208,7 @@ def test_a_broken_job_fails_once_with_its_traceback(cluster, tmp_path):
     assert result.returncode == 1
     shown = result.stderr.decode()
     assert "ValueError: no model file here" in shown and "Traceback" in shown, shown
-    assert "(failure 1 of 4 allowed)" in shown, shown
+    assert "attempt 1 on worker" in shown and "not tried again" in shown, shown
 
 
 def test_a_job_file_that_does_not_load_is_refused_at_submission(cluster, tmp_path):
@@ -301,3 +301,84 @@ def test_one_hot_key_is_combined_in_memory_not_written():
         combining.write("the", 1)
     assert len(combining.held["the"]) <= limit // pyjob.VALUE_COST_BYTES
     assert sum(combining.held["the"]) == 100_000
+
+
+def test_a_module_the_job_imports_but_does_not_ship_is_missed_at_submission(cluster, tmp_path):
+    inputs = write_files(tmp_path / "in", {"x": b"a\n"})
+    write_job(tmp_path, "WEIGHT = 1\n", name="weights.py")
+    job = write_job(tmp_path, """
+        from mrlib import Job
+        from weights import WEIGHT
+
+
+        class Weighted(Job):
+            def mapper(self, key, line):
+                yield line, WEIGHT
+        """)
+    result = cluster.send_job("--job", job, "--input", inputs, "--output", tmp_path / "out")
+    assert result.returncode == 2 and "No module named 'weights'" in result.stderr.decode()
+    submit(cluster, "--job", job, "--ship", tmp_path / "weights.py", "--ship", job,
+           "--input", inputs, "--output", tmp_path / "out")  # the job file twice: once
+
+
+@pytest.mark.parametrize("source, says", [
+    ("class NoMapper(Job):\n    pass\n", "NoMapper defines no mapper"),
+    ("class Calls(Job):\n    def mapper(self, key, line):\n        yield line, 1\n\n"
+     "Calls().run(input='.', sequential=True)\n", "guard the call with"),
+])
+def test_a_job_that_cannot_run_is_refused_at_submission(cluster, tmp_path, source, says):
+    job = write_job(tmp_path, "from mrlib import Job\n\n\n" + source)
+    result = cluster.send_job("--job", job, "--input", tmp_path, "--output", tmp_path / "o")
+    assert result.returncode == 2 and says in result.stderr.decode(), result.stderr.decode()
+    assert not list(cluster.workdir.glob("var/job-*")), "nothing was submitted"
+
+
+def test_what_a_task_prints_never_lands_among_its_pairs(cluster, tmp_path):
+    """print() and the programs the job runs write to the attempt's log; CRLF lines
+    reach the mapper without their \\r, as from Hadoop's line reader."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", {"x": b"one\r\ntwo\n"})
+    job = write_job(tmp_path, """
+        import subprocess
+        from mrlib import Job
+
+
+        class Noisy(Job):
+            def mapper(self, key, line):
+                print("looking at", line)
+                subprocess.run(["echo", "a program of the job speaking"])
+                yield line, len(line)
+        """)
+    submit(cluster, "--job", job, "--input", inputs, "--output", tmp_path / "out",
+           "--keep-intermediate", "--wait")
+    [output] = (tmp_path / "out").iterdir()
+    got = [pyjob.decode_pair(line) for line in output.read_bytes().splitlines(True)]
+    assert got == [("one", 3), ("two", 3)]
+    [log] = (cluster.workdir / "var" / "job-0" / "logs").iterdir()
+    assert b"a program of the job speaking" in log.read_bytes()
+
+
+def test_a_job_whose_code_cannot_be_installed_leaves_nothing_for_the_next(cluster, tmp_path):
+    """Job 0's number is used up when its code cannot be written: job 1 starts clean."""
+    (cluster.workdir / "var" / "job-0").mkdir()
+    (cluster.workdir / "var" / "job-0" / "code").write_text("not a directory")
+    inputs = write_files(tmp_path / "in", {"x": b"a b\n"})
+    job = write_job(tmp_path, WORD_COUNT)
+    refused = cluster.send_job("--job", job, "--input", inputs, "--output", tmp_path / "o0")
+    assert refused.returncode == 2 and "cannot create" in refused.stderr.decode()
+    cluster.start_worker()
+    result = submit(cluster, "--job", job, "--input", inputs, "--output", tmp_path / "o1",
+                    "--wait")
+    assert "job 1 submitted" in result.stdout.decode()
+    assert output_of(tmp_path / "o1") == lines_of([("a", 1), ("b", 1)])
+
+
+def test_installed_code_is_not_kept_in_the_masters_memory(tmp_path):
+    from mrlib.jobspec import JobSpec
+    from mrlib import shipping
+    job = write_job(tmp_path, WORD_COUNT)
+    spec = JobSpec(str(tmp_path), str(tmp_path / "out"), str(job), str(job), 1, 1,
+                   shipped_files=shipping.pack([job]), python_job="job.py:WordCount")
+    spec.install_code(str(tmp_path / "job-0"))
+    assert (tmp_path / "job-0" / "code" / "job.py").read_text() == job.read_text()
+    assert spec.shipped_files == {"job.py": None}
