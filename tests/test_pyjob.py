@@ -382,3 +382,9 @@ def test_installed_code_is_not_kept_in_the_masters_memory(tmp_path):
     spec.install_code(str(tmp_path / "job-0"))
     assert (tmp_path / "job-0" / "code" / "job.py").read_text() == job.read_text()
     assert spec.shipped_files == {"job.py": None}
+
+
+@pytest.mark.parametrize("value", [1, -3, 0, 10 ** 30, 1.5, -2e-7, 1e20, float("-inf"), "s",
+                                   "1", "", [1, "a"], None, True, False, {"b": 1, "a": [2]}])
+def test_a_value_reaches_the_reducer_as_it_was_given(value):
+    assert pyjob.decode_value((pyjob.encode_value(value) + "\n").encode()) == value
