@@ -20,7 +20,7 @@ import tempfile
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
-BASELINE = "5a8764d"  # the last commit without built-in counters
+BASELINE = "5a8764d"  # the last commit before the built-in counters
 WORD_COUNT = ["--mapper", "exec/word_count/map.py", "--reducer", "exec/word_count/reduce.py"]
 JOBS = {
     "word count": WORD_COUNT + ["--mappers", "8", "--reducers", "2"],
