@@ -46,10 +46,11 @@ MAP, REDUCE, DESCRIBE = "map", "reduce", "describe"
 # The map side holds pairs in memory, per key, up to about this much, then
 # combines and writes them. A job sets its own with `combine_memory_mib`.
 DEFAULT_COMBINE_MEMORY_MIB = 64
-# What a held value and a held key are reckoned to cost beyond their own size,
-# which is measured on MEASURED of them every MEASURE_EVERY calls of the mapper.
-VALUE_COST_BYTES = 64
-KEY_COST_BYTES = 128
+# What a held value (its place in a list) and a held key (its place in the
+# dict, and its list) cost beyond their own size, which is measured on
+# MEASURED of them every MEASURE_EVERY calls of the mapper.
+VALUE_COST_BYTES = 16
+KEY_COST_BYTES = 160
 MEASURED, MEASURE_EVERY = 16, 256
 WRITE_BATCH = 4096  # output lines joined per write
 USER_MODULE = "mapreduce_user_job"
@@ -295,7 +296,7 @@ class Combining:
                 sys.getsizeof(slot if slot.__class__ is str else slot[1])
                 for slot, _ in sample) // len(sample)
             self.value_cost = VALUE_COST_BYTES + sum(
-                sys.getsizeof(values[-1]) for _, values in sample) // len(sample)
+                own_size(values[-1]) for _, values in sample) // len(sample)
 
     def combine(self, slot):
         """Combine one key's values in place (what comes back for other keys is held)."""
@@ -328,6 +329,16 @@ class Combining:
         """The combine counters, as the framework's (the worker sees only what was written)."""
         job.increment_counter(FRAMEWORK, "Combine input records", self.taken)
         job.increment_counter(FRAMEWORK, "Combine output records", self.given)
+
+
+def own_size(value):
+    """The memory a held value adds: none for the objects Python shares (small ints,
+    None, True, False), its size otherwise."""
+    if value is None or value is True or value is False:
+        return 0
+    if value.__class__ is int and -5 <= value <= 256:
+        return 0
+    return sys.getsizeof(value)
 
 
 class CodeBroken(Exception):
