@@ -388,3 +388,16 @@ def test_installed_code_is_not_kept_in_the_masters_memory(tmp_path):
                                    "1", "", [1, "a"], None, True, False, {"b": 1, "a": [2]}])
 def test_a_value_reaches_the_reducer_as_it_was_given(value):
     assert pyjob.decode_value((pyjob.encode_value(value) + "\n").encode()) == value
+
+
+def test_an_unguarded_run_in_a_script_fails_once_and_says_why(tmp_path):
+    """The script's run() loads the file again to ship it: the second run() must refuse,
+    not submit a job from inside the loading (which would go on without end)."""
+    inputs = write_files(tmp_path / "in", {"x": b"a\n"})
+    script = write_job(tmp_path, WORD_COUNT + f"\n\nprint(list(WordCount().run("
+                                              f"input={str(inputs)!r}, sequential=True)))\n",
+                       name="unguarded.py")
+    result = subprocess.run([PYTHON, script], capture_output=True, timeout=JOB_TIMEOUT,
+                            cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0
+    assert "guard the call with" in result.stderr.decode(), result.stderr.decode()
