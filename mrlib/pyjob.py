@@ -170,26 +170,22 @@ _JSON_STRING = json.encoder.encode_basestring_ascii  # json.dumps of a str, in C
 
 def encode_key(key):
     """A key's JSON, one form for equal keys (dicts' keys sorted)."""
-    kind = key.__class__
-    if kind is str:
-        return _JSON_STRING(key)
-    if kind is int:
-        return int.__repr__(key)
-    return _json(key, "key", sort_keys=True)
+    return _encode(key, "key", True)
 
 
 def encode_value(value):
-    kind = value.__class__
+    return _encode(value, "value", False)
+
+
+def _encode(thing, what, sort_keys):
+    """JSON of a key or value: a str or int the fast way; BadPair if it is not JSON."""
+    kind = thing.__class__
     if kind is str:
-        return _JSON_STRING(value)
+        return _JSON_STRING(thing)
     if kind is int:
-        return int.__repr__(value)
-    return _json(value, "value")
-
-
-def _json(thing, what, **options):
+        return int.__repr__(thing)
     try:
-        return json.dumps(thing, **options)
+        return json.dumps(thing, sort_keys=sort_keys)
     except (TypeError, ValueError) as error:
         raise BadPair(f"a pair's {what} {thing!r:.100} is not JSON: {error}") from None
 

@@ -479,7 +479,8 @@ def program_stage(executable):
         raise TaskFailed(f"executable {executable} does not exist")
     if not os.access(path, os.X_OK):
         raise TaskFailed(f"executable {executable} is not executable")
-    if first_line(path).endswith(b"\r\n") and first_line(path).startswith(b"#!"):
+    first = first_line(path)
+    if first.startswith(b"#!") and first.endswith(b"\r\n"):
         # Found before it runs: through `#!/usr/bin/env python3\r`, env would only
         # say that "python3\r" does not exist.
         raise TaskFailed(f"cannot start {executable}: {WINDOWS_LINES}")
