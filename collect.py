@@ -3,18 +3,20 @@
     python3 collect.py output/count count_all     # count_00, count_01 ... -> count_all
     python3 collect.py output all.txt             # output/input_0, input_1 ... -> all.txt
     python3 collect.py output all.txt --merge     # hash-partitioned output: merge by key
+    python3 collect.py output all.bin --merge --record-size 100   # ... of binary records
 
 With the default range partitioning the partitions hold consecutive key
 ranges, so joining them in partition order gives key order; a map-only job's
 files join in split order. Hash-partitioned partitions are each sorted but
-interleave, so --merge merges them (LC_ALL=C sort -m) instead.
+interleave, so --merge merges them (LC_ALL=C sort -m) instead; with
+--record-size, as fixed-size records (mrlib/records.py).
 """
 import argparse
 import os
 import re
 import sys
 
-from mrlib import grouping, names, runner
+from mrlib import grouping, names, records, runner
 from mrlib.jobspec import base_name_files, natural_key
 
 PARTITION_NAME = re.compile(names.PARTITION_PATTERN, re.DOTALL)
@@ -64,7 +66,13 @@ def main(argv=None):
     parser.add_argument("destination", help="the file to write")
     parser.add_argument("--merge", action="store_true",
                         help="merge sorted partitions by key (for hash partitioning)")
+    parser.add_argument("--record-size", type=int, metavar="N",
+                        help="with --merge: the outputs are N-byte records, not lines")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.record_size is not None and (not args.merge or args.record_size < 1):
+        parser.error("--record-size N (N >= 1) tells --merge how to read the outputs: "
+                     "give --merge too")
+    layout = records.Layout(args.record_size, args.record_size) if args.record_size else None
     paths = partition_files(args.source)
     if any(_same_file(p, args.destination) for p in paths):
         if len(paths) > 1 and _is_output_name(os.path.basename(args.destination)):
@@ -78,7 +86,8 @@ def main(argv=None):
         return 2
     try:
         if args.merge:
-            runner.sort_files(paths, os.path.abspath(args.destination), merge=True)
+            runner.sort_files(paths, os.path.abspath(args.destination), merge=True,
+                              layout=layout)
         else:
             concatenate(paths, args.destination)
     except (OSError, runner.TaskFailed) as error:

@@ -17,7 +17,7 @@ import sys
 import time
 
 import helper
-from mrlib import auth, display, outputdir, pyjob, shipping
+from mrlib import auth, display, outputdir, pyjob, records, shipping
 from mrlib.display import describe
 from mrlib.grouping import raise_open_file_limit
 from mrlib.jobspec import ENV_NAME, JobRejected, JobSpec, in_option_terms
@@ -79,7 +79,13 @@ def parse_args(argv):
                         help="number of reduce tasks (default 2; 0 = map only)")
     parser.add_argument("--split-size", type=int, help="cut inputs into splits of this many bytes")
     parser.add_argument("--record-size", type=int,
-                        help="fixed-size binary records of this many bytes (cuts fall between)")
+                        help="the input is fixed-size binary records of this many bytes "
+                             "(splits fall between them), and so is the map output")
+    parser.add_argument("--output-record-size", type=record_size_or_lines, metavar="N|lines",
+                        help="the map programs write N-byte records (default: --record-size), "
+                             "or lines; the reducers read them")
+    parser.add_argument("--key-size", type=int, metavar="K",
+                        help="a record's key is its first K bytes (default: the whole record)")
     parser.add_argument("--partitioner", choices=("range", "hash"), default=None,
                         help="range (ordered output, default) or hash of the key")
     parser.add_argument("--timeout", type=float, help="per-task time limit in seconds")
@@ -141,8 +147,12 @@ def load_python_job(parser, args):
     elif not class_name.isidentifier():
         parser.error(f"--job {args.job}: {class_name!r} is not the name of a class at the top "
                      f"of {path}")
-    if args.record_size is not None:
-        parser.error("--job reads lines: --record-size is for programs that read records")
+    for option, value in (("--record-size", args.record_size),
+                          ("--output-record-size", args.output_record_size),
+                          ("--key-size", args.key_size)):
+        if value is not None:
+            parser.error(f"--job reads and writes lines: {option} is for programs that "
+                         f"read or write records")
     try:
         described = pyjob.describe_job(path, class_name or None, args.ship)
     except pyjob.CodeBroken as broken:
@@ -156,6 +166,19 @@ def load_python_job(parser, args):
         parser.error(f"--reducers {args.reducers}: {args.job_class} has no reducer, "
                      f"so it is map-only; drop --reducers or define reducer()")
     args.mapper = args.reducer = path  # what a spec-only reader of the message sees
+
+
+def record_size_or_lines(text):
+    """--output-record-size: a number of bytes, or `lines` (0)."""
+    if text == "lines":
+        return 0
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number of bytes or lines, not {text!r}")
+    if size < 0:
+        raise argparse.ArgumentTypeError(f"give a number of bytes or lines, not {text}")
+    return size
 
 
 def refuse_missing_sample(parser, args):
@@ -228,6 +251,7 @@ def build_job(args):
         input_file=_resolve(args.input_file, local),
         input_base_name=_resolve(args.input_base, local) if args.input_base else None,
         split_size=args.split_size, record_size=args.record_size,
+        output_record_size=args.output_record_size, key_size=args.key_size,
         combiner_executable=_resolve(args.combiner, local), partitioner=args.partitioner,
         task_timeout=args.timeout, max_attempts=args.max_attempts,
         env=parse_env(args.env) or None, output_base_name=args.output_base,
@@ -237,7 +261,7 @@ def build_job(args):
     ship(args, message)
     helper.validate(message)
     if local:
-        JobSpec.from_message(message).check_input_slip()  # the master's checks, and a slip
+        JobSpec.from_message(message).check_for_client()  # the master's checks, and slips
     return message
 
 
@@ -485,7 +509,7 @@ def run_sequential(args):
                                    "time_limit": spec.task_timeout}):
             print(line, file=sys.stderr)
         return 1
-    except (OSError, TooManySplits) as error:
+    except (OSError, TooManySplits, records.RecordError) as error:
         print(f"sequential job failed: {error}", file=sys.stderr)
         return 1
     return summarize(job.snapshot())

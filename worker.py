@@ -24,7 +24,7 @@ import threading
 import time
 
 import helper
-from mrlib import auth, runner
+from mrlib import auth, records, runner
 from mrlib.attemptlog import AttemptLog
 
 LOG = logging.getLogger("worker")
@@ -401,7 +401,8 @@ class Worker:
             with closing(self.attempt_log(message, guard)) as log:
                 runner.sort_files(message["input_files"], output,
                                   merge=message.get("presorted") is True,
-                                  timeout=message.get("timeout"), guard=guard, log=log)
+                                  timeout=message.get("timeout"), guard=guard, log=log,
+                                  layout=records.Layout.from_field(message.get("records")))
         except runner.TaskFailed as failure:
             LOG.error("sort into %s failed: %s", output, failure)
             return helper.status_file(output, self.pid, helper.FAILED, **_failure_fields(failure))
@@ -426,8 +427,10 @@ class Worker:
                    for path in message["input_files"]]
         context = runner.TaskContext(message.get("context"))
         sort_output = message.get("sort_output") is True
-        counting = message.get("builtin_counters")
-        counting = counting if counting in runner.COUNTING_MODES else None
+        counting = runner.Counting.from_message(message.get("builtin_counters"),
+                                                message.get("record_units"))
+        layout = records.Layout.from_field(message.get("records"))
+        record_size = message.get("check_record_size")
         report = runner.Report()
         for input_file, output in zip(message["input_files"], outputs):
             if len(outputs) > 1:
@@ -437,7 +440,8 @@ class Worker:
                     message["executable"], input_file, output,
                     combiner=message.get("combiner_executable"), sort_output=sort_output,
                     env=context.environment(input_file), timeout=message.get("timeout"),
-                    guard=guard, log=log, counting=counting, spills=sort_output))
+                    guard=guard, log=log, counting=counting, spills=sort_output,
+                    layout=layout, record_size=record_size if record_size else None))
             except runner.TaskFailed as failure:
                 LOG.error("task failed: %s: %s", Task(message).describe(), failure)
                 return helper.status_files(outputs, self.pid, helper.FAILED,

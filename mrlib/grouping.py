@@ -12,6 +12,11 @@ the tab: then a line with key K sorts before boundary B exactly when K < B,
 whatever the rest of the line, in every sorted file. So each sorted input is
 cut at the same boundaries by binary search, and the R partitions are merged
 from their pieces in parallel.
+
+The same holds of fixed-size records (mrlib/records.py), framed by RecordFraming
+instead of LineFraming: a record's key is its first key_size bytes, any key
+can be a boundary, and a record sorts before a key-size boundary exactly when
+its key does.
 """
 import concurrent.futures
 import hashlib
@@ -86,15 +91,62 @@ def read_head(handle):
     return content(head), length
 
 
-def first_line_where(handle, size, predicate):
+class LineFraming:
+    """Lines: a key is what comes before the first tab."""
+    layout = None
+
+    start_at = staticmethod(next_line_start)
+    read_head = staticmethod(read_head)
+    boundary_key = staticmethod(boundary_key)
+
+    @staticmethod
+    def pieces(source):
+        """(piece, its key or None if it continues a line) of a sorted file."""
+        for piece, starts in runner.bounded_lines(source, COMPARE_BYTES):
+            # a key longer than a piece is taken by its head
+            yield piece, key_of(piece) if starts else None
+
+
+class RecordFraming:
+    """Fixed-size records of a records.Layout."""
+
+    def __init__(self, layout):
+        self.layout = layout
+
+    def start_at(self, handle, position, size):
+        return min(size, -(-position // self.layout.size) * self.layout.size)
+
+    def read_head(self, handle):
+        record = handle.read(self.layout.size)
+        return record, len(record)
+
+    def boundary_key(self, record):
+        return self.layout.key_of(record) or None
+
+    def pieces(self, source):
+        size, key_size = self.layout.size, self.layout.key_size
+        while chunk := source.read(max(size, SCAN_CHUNK // size * size)):
+            for start in range(0, len(chunk), size):
+                yield chunk[start:start + size], chunk[start:start + key_size]
+
+
+LINES = LineFraming()
+
+
+def framing_of(layout):
+    """The framing of data laid out as `layout` (a records.Layout), or lines (None)."""
+    return LINES if layout is None else RecordFraming(layout)
+
+
+def first_line_where(handle, size, predicate, framing=LINES):
     """Offset of the first line of a sorted file for which a monotone predicate holds."""
     low, high = 0, size  # lines starting before `low` fail; the line at `high` holds (or EOF)
     while low < high:
-        middle = next_line_start(handle, (low + high) // 2, size)
+        middle = framing.start_at(handle, (low + high) // 2, size)
         if middle >= high:
             break
         handle.seek(middle)
-        head, length = read_head(handle)
+        head, length = framing.read_head(handle)
         if predicate(head):
             high = middle
         else:
@@ -102,22 +154,23 @@ def first_line_where(handle, size, predicate):
     position = low
     while position < high:
         handle.seek(position)  # the predicate may move this handle (SortedFiles does)
-        head, length = read_head(handle)
+        head, length = framing.read_head(handle)
         if predicate(head):
             return position
         position += length
     return high
 
 
-def first_line_at_least(handle, size, bound):
+def first_line_at_least(handle, size, bound, framing=LINES):
     """Offset of the first line that sorts at or after `bound`."""
-    return first_line_where(handle, size, lambda line: line >= bound)
+    return first_line_where(handle, size, lambda line: line >= bound, framing)
 
 
 class SortedFiles:
     """Several sorted files seen as their merge, without merging them."""
 
-    def __init__(self, paths):
+    def __init__(self, paths, framing=LINES):
+        self.framing = framing
         self.handles = [open(path, "rb") for path in paths]
         self.sizes = [os.path.getsize(path) for path in paths]
         self.total = sum(self.sizes)
@@ -128,7 +181,7 @@ class SortedFiles:
 
     def bytes_before(self, bound):
         """Bytes of all lines sorting before `bound`: where it starts in the merge."""
-        return sum(first_line_at_least(h, size, bound)
+        return sum(first_line_at_least(h, size, bound, self.framing)
                    for h, size in zip(self.handles, self.sizes))
 
     def line_from(self, target):
@@ -136,20 +189,21 @@ class SortedFiles:
         found = []
         for handle, size in zip(self.handles, self.sizes):
             offset = first_line_where(handle, size,
-                                      lambda line: self.bytes_before(line) >= target)
+                                      lambda line: self.bytes_before(line) >= target,
+                                      self.framing)
             if offset < size:
                 handle.seek(offset)
-                found.append(read_head(handle)[0])
+                found.append(self.framing.read_head(handle)[0])
         return min(found, default=None)
 
     def lines_from(self, bound, count):
         """Up to `count` lines of the merge from the first one >= bound."""
         streams = []
         for handle, size in zip(self.handles, self.sizes):
-            handle.seek(first_line_at_least(handle, size, bound))
+            handle.seek(first_line_at_least(handle, size, bound, self.framing))
             lines = []
             for _ in range(count):
-                head, length = read_head(handle)
+                head, length = self.framing.read_head(handle)
                 if not length:
                     break
                 lines.append(head)
@@ -163,19 +217,19 @@ def key_near(files, target):
     if line is None:
         return None
     for candidate in files.lines_from(line, MAX_SCAN_LINES):
-        key = boundary_key(candidate)
+        key = files.framing.boundary_key(candidate)
         if key is not None:
             return key
     return None
 
 
-def choose_boundaries(paths, parts):
+def choose_boundaries(paths, parts, framing=LINES):
     """parts-1 boundary keys at the exact size quantiles of the files' merge.
 
     The same keys whatever way the sorted data is spread over files, so a
     cluster and a sequential run cut the same partitions.
     """
-    files = SortedFiles(paths)
+    files = SortedFiles(paths, framing)
     try:
         if parts <= 1:
             return []
@@ -196,13 +250,13 @@ def _non_decreasing(keys):
     return result
 
 
-def cut_offsets(path, boundaries):
+def cut_offsets(path, boundaries, framing=LINES):
     """[0, c1, …, size]: where each boundary falls in one sorted file."""
     size = os.path.getsize(path)
     offsets = [0]
     with open(path, "rb") as handle:
         for bound in boundaries:
-            cut = size if bound is None else first_line_at_least(handle, size, bound)
+            cut = size if bound is None else first_line_at_least(handle, size, bound, framing)
             offsets.append(max(cut, offsets[-1]))
     offsets.append(size)
     return offsets
@@ -227,7 +281,7 @@ def copy_piece(path, start, end, destination):
         copy_range(source, out, start, end)
 
 
-def build_partition(pieces, output, guard=None):
+def build_partition(pieces, output, guard=None, layout=None):
     """Write one partition: its pieces merged (or the single piece copied)."""
     if len(pieces) <= 1:
         tmp = runner.temp_path(output)
@@ -250,16 +304,16 @@ def build_partition(pieces, output, guard=None):
             scratch.append(runner.temp_path(output))
             copy_piece(path, start, end, scratch[-1])
             piece_paths.append(scratch[-1])
-        runner.sort_files(piece_paths, output, merge=True, guard=guard)
+        runner.sort_files(piece_paths, output, merge=True, guard=guard, layout=layout)
     finally:
         for piece in scratch:
             os.unlink(piece)
 
 
-def write_range_partitions(sorted_paths, output_paths, guard=None):
+def write_range_partitions(sorted_paths, output_paths, guard=None, framing=LINES):
     """Cut sorted files at shared key boundaries; merge each partition, in parallel."""
-    boundaries = choose_boundaries(sorted_paths, len(output_paths))
-    offsets = {path: cut_offsets(path, boundaries) for path in sorted_paths}
+    boundaries = choose_boundaries(sorted_paths, len(output_paths), framing)
+    offsets = {path: cut_offsets(path, boundaries, framing) for path in sorted_paths}
     jobs = []
     for number, output in enumerate(output_paths):
         pieces = [(path, cuts[number], cuts[number + 1]) for path, cuts in offsets.items()
@@ -267,7 +321,8 @@ def write_range_partitions(sorted_paths, output_paths, guard=None):
         jobs.append((pieces, output))
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for future in [pool.submit(build_partition, p, o, guard) for p, o in jobs]:
+        for future in [pool.submit(build_partition, p, o, guard, framing.layout)
+                       for p, o in jobs]:
             future.result()
 
 
@@ -292,7 +347,7 @@ def hash_partition(key, parts):
     return int.from_bytes(hashlib.md5(key).digest()[:8], "big") % parts
 
 
-def write_hash_partitions(merged_path, output_paths):
+def write_hash_partitions(merged_path, output_paths, framing=LINES):
     """Deal a sorted file's lines to files by hash of key, keeping sorted order."""
     tmps = [runner.temp_path(path) for path in output_paths]
     handles = [open(tmp, "wb") for tmp in tmps]
@@ -300,9 +355,9 @@ def write_hash_partitions(merged_path, output_paths):
         with open(merged_path, "rb") as source:
             parts = len(handles)
             target = None
-            for piece, starts in runner.bounded_lines(source, COMPARE_BYTES):
-                if starts:  # a key longer than a piece is hashed by its head
-                    target = handles[hash_partition(key_of(piece), parts)]
+            for piece, key in framing.pieces(source):
+                if key is not None:
+                    target = handles[hash_partition(key, parts)]
                 target.write(piece)
     finally:
         for handle in handles:
@@ -311,19 +366,22 @@ def write_hash_partitions(merged_path, output_paths):
         os.replace(tmp, path)
 
 
-def merge_and_partition(sorted_paths, directory, parts, partitioner="range", guard=None):
-    """Write `parts` reducer inputs into `directory` from sorted files."""
+def merge_and_partition(sorted_paths, directory, parts, partitioner="range", guard=None,
+                        layout=None):
+    """Write `parts` reducer inputs into `directory` from sorted files (of
+    lines, or of records laid out as `layout`)."""
     outputs = names.partition_paths(directory, parts)
+    framing = framing_of(layout)
     if partitioner != "hash":
-        write_range_partitions(sorted_paths, outputs, guard)
+        write_range_partitions(sorted_paths, outputs, guard, framing)
         return outputs
     if len(sorted_paths) == 1:
         merged, scratch = sorted_paths[0], None  # already one sorted stream
     else:
         merged = scratch = os.path.join(directory, "merged")
-        runner.sort_files(sorted_paths, merged, merge=True, guard=guard)
+        runner.sort_files(sorted_paths, merged, merge=True, guard=guard, layout=layout)
     try:
-        write_hash_partitions(merged, outputs)
+        write_hash_partitions(merged, outputs, framing)
     finally:
         if scratch:
             os.unlink(scratch)

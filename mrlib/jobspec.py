@@ -8,7 +8,7 @@ import dataclasses
 import os
 import re
 
-from mrlib import pyjob, shipping
+from mrlib import pyjob, records, shipping
 from mrlib.outputdir import within
 
 DEFAULT_TASK_TIMEOUT = 600.0  # seconds; a task running longer is a failed attempt
@@ -30,6 +30,7 @@ OPTION_OF_FIELD = {
     "mapper_executable": "--mapper", "reducer_executable": "--reducer",
     "combiner_executable": "--combiner", "num_mappers": "--mappers",
     "num_reducers": "--reducers", "split_size": "--split-size", "record_size": "--record-size",
+    "output_record_size": "--output-record-size", "key_size": "--key-size",
     "partitioner": "--partitioner", "task_timeout": "--timeout",
     "max_attempts": "--max-attempts", "env": "--env"}
 # A field's name as a word of its own: not inside a path or an option (--env).
@@ -57,6 +58,8 @@ class JobSpec:
     input_base_name: str = None
     split_size: int = None
     record_size: int = None
+    output_record_size: int = None  # 0: the map output is lines, whatever the input
+    key_size: int = None
     combiner_executable: str = None
     partitioner: str = "range"
     task_timeout: float = DEFAULT_TASK_TIMEOUT
@@ -148,6 +151,15 @@ class JobSpec:
         if not os.path.isdir(self.input_directory):
             raise JobRejected(f"input_directory {self.input_directory} is not a directory")
 
+    def check_for_client(self):
+        """What the master finds only once the job runs, or runs anyway: refused
+        before the job is sent."""
+        self.check_input_slip()
+        try:
+            self.check_input_records()
+        except records.RecordError as error:
+            raise JobRejected(str(error)) from None
+
     def check_input_slip(self):
         """For a client: an input directory with no files but directories is a slip (the
         files are one level down), though the spec's master runs it as a job with no input."""
@@ -168,6 +180,7 @@ class JobSpec:
             raise JobRejected(f"split_size must be at least 1 byte, got {self.split_size}")
         if self.record_size is not None and self.record_size < 1:
             raise JobRejected(f"record_size must be at least 1 byte, got {self.record_size}")
+        self.check_record_options()
         if self.partitioner not in PARTITIONERS:
             raise JobRejected(f"partitioner must be one of {', '.join(PARTITIONERS)}, "
                               f"got {self.partitioner!r}")
@@ -187,6 +200,47 @@ class JobSpec:
                                   f"and _, not starting with a digit)")
             if "\0" in value:
                 raise JobRejected(f"env {name}'s value contains a NUL byte")
+
+    def check_record_options(self):
+        output, key = self.output_record_size, self.key_size
+        if output is not None and output < 0:
+            raise JobRejected(f"output_record_size must be a number of bytes, or 0 for "
+                              f"lines, got {output}")
+        if key is None:
+            return
+        layout = self.shuffle_layout()
+        if layout is None:
+            raise JobRejected(f"key_size {key} is for records: give record_size or "
+                              f"output_record_size too (a line's key is before its tab)")
+        if not 1 <= key <= layout.size:
+            raise JobRejected(f"key_size must be between 1 and the {layout.size}-byte record, "
+                              f"got {key}")
+
+    def final_record_size(self):
+        """The size of the job's output records, if the job says it (else unchecked)."""
+        return self.output_record_size or None
+
+    def record_units(self, kind):
+        """{"input": unit, "output": unit} of a map or reduce task's data, for counting:
+        0 for lines, or a record size (what the programs write is the output's)."""
+        written = self.output_record_size if self.output_record_size is not None \
+            else self.record_size or 0
+        return {"input": (self.record_size or 0) if kind == "map" else written,
+                "output": written}
+
+    def shuffle_layout(self):
+        """The records.Layout of the map output and the reducers' input, or None for lines."""
+        size = self.output_record_size if self.output_record_size is not None \
+            else self.record_size
+        if not size:
+            return None
+        return records.Layout(size, self.key_size or size)
+
+    def check_input_records(self):
+        """Raise records.RecordError unless every input file is whole records."""
+        if self.record_size:
+            for path in self.input_files():
+                records.check_file(path, self.record_size)
 
     def check_output(self, var_directory=None):
         """Refuse an output directory the job could not write, or would damage.
@@ -224,7 +278,7 @@ class JobSpec:
     def uses_extensions(self):
         """True if tasks need our optional fields (context), i.e. not a plain spec job."""
         return bool(self.env or self.split_size or self.record_size or self.input_file
-                    or self.input_base_name)
+                    or self.input_base_name or self.output_record_size)
 
     def input_files(self):
         """The job's input files, in the order their outputs are concatenated."""

@@ -45,11 +45,14 @@ def next_step(job, workers):
 
 
 def plan_split(job, workers):
-    if not job.spec.split_size:
-        return None
     spec = job.spec
+    if not spec.split_size and not spec.record_size:
+        return None
 
     def cut(guard):
+        spec.check_input_records()  # records.RecordError names a file that is not
+        if not spec.split_size:
+            return None
         planned = splits.plan(spec.input_files(), spec.split_size, spec.record_size)
         return splits.materialize(planned, job.splits_dir)
 
@@ -78,11 +81,13 @@ def plan_merge(job, workers):
     # `sorted: true` promises bytewise order.
     unsure = [path for path in sorted_paths if not job.all_sorted([path])]
 
+    layout = job.spec.shuffle_layout()
+
     def merge(guard):
         for path in unsure:
-            runner.sort_files([path], path, guard=guard)
+            runner.sort_files([path], path, guard=guard, layout=layout)
         grouping.merge_and_partition(sorted_paths, job.grouper_dir, job.spec.num_reducers,
-                                     job.spec.partitioner, guard)
+                                     job.spec.partitioner, guard, layout)
     step = Work(MERGE, merge)
     step.unsure = unsure
     return step

@@ -7,6 +7,7 @@ the cause of a failure and its `reporter:` lines become counters.
 """
 import collections
 import ctypes
+import dataclasses
 import errno
 import fcntl
 import io
@@ -22,6 +23,7 @@ import threading
 
 import sh
 
+from mrlib import records
 from mrlib.attemptlog import MAX_LOG_BYTES, PROGRAM
 from mrlib.reaper import ATTEMPT_VARIABLE, kill_tagged
 from mrlib.pyjob import FRAMEWORK
@@ -42,11 +44,9 @@ SORT_ENV = {"LC_ALL": "C"}
 
 # Built-in counters, Hadoop's names in Hadoop's group (FRAMEWORK).
 MAP_COUNTING, REDUCE_COUNTING = "map", "reduce"  # what a task counts
-# ...and, for binary records (--record-size), where lines mean nothing: bytes only.
-BYTES_ONLY = "-bytes"
-BYTE_COUNTERS = ("Map input bytes", "Map output bytes", "Spilled bytes")
-COUNTING_MODES = tuple(kind + unit for kind in (MAP_COUNTING, REDUCE_COUNTING)
-                       for unit in ("", BYTES_ONLY))
+COUNTING_MODES = (MAP_COUNTING, REDUCE_COUNTING)
+# The unit in which a task's data is counted: lines (0), or records of a size in bytes.
+LINES = 0
 FROM_PROGRAMS = FRAMEWORK + " (said by the programs)"
 COMBINED_IN_MAP = ("Combine input records", "Combine output records")
 # Their names, in the order a job's data passes them (the order they are shown).
@@ -65,6 +65,8 @@ UTF8_BOM = b"\xef\xbb\xbf"
 WINDOWS_LINES = "its #! line ends in a carriage return: the file has Windows line endings"
 
 LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds mrlib
+# Sorts and merges fixed-size records: a program of the standard library only.
+RECORDS_PROGRAM = os.path.join(LIBRARY, "mrlib", "records.py")
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _TEMP_COUNTER = itertools.count()
@@ -118,9 +120,33 @@ class Report:
         self.stderr_tail = other.stderr_tail or self.stderr_tail
 
 
+@dataclasses.dataclass(frozen=True)
+class Counting:
+    """What a task counts (MAP_COUNTING or REDUCE_COUNTING), and the units of its
+    input and of its programs' output: LINES, a record size, or None (not counted)."""
+    kind: str
+    input_unit: int = LINES
+    output_unit: int = LINES
+
+    @classmethod
+    def from_message(cls, kind, units):
+        """From a task's `builtin_counters` and `record_units` fields; None if it counts
+        nothing. Units left out are not counted; without the field, all is lines."""
+        if kind not in COUNTING_MODES:
+            return None
+        if not isinstance(units, dict):
+            return cls(kind)
+        return cls(kind, _unit(units.get("input")), _unit(units.get("output")))
+
+
+def _unit(value):
+    valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if valid else None
+
+
 class Tally:
     """Records and bytes of a stream: a record is a line, the last one
-    counted even without its newline."""
+    counted even without its newline; or one of a fixed size."""
 
     def __init__(self):
         self.newlines = 0
@@ -130,6 +156,14 @@ class Tally:
     @property
     def records(self):
         return self.newlines + self.open_line
+
+    def records_in(self, unit):
+        """How many records of `unit` (LINES or a size); None if unknown or not whole."""
+        if unit == LINES:
+            return self.records
+        if unit is None or self.bytes % unit:
+            return None
+        return self.bytes // unit
 
     def add(self, chunk, length=None):
         length = len(chunk) if length is None else length
@@ -462,12 +496,14 @@ def _kill_group(group):
 class Stage:
     """One program of a pipeline: a command, its arguments and extra environment."""
 
-    def __init__(self, label, command, argv=(), env=None, reports=True):
+    def __init__(self, label, command, argv=(), env=None, reports=True, says_why=None):
         self.label = label
         self.command = command
         self.argv = list(argv)
         self.env = env or {}
         self.reports = reports  # its stderr may carry reporter: lines
+        # An exit code with which it means: the reason is my last line of stderr.
+        self.says_why = says_why
 
 
 def program_stage(executable):
@@ -626,6 +662,8 @@ class Pipeline:
         failed = _culprit(exit_codes)
         if failed is not None:
             stage = self.stages[failed]
+            if exit_codes[failed] == stage.says_why and tails[failed].strip():
+                raise TaskFailed(tails[failed].strip().splitlines()[-1], input_label)
             raise TaskFailed(f"{stage.label} exited with code {exit_codes[failed]}",
                              input_label, exit_codes[failed], tails[failed])
         return report
@@ -693,15 +731,19 @@ def _wait(process):
 
 
 def run_stages(stages, input_path, output_path, env=None, timeout=None, guard=None, log=None,
-               tally=None):
+               tally=None, check=None):
     """Run a pipeline from a file into output_path, renamed into place on success.
 
-    `tally`, if given, counts what the first stage writes (when another follows)."""
+    `tally`, if given, counts what the first stage writes (when another follows);
+    `check`, if given, is called with the finished output's path before it is
+    renamed, and may refuse it by raising TaskFailed."""
     tmp = temp_path(output_path)
     try:
         with open(input_path, "rb") as stdin, open(tmp, "wb") as stdout:
             pipeline = Pipeline(stages, env, timeout, guard, log, tally)
             report = pipeline.run(stdin, stdout, input_path)
+        if check is not None:
+            check(tmp)
         os.replace(tmp, output_path)
         return report
     except (OSError, ValueError) as error:
@@ -720,40 +762,70 @@ def run_program(executable, input_path, output_path, env=None, timeout=None, gua
 
 
 def run_task_program(executable, input_path, output_path, combiner=None, sort_output=False,
-                     env=None, timeout=None, guard=None, log=None, counting=None, spills=False):
+                     env=None, timeout=None, guard=None, log=None, counting=None, spills=False,
+                     layout=None, record_size=None):
     """Run one input of a task: the program, then (map side) combine and/or sort.
 
     With a combiner: program | sort | combiner. With sort_output, the result
     is sorted bytewise too, so the group phase only has to merge. With
-    `counting` (MAP_COUNTING or REDUCE_COUNTING) the Report carries the
+    `counting` (a Counting) the Report carries the
     built-in counters too; `spills`: the output is kept for a shuffle.
+    `layout` (a records.Layout): what is sorted is fixed-size records, not
+    lines. `record_size`: the output must be whole records of that size.
     """
     stages = [program_stage(executable)]
     scratch = os.path.dirname(output_path) or "."
     if combiner:
-        stages += [sort_stage(temp_dir=scratch), program_stage(combiner)]
+        stages += [sorter(layout, scratch, executable), program_stage(combiner)]
     if sort_output:
         # One thread: tasks on the other workers keep the other cores busy,
         # and a second sort thread there only contends (0.63 s vs 0.90 s a
         # 16 MB run on 2 cores).
-        stages.append(sort_stage(["--parallel=1"], scratch))
-    counting = counting or ""
-    kind, bytes_only = counting.removesuffix(BYTES_ONLY), counting.endswith(BYTES_ONLY)
+        stages.append(sorter(layout, scratch, combiner or executable, ["--parallel=1"]))
     produced = Tally() if counting and len(stages) > 1 else None
-    counts_groups = kind == REDUCE_COUNTING and not bytes_only
+    counts_groups = counting and counting.kind == REDUCE_COUNTING \
+        and counting.input_unit == LINES  # runs of one key in records are not counted
     groups = GroupCount(input_path, guard) if counts_groups else None
     try:
-        report = run_stages(stages, input_path, output_path, env, timeout, guard, log, produced)
+        report = run_stages(stages, input_path, output_path, env, timeout, guard, log, produced,
+                            whole_records(record_size, stages[-1].label, input_path))
     finally:
         group_count = groups.result() if groups is not None else None
     if counting:
         keep_claims_of_programs(report, bool(combiner))
-        counters = builtin_counters(kind, input_path, output_path, produced, group_count,
+        counters = builtin_counters(counting, input_path, output_path, produced, group_count,
                                     bool(combiner), spills)
-        if bytes_only:
-            counters = {name: n for name, n in counters.items() if name in BYTE_COUNTERS}
         report.add_counters(FRAMEWORK, counters)
     return report
+
+
+def sorter(layout, scratch, program, line_argv=()):
+    """The stage that sorts what `program` wrote: lines, or records of a layout."""
+    if layout is None:
+        return sort_stage(line_argv, scratch)
+    return records_stage("sort", layout, scratch, f"the output of {program}")
+
+
+def records_stage(command, layout, scratch, *what):
+    """mrlib/records.py as a stage: sort or merge records of `layout`'s size."""
+    argv = ["-S", RECORDS_PROGRAM, command, str(layout.size), scratch, records.OUTPUT_OPTION,
+            *what]
+    return Stage(f"record {command}", sh.Command(sys.executable), argv, reports=False,
+                 says_why=records.NOT_RECORDS_EXIT)
+
+
+def whole_records(size, program, input_path):
+    """A check for run_stages: the output is whole records of `size` bytes (None: no check)."""
+    if not size:
+        return None
+
+    def check(path):
+        try:
+            records.check_file(path, size, records.OUTPUT_OPTION)
+        except records.RecordError as error:
+            what = str(error).replace(path, f"the output of {program}", 1)
+            raise TaskFailed(what, input_path) from None
+    return check
 
 
 def keep_claims_of_programs(report, combined):
@@ -767,22 +839,24 @@ def keep_claims_of_programs(report, combined):
 
 
 def builtin_counters(counting, input_path, output_path, produced, groups, combined, spills):
-    """Hadoop's framework counters for one input of a task, by name.
+    """Hadoop's framework counters for one input of a task, by name (None: not known).
 
     `produced` tallied the program's own output when other stages followed
     it; otherwise the output file is that output."""
     taken, output = Tally.of_file(input_path), Tally.of_file(output_path)
     produced = produced or output
-    if counting == REDUCE_COUNTING:
-        return {"Reduce input groups": groups, "Reduce input records": taken.records,
-                "Reduce output records": output.records}
-    counters = {"Map input records": taken.records, "Map input bytes": taken.bytes,
-                "Map output records": produced.records, "Map output bytes": produced.bytes}
+    read, wrote = counting.input_unit, counting.output_unit
+    if counting.kind == REDUCE_COUNTING:
+        return {"Reduce input groups": groups, "Reduce input records": taken.records_in(read),
+                "Reduce output records": output.records_in(wrote)}
+    counters = {"Map input records": taken.records_in(read), "Map input bytes": taken.bytes,
+                "Map output records": produced.records_in(wrote),
+                "Map output bytes": produced.bytes}
     if combined:
-        counters.update({"Combine input records": produced.records,
-                         "Combine output records": output.records})
-    if spills:  # as records, each with its newline: what a map-side sort writes
-        counters["Spilled bytes"] = output.bytes + output.open_line
+        counters.update({"Combine input records": produced.records_in(wrote),
+                         "Combine output records": output.records_in(wrote)})
+    if spills:  # lines each with its newline: what a map-side sort writes
+        counters["Spilled bytes"] = output.bytes + (output.open_line and wrote == LINES)
     return counters
 
 
@@ -812,26 +886,25 @@ class GroupCount:
 
 
 def sort_files(input_paths, output_path, merge=False, timeout=None, guard=None, env=None,
-               log=None):
+               log=None, layout=None):
     """Sort (or merge already sorted) files bytewise into output_path.
 
     coreutils sort with LC_ALL=C: external merge sort with bounded memory,
-    the same order as the sequential pipeline's `LC_ALL=C sort`.
+    the same order as the sequential pipeline's `LC_ALL=C sort`. With a
+    `layout`, the files hold fixed-size records instead (mrlib/records.py),
+    and their names go to it on stdin.
     """
     tmp = temp_path(output_path)
     directory = os.path.dirname(output_path) or "."
-    argv = ["-T", directory, "-o", tmp] + (["-m"] if merge else [])
-    list_file = None
+    list_file, stdin_path = None, os.devnull
     try:
-        # A file name that is not UTF-8 (held as surrogates) cannot go into
-        # argv through `sh`; in a NUL-separated list it goes as its bytes.
-        if len(input_paths) > MAX_SORT_ARGS or not all(map(_is_utf8, input_paths)):
-            list_file = _write_files0(directory, input_paths)
-            argv.append(f"--files0-from={list_file}")
+        if layout is not None:
+            list_file = stdin_path = _write_files0(directory, input_paths)
+            stage = records_stage("merge" if merge else "sort-files", layout, directory)
         else:
-            argv.extend(["--"] + list(input_paths or [os.devnull]))
-        with open(os.devnull, "rb") as stdin, open(os.devnull, "wb") as stdout:
-            Pipeline([sort_stage(argv)], env, timeout, guard, log).run(stdin, stdout, None)
+            list_file, stage = _line_sort(input_paths, tmp, merge, directory)
+        with open(stdin_path, "rb") as stdin, open(tmp if layout else os.devnull, "wb") as stdout:
+            Pipeline([stage], env, timeout, guard, log).run(stdin, stdout, None)
         os.replace(tmp, output_path)
     except (OSError, ValueError) as error:
         raise TaskFailed(f"cannot sort into {output_path}: {error}") from None
@@ -839,6 +912,20 @@ def sort_files(input_paths, output_path, merge=False, timeout=None, guard=None, 
         _discard(tmp)
         if list_file:
             _discard(list_file)
+
+
+def _line_sort(input_paths, tmp, merge, directory):
+    """(a list file to remove or None, the sort stage) to sort lines into `tmp`."""
+    argv = ["-T", directory, "-o", tmp] + (["-m"] if merge else [])
+    list_file = None
+    # A file name that is not UTF-8 (held as surrogates) cannot go into
+    # argv through `sh`; in a NUL-separated list it goes as its bytes.
+    if len(input_paths) > MAX_SORT_ARGS or not all(map(_is_utf8, input_paths)):
+        list_file = _write_files0(directory, input_paths)
+        argv.append(f"--files0-from={list_file}")
+    else:
+        argv.extend(["--"] + list(input_paths or [os.devnull]))
+    return list_file, sort_stage(argv)
 
 
 def _is_utf8(path):

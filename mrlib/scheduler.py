@@ -15,7 +15,6 @@ from mrlib.events import Datagram, Deliver, Revoke
 from mrlib.job import MAP, REDUCE, SORT
 from mrlib.jobspec import DEFAULT_TASK_TIMEOUT
 from mrlib.pyjob import CODE_BROKEN_EXIT
-from mrlib.runner import BYTES_ONLY
 
 LOG = logging.getLogger("master")
 
@@ -273,15 +272,24 @@ def task_extensions(job, task, attempt):
     extensions = {"timeout": timeout if timeout != DEFAULT_TASK_TIMEOUT else None,
                   "log_file": attempt.log_file,
                   "task_label": f"job {job.id} {task.name} attempt {task.attempts_started}"}
+    spec = job.spec
+    shuffled = spec.num_reducers > 0
+    layout = spec.shuffle_layout() if shuffled else None
     if task.kind in (MAP, REDUCE):  # Hadoop's framework counters, counted by the worker
-        extensions["builtin_counters"] = task.kind + (BYTES_ONLY if job.spec.record_size else "")
+        extensions["builtin_counters"] = task.kind
+        extensions["record_units"] = spec.record_units(task.kind) if spec.record_size \
+            or spec.output_record_size else None  # all lines: the field is left out
     if task.kind == MAP:
-        extensions["combiner_executable"] = job.spec.combiner_executable
+        extensions["combiner_executable"] = spec.combiner_executable
         # Ask for map-side sorting: the group phase then only merges.
-        extensions["sort_output"] = True if job.spec.num_reducers > 0 else None
+        extensions["sort_output"] = True if shuffled else None
     elif task.kind == SORT:
         # Only where our workers said they sorted: another worker ignores sort_output.
         extensions["presorted"] = True if job.all_sorted(task.inputs) else None
+    if task.kind in (MAP, SORT) and layout is not None:
+        extensions["records"] = layout.field()  # sorted as records, not lines
+    if task.kind == REDUCE or (task.kind == MAP and not shuffled):
+        extensions["check_record_size"] = spec.final_record_size()  # the job's output
     return extensions
 
 

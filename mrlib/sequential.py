@@ -65,19 +65,24 @@ class SequentialRun:
                 self.run_task(task)
 
     def run_task(self, task):
+        spec = self.spec
+        layout = spec.shuffle_layout() if spec.num_reducers > 0 else None
         if task.kind == SORT:
-            runner.sort_files(task.inputs, task.outputs[0], guard=self.guard)
+            runner.sort_files(task.inputs, task.outputs[0], guard=self.guard, layout=layout)
             self.job.record_sorted(task.outputs, True)
             return
-        combiner = self.spec.combiner_executable if task.kind == MAP else None
+        combiner = spec.combiner_executable if task.kind == MAP else None
         context = runner.TaskContext(task.context)
-        spills = task.kind == MAP and self.spec.num_reducers > 0
+        spills = task.kind == MAP and spec.num_reducers > 0
+        # What the cluster checks as it sorts a map's records is checked here as it is written.
+        record_size = layout.size if spills and layout else spec.final_record_size()
         for path, output in zip(task.inputs, task.outputs):
             self.counters.merge(runner.run_task_program(
                 task.executable, path, output, combiner=combiner,
-                env=context.environment(path), timeout=self.spec.task_timeout,
-                guard=self.guard, spills=spills,
-                counting=task.kind + (runner.BYTES_ONLY if self.spec.record_size else "")))
+                env=context.environment(path), timeout=spec.task_timeout,
+                guard=self.guard, spills=spills, layout=layout, record_size=record_size,
+                counting=runner.Counting.from_message(task.kind,
+                                                      spec.record_units(task.kind))))
 
 
 @contextlib.contextmanager

@@ -90,7 +90,7 @@ def test_groups_are_the_runs_of_one_key_a_reducer_sees(tmp_path):
     sorted_input = tmp_path / "in"
     sorted_input.write_bytes(b"a\na\x01\na\tx\nb\tz\nb\ty")
     report = runner.run_task_program("/bin/cat", str(sorted_input), str(tmp_path / "out"),
-                                     counting=runner.REDUCE_COUNTING)
+                                     counting=runner.Counting(runner.REDUCE_COUNTING))
     assert report.counters[FRAMEWORK] == {"Reduce input groups": 4, "Reduce input records": 5,
                                           "Reduce output records": 5}
 
@@ -104,7 +104,7 @@ def test_a_relayed_stream_whose_reader_dies_fails_the_task_and_ends(tmp_path):
     mapper = script(tmp_path / "map.sh", "exec cat\n")
     with pytest.raises(runner.TaskFailed) as failure:
         runner.run_task_program(str(mapper), str(source), str(tmp_path / "out"),
-                                combiner=str(quitter), counting=runner.MAP_COUNTING, timeout=60)
+                                combiner=str(quitter), counting=runner.Counting(runner.MAP_COUNTING), timeout=60)
     assert failure.value.exit_code == 4
 
 
@@ -123,19 +123,27 @@ def test_a_program_cannot_change_the_builtin_counters(tmp_path):
     forger = script(tmp_path / "map.sh", "echo 'reporter:counter:Map-Reduce Framework,"
                                          "Map input records,-1000' >&2\nexec cat\n")
     report = runner.run_task_program(str(forger), str(source), str(tmp_path / "out"),
-                                     counting=runner.MAP_COUNTING)
+                                     counting=runner.Counting(runner.MAP_COUNTING))
     assert report.counters[FRAMEWORK]["Map input records"] == 2
     assert report.counters[runner.FROM_PROGRAMS] == {"Map input records": -1000}
 
 
-def test_binary_records_count_bytes_not_lines(cluster, tmp_path):
-    """With --record-size the data is not lines: only byte counts mean something."""
+def test_binary_records_are_counted_as_records_of_their_size(cluster, tmp_path):
+    """With --record-size the data is not lines: records are counted by size (4 bytes in,
+    2 out with --output-record-size 2), and output that is not whole records not at all."""
     cluster.start_worker()
     data = bytes(range(256)) * 40  # newlines and tabs inside 4-byte records
     inputs = write_files(tmp_path / "in", {"r": data})
-    result = cluster.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
-                              "/bin/cat", "--reducers", 0, "--record-size", 4,
-                              "--split-size", 1024, "--wait")
+    halve = script(tmp_path / "halve.sh", "exec head -c 5121\n")
+    job = ("--input", inputs, "--reducers", 0, "--record-size", 4, "--wait")
+    result = cluster.send_job(*job, "--output", tmp_path / "out", "--mapper", "/bin/cat",
+                              "--output-record-size", 2)
     assert result.returncode == 0, result.stderr.decode()
     assert all_counters(result.stdout.decode())[FRAMEWORK] == {
-        "Map input bytes": len(data), "Map output bytes": len(data)}
+        "Map input records": len(data) // 4, "Map input bytes": len(data),
+        "Map output records": len(data) // 2, "Map output bytes": len(data)}
+    result = cluster.send_job(*job, "--output", tmp_path / "odd", "--mapper", halve)
+    assert result.returncode == 0, result.stderr.decode()
+    assert all_counters(result.stdout.decode())[FRAMEWORK] == {
+        "Map input records": len(data) // 4, "Map input bytes": len(data),
+        "Map output bytes": 5121}

@@ -281,7 +281,7 @@ def test_a_descendant_that_escapes_keeps_no_task_waiting(tmp_path, escapee):
     began = time.monotonic()
     try:
         report = runner.run_task_program(str(mapper), str(source), str(tmp_path / "out"),
-                                          sort_output=True, counting=runner.MAP_COUNTING,
+                                          sort_output=True, counting=runner.Counting(runner.MAP_COUNTING),
                                           guard=guard)
         assert time.monotonic() - began < 3
         assert (tmp_path / "out").read_bytes() == b"a\nb\n"
