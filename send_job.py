@@ -17,7 +17,7 @@ import sys
 import time
 
 import helper
-from mrlib import auth, display, outputdir, pyjob, records, shipping
+from mrlib import auth, display, hadoopcmd, outputdir, pyjob, records, shipping, sparkrun
 from mrlib.display import describe
 from mrlib.grouping import raise_open_file_limit
 from mrlib.jobspec import ENV_NAME, JobRejected, JobSpec, in_option_terms
@@ -30,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_INPUT = os.path.relpath(os.path.join(HERE, "input", "sample1"))
 DEFAULT_OUTPUT = "output"
 DEFAULT_REDUCERS = 2
+RUNNERS = ("cluster", "spark", "hadoop")
 DEFAULT_MAPPER = os.path.relpath(os.path.join(HERE, "exec", "word_count", "map.py"))
 DEFAULT_REDUCER = os.path.relpath(os.path.join(HERE, "exec", "word_count", "reduce.py"))
 # How long one status query may wait on the master for news.
@@ -99,6 +100,15 @@ def parse_args(argv):
                         help="keep the job's intermediate files in the master's var/job-N")
     parser.add_argument("--sequential", action="store_true",
                         help="run the job here, in one process, with no master or workers")
+    parser.add_argument("--runner", choices=RUNNERS, default="cluster",
+                        help="cluster: our master (default); spark: run the job on Apache "
+                             "Spark; hadoop: with --print-command, the Hadoop Streaming "
+                             "command for it")
+    parser.add_argument("--spark-master", metavar="URL",
+                        help=f"with --runner spark: where Spark runs (default "
+                             f"{sparkrun.DEFAULT_MASTER}; spark://HOST:7077, yarn, k8s://...)")
+    parser.add_argument("--print-command", action="store_true",
+                        help="with --runner hadoop: print the command and exit")
     parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
     parser.add_argument("--quiet", action="store_true", help="with --wait: only the result")
     parser.add_argument("--status", type=int, metavar="JOB_ID", help="print a job's state")
@@ -122,10 +132,10 @@ def parse_args(argv):
     if args.input is None:
         args.input = DEFAULT_INPUT
     args.host, args.port = "localhost", None
-    if args.sequential:
+    if args.sequential or args.runner != "cluster":
         return args
     if args.master is None:
-        parser.error("give the master's port (or --sequential)")
+        parser.error("give the master's port (or --sequential, or --runner spark)")
     try:
         args.host, args.port = helper.parse_address(args.master)
     except ValueError as error:
@@ -216,6 +226,24 @@ def refuse_conflicts(parser, args):
         parser.error(f"--sequential runs the job here, with no master: drop {args.master}")
     if args.quiet and not (args.wait or args.sequential):
         parser.error("--quiet quiets --wait: give --wait too")
+    refuse_runner_conflicts(parser, args, queries)
+
+
+def refuse_runner_conflicts(parser, args, queries):
+    """--runner spark and hadoop run or print a job without our master."""
+    if args.spark_master is not None and args.runner != "spark":
+        parser.error("--spark-master says where --runner spark runs: give --runner spark")
+    if args.print_command and args.runner != "hadoop":
+        parser.error("--print-command prints the Hadoop Streaming command: give --runner hadoop")
+    if args.runner == "cluster":
+        return
+    if args.runner == "hadoop" and not args.print_command:
+        parser.error("--runner hadoop does not run the job here; --print-command prints the "
+                     "command that runs it on a Hadoop cluster")
+    if queries:
+        parser.error(f"--runner {args.runner} and {queries[0]} cannot go together")
+    if args.master is not None:
+        parser.error(f"--runner {args.runner} runs without our master: drop {args.master}")
 
 
 def _resolve(path, local):
@@ -515,6 +543,52 @@ def run_sequential(args):
     return summarize(job.snapshot())
 
 
+def run_on_spark(args):
+    """Run the job on Spark from here; print what --wait would; return the exit code."""
+    try:
+        spec = JobSpec.from_message(build_job(args))
+        names = outputs_to_replace(args, build_job(args))
+        if names:
+            replace_outputs(args, spec.output_directory, names)
+    except (JobRejected, helper.ProtocolError) as error:
+        print(f"send_job: invalid job: {in_option_terms(str(error))}", file=sys.stderr)
+        return 2
+    except Refused as refusal:
+        print(f"send_job: {refusal}", file=sys.stderr)
+        return 2
+    say = (lambda line: print(line, flush=True)) if args.wait and not args.quiet else None
+    try:
+        job = sparkrun.SparkRun(spec, args.spark_master or sparkrun.DEFAULT_MASTER, say).run()
+    except sparkrun.SparkUnavailable as missing:
+        print(f"send_job: {missing}", file=sys.stderr)
+        return 2
+    except sparkrun.SparkJobFailed as failed:
+        print(f"spark job failed: {failed.reason}", file=sys.stderr)
+        if failed.failure:
+            for line in attempt_lines(dict(failed.failure, time_limit=spec.task_timeout)):
+                print(line, file=sys.stderr)
+        return 1
+    except (OSError, TooManySplits, records.RecordError) as error:
+        print(f"spark job failed: {error}", file=sys.stderr)
+        return 1
+    return summarize(job.snapshot())
+
+
+def print_hadoop_command(args):
+    """Print the Hadoop Streaming command line for the job."""
+    try:
+        spec = JobSpec.from_message(build_job(args))
+    except (JobRejected, helper.ProtocolError) as error:
+        print(f"send_job: invalid job: {in_option_terms(str(error))}", file=sys.stderr)
+        return 2
+    try:
+        print(hadoopcmd.command(spec, ([args.job_file] if args.job else []) + args.ship))
+    except hadoopcmd.NoEquivalent as error:
+        print(f"send_job: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def submit(args):
     try:
         message = build_job(args)
@@ -596,6 +670,10 @@ def shut_down(args):
 def run(args):
     if args.sequential:
         return run_sequential(args)
+    if args.runner == "spark":
+        return run_on_spark(args)
+    if args.runner == "hadoop":
+        return print_hadoop_command(args)
     try:
         helper.use_secret(auth.configure(args))
     except auth.SecretError as error:

@@ -29,6 +29,7 @@ every case slower but the same amount of work.
 """
 import argparse
 import dataclasses
+import importlib.util
 import datetime
 import json
 import os
@@ -62,6 +63,10 @@ CLUSTER = ("{python} {repo}/bench/cluster_run.py --report {report} --collect {ou
            "{options}")
 WC_MAP, WC_REDUCE = "{repo}/exec/word_count/map.py", "{repo}/exec/word_count/reduce.py"
 WC_COMBINING_MAP = "{repo}/bench/programs/wc_map_combining.py"
+# send_job.py --runner spark on 2 cores: the same job options as CLUSTER.
+SPARK = ("{python} {repo}/send_job.py --runner spark --spark-master 'local[2]' --input {input} "
+         "--output {scratch}/out --overwrite --mappers {files} --reducers 2 {options} > /dev/null "
+         "2> {scratch}/spark.log && {python} {repo}/collect.py {scratch}/out {out} > /dev/null")
 
 
 @dataclasses.dataclass
@@ -93,6 +98,7 @@ class Case:
     command: str
     options: str = ""       # send_job.py options of a cluster case
     peer: bool = False      # needs bench/.venv
+    spark: bool = False     # needs PySpark and Java here (pip install '.[spark]')
     max_mib: float = None   # skipped above this size
     note: str = ""
 
@@ -130,6 +136,8 @@ WORD_COUNT = [
          CLUSTER + " && {repo}/bench/programs/json_to_text.sh {out}",
          "--job {repo}/bench/programs/wc_job.py:WordCount",
          note="the same with a combiner method: combined in a dict on the map side"),
+    Case("our job on Spark, --runner spark", SPARK, f"--mapper {WC_MAP} --reducer {WC_REDUCE}",
+         spark=True, note="send_job.py --runner spark, local[2]: our programs, Spark's shuffle"),
     Case("mrjob local, our executables",
          "{peer} {repo}/bench/peers/mrjob_wc.py {input} {out}", peer=True, max_mib=100,
          note="mapper_cmd / reducer_cmd, 2 cores"),
@@ -155,6 +163,8 @@ SORTING = [
          note="the identity job's work, sequentially"),
     Case("cluster, 2 workers, identity", CLUSTER, "--mapper {cat} --reducer {cat}",
          note="cat as map and reduce; output collected in key order"),
+    Case("identity on Spark, --runner spark", SPARK, "--mapper {cat} --reducer {cat}",
+         spark=True, note="send_job.py --runner spark, local[2]"),
 ]
 
 SUITES = {"wordcount": ("words", WORD_COUNT), "sort": ("records", SORTING)}
@@ -258,10 +268,13 @@ class Runner:
         return path
 
     def skip_reason(self, case, mib):
-        if case.peer and self.args.no_peers:
-            return "peers not run (--no-peers)"
+        if (case.peer or case.spark) and self.args.no_peers:
+            return "peers and Spark not run (--no-peers)"
         if case.peer and not os.path.exists(PEER_PYTHON):
             return "peers not installed (bash bench/setup_peers.sh)"
+        if case.spark and (importlib.util.find_spec("pyspark") is None
+                           or not shutil.which("java")):
+            return "PySpark or Java not installed (pip install '.[spark]')"
         if case.max_mib is not None and mib > case.max_mib:
             return f"only run up to {case.max_mib:g} MiB (too slow to repeat above)"
         if self.args.only and not any(word in case.name for word in self.args.only):
