@@ -69,10 +69,13 @@ def main(argv=None):
     parser.add_argument("--record-size", type=int, metavar="N",
                         help="with --merge: the outputs are N-byte records, not lines")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.record_size is not None and (not args.merge or args.record_size < 1):
-        parser.error("--record-size N (N >= 1) tells --merge how to read the outputs: "
-                     "give --merge too")
-    layout = records.Layout(args.record_size, args.record_size) if args.record_size else None
+    if args.record_size is not None and not args.merge:
+        parser.error("--record-size tells --merge how to read the outputs: give --merge too")
+    if args.record_size is not None and not 1 <= args.record_size <= records.MAX_RECORD_BYTES:
+        parser.error(f"--record-size must be between 1 and {records.MAX_RECORD_BYTES} bytes, "
+                     f"got {args.record_size}")
+    layout = records.Layout(args.record_size, option=records.INPUT_OPTION) \
+        if args.record_size else None
     paths = partition_files(args.source)
     if any(_same_file(p, args.destination) for p in paths):
         if len(paths) > 1 and _is_output_name(os.path.basename(args.destination)):

@@ -21,7 +21,7 @@ import threading
 import time
 
 import helper
-from mrlib import auth, dashboard, grouping, runner, splits, vardir
+from mrlib import auth, dashboard, grouping, records, runner, splits, vardir
 from mrlib.dashboard import Dashboard
 from mrlib.coordinator import DEFAULT_KEEP_FAILED, JOB_ROOT, Coordinator
 from mrlib.events import (AckResult, ClientRequest, Delivered, Heartbeat, Register, Shutdown,
@@ -422,7 +422,7 @@ class Master:
     def run_in_background(self, token, name, run):
         try:
             result, error = run(self.guard), None
-        except (OSError, runner.TaskFailed, splits.TooManySplits) as failure:
+        except (OSError, runner.TaskFailed, splits.TooManySplits, records.RecordError) as failure:
             result, error = None, str(failure)
         except Exception as failure:  # a bug or MemoryError: fail the job, never wedge it
             LOG.exception("%s failed", name)

@@ -179,15 +179,16 @@ def load_python_job(parser, args):
 
 
 def record_size_or_lines(text):
-    """--output-record-size: a number of bytes, or `lines` (0)."""
+    """--output-record-size: a number of bytes, or `lines` (0 in the message)."""
     if text == "lines":
         return 0
     try:
         size = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"give a number of bytes or lines, not {text!r}")
-    if size < 0:
-        raise argparse.ArgumentTypeError(f"give a number of bytes or lines, not {text}")
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"give a number of bytes (1 or more) or lines, "
+                                         f"not {text}")
     return size
 
 

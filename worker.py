@@ -441,7 +441,8 @@ class Worker:
                     combiner=message.get("combiner_executable"), sort_output=sort_output,
                     env=context.environment(input_file), timeout=message.get("timeout"),
                     guard=guard, log=log, counting=counting, spills=sort_output,
-                    layout=layout, record_size=record_size if record_size else None))
+                    layout=layout, output_records=records.Layout(record_size)
+                    if isinstance(record_size, int) and record_size > 0 else None))
             except runner.TaskFailed as failure:
                 LOG.error("task failed: %s: %s", Task(message).describe(), failure)
                 return helper.status_files(outputs, self.pid, helper.FAILED,

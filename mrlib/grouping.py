@@ -355,9 +355,10 @@ def write_hash_partitions(merged_path, output_paths, framing=LINES):
         with open(merged_path, "rb") as source:
             parts = len(handles)
             target = None
+            last = None
             for piece, key in framing.pieces(source):
-                if key is not None:
-                    target = handles[hash_partition(key, parts)]
+                if key is not None and key != last:  # sorted: a key's records are together
+                    target, last = handles[hash_partition(key, parts)], key
                 target.write(piece)
     finally:
         for handle in handles:

@@ -178,8 +178,9 @@ class JobSpec:
     def check_options(self):
         if self.split_size is not None and self.split_size < 1:
             raise JobRejected(f"split_size must be at least 1 byte, got {self.split_size}")
-        if self.record_size is not None and self.record_size < 1:
-            raise JobRejected(f"record_size must be at least 1 byte, got {self.record_size}")
+        if self.record_size is not None and not 1 <= self.record_size <= records.MAX_RECORD_BYTES:
+            raise JobRejected(f"record_size must be between 1 and {records.MAX_RECORD_BYTES} "
+                              f"bytes, got {self.record_size}")
         self.check_record_options()
         if self.partitioner not in PARTITIONERS:
             raise JobRejected(f"partitioner must be one of {', '.join(PARTITIONERS)}, "
@@ -203,12 +204,15 @@ class JobSpec:
 
     def check_record_options(self):
         output, key = self.output_record_size, self.key_size
-        if output is not None and output < 0:
-            raise JobRejected(f"output_record_size must be a number of bytes, or 0 for "
-                              f"lines, got {output}")
+        if output is not None and not 0 <= output <= records.MAX_RECORD_BYTES:
+            raise JobRejected(f"output_record_size must be a number of bytes up to "
+                              f"{records.MAX_RECORD_BYTES}, or 0 for lines, got {output}")
         if key is None:
             return
         layout = self.shuffle_layout()
+        if layout is None and output == 0:
+            raise JobRejected(f"key_size {key} is for records, but output_record_size says the "
+                              f"map output is lines (whose key is before the tab)")
         if layout is None:
             raise JobRejected(f"key_size {key} is for records: give record_size or "
                               f"output_record_size too (a line's key is before its tab)")
@@ -219,6 +223,11 @@ class JobSpec:
     def final_record_size(self):
         """The size of the job's output records, if the job says it (else unchecked)."""
         return self.output_record_size or None
+
+    def final_layout(self):
+        """The records.Layout the job's output must have, if the job says it."""
+        size = self.final_record_size()
+        return records.Layout(size) if size else None
 
     def record_units(self, kind):
         """{"input": unit, "output": unit} of a map or reduce task's data, for counting:
@@ -234,7 +243,9 @@ class JobSpec:
             else self.record_size
         if not size:
             return None
-        return records.Layout(size, self.key_size or size)
+        option = records.INPUT_OPTION if self.output_record_size is None \
+            else records.OUTPUT_OPTION
+        return records.Layout(size, self.key_size, option)
 
     def check_input_records(self):
         """Raise records.RecordError unless every input file is whole records."""

@@ -68,6 +68,11 @@ def plan_map(job, workers):
 def plan_group(job, workers):
     if job.spec.num_reducers == 0 or not job.map_outputs:
         return None
+    if job.spec.shuffle_layout() is not None:
+        # Records: the merge cuts the sorted map outputs and merges each
+        # partition's pieces at once (records.py merges 64 at a time), which
+        # saves the pass over the data that merging them on the workers first costs.
+        return None
     tasks = job.sort_tasks(workers)
     job.sort_outputs = [task.outputs[0] for task in tasks]
     return Tasks(GROUP, tasks)
@@ -76,7 +81,7 @@ def plan_group(job, workers):
 def plan_merge(job, workers):
     if job.spec.num_reducers == 0:
         return None
-    sorted_paths = list(job.sort_outputs)
+    sorted_paths = list(job.sort_outputs or job.map_outputs)
     # Another worker may sort in its own locale's order: only our worker's
     # `sorted: true` promises bytewise order.
     unsure = [path for path in sorted_paths if not job.all_sorted([path])]

@@ -23,10 +23,8 @@ OPTION is the job option that set SIZE, WHAT whose output the data is: both
 for the error that data which is not whole records gets.
 """
 import bisect
-import dataclasses
 import os
 import sys
-import tempfile
 
 # A sorted run held in memory: at most this many bytes, and at most this many
 # records (a small record costs some 40 bytes as a Python object).
@@ -37,9 +35,12 @@ RUN_RECORDS = 1 << 20
 BLOCK_BYTES = 4 * 1024 * 1024
 BLOCK_RECORDS = 1 << 16
 MERGE_RECORDS = 1 << 20
+MERGE_BYTES = 32 * 1024 * 1024
 # Inputs merged at once; more are merged in rounds through temporary files,
 # so a merge never holds more than about this many files open.
 FAN_IN = 64
+# The largest record: a record is read whole, and a run holds at least one.
+MAX_RECORD_BYTES = 64 * 1024 * 1024
 # Exit code of a stage that was given data that is not whole records (sysexits' EX_DATAERR).
 NOT_RECORDS_EXIT = 65
 WRITE_CHUNK = 1024 * 1024
@@ -51,11 +52,19 @@ class RecordError(ValueError):
     """Data that is not a whole number of records, named with its length."""
 
 
-@dataclasses.dataclass(frozen=True)
 class Layout:
-    """Records of `size` bytes whose first `key_size` bytes are the key."""
-    size: int
-    key_size: int
+    """Records of `size` bytes whose first `key_size` bytes are the key; `option`
+    is the job option that set the size, for errors."""
+    __slots__ = ("size", "key_size", "option")
+
+    def __init__(self, size, key_size=None, option=OUTPUT_OPTION):
+        self.size, self.key_size, self.option = size, key_size or size, option
+
+    def __eq__(self, other):
+        return isinstance(other, Layout) and self.field() == other.field()
+
+    def __repr__(self):
+        return f"Layout({self.size}, {self.key_size}, {self.option!r})"
 
     @classmethod
     def from_field(cls, value):
@@ -66,10 +75,12 @@ class Layout:
         if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
                    for n in (size, key_size)) or key_size > size:
             return None
-        return cls(size, key_size)
+        option = value.get("option")
+        return cls(size, key_size, option if option in (INPUT_OPTION, OUTPUT_OPTION)
+                   else OUTPUT_OPTION)
 
     def field(self):
-        return {"size": self.size, "key_size": self.key_size}
+        return {"size": self.size, "key_size": self.key_size, "option": self.option}
 
     def key_of(self, record):
         return record[:self.key_size]
@@ -140,7 +151,9 @@ def _rest(source):
 
 def block_bytes(size, inputs):
     """What a merge of `inputs` streams reads of each at a time."""
-    records = min(BLOCK_BYTES // size, BLOCK_RECORDS, MERGE_RECORDS // max(1, inputs))
+    inputs = max(1, inputs)
+    records = min(BLOCK_BYTES // size, BLOCK_RECORDS, MERGE_RECORDS // inputs,
+                  MERGE_BYTES // (size * inputs))
     return size * max(1, records)
 
 
@@ -149,7 +162,9 @@ def merge(inputs, sink):
 
     Every record an input has not yet read sorts at or after the last one of
     its current block, so all records up to the least such last record can
-    be written now; the input holding it is used up each round.
+    be written now; the input holding it is used up each round (wholly, even
+    if unsorted input put records after it that sort higher: whatever it is
+    given, a merge ends).
     """
     while True:
         for each in inputs:
@@ -157,12 +172,13 @@ def merge(inputs, sink):
         inputs = [each for each in inputs if each.records or each.live]
         if not inputs:
             return
-        limits = [each.records[-1] for each in inputs if each.live]
-        bound = min(limits) if limits else None
+        live = [each for each in inputs if each.live]
+        least = min(live, key=lambda each: each.records[-1]) if live else None
+        bound = least.records[-1] if least else None
         taken = []
         for each in inputs:
-            cut = len(each.records) if bound is None else bisect.bisect_right(each.records,
-                                                                               bound)
+            whole = least is None or each is least
+            cut = len(each.records) if whole else bisect.bisect_right(each.records, bound)
             taken.extend(each.records[:cut])
             del each.records[:cut]
         taken.sort()  # sorted runs, merged in linear time
@@ -176,7 +192,7 @@ def merge_all(sources, sink, size, temp_dir, option=OUTPUT_OPTION):
     while len(sources) > FAN_IN:
         merged = []
         for start in range(0, len(sources), FAN_IN):
-            run = tempfile.TemporaryFile(dir=temp_dir)
+            run = _temporary(temp_dir)
             _merge_group(sources[start:start + FAN_IN], run, size, option)
             run.seek(0)
             merged.append(("a merged run", run))
@@ -208,7 +224,7 @@ class _Runs:
 
     def add(self, records):
         records.sort()
-        run = tempfile.TemporaryFile(dir=self.temp_dir)
+        run = _temporary(self.temp_dir)
         write_records(run, records)
         self._push(run, 0)
 
@@ -218,7 +234,7 @@ class _Runs:
             self.levels.append([])
         self.levels[level].append(("a sorted run", run))
         if len(self.levels[level]) == FAN_IN:
-            merged = tempfile.TemporaryFile(dir=self.temp_dir)
+            merged = _temporary(self.temp_dir)
             runs, self.levels[level] = self.levels[level], []
             _merge_group(runs, merged, self.size, self.option)
             self._push(merged, level + 1)
@@ -258,6 +274,12 @@ def sort(sources, sink, size, temp_dir, option=OUTPUT_OPTION):
         merge_all(sources, sink, size, temp_dir, option)
     finally:
         runs.close()
+
+
+def _temporary(directory):
+    """An unnamed file in `directory`: gone when closed, or when this process dies."""
+    import tempfile  # here: most sorts fit one run, and start faster without it
+    return tempfile.TemporaryFile(dir=directory)
 
 
 def read_paths(stream):

@@ -763,7 +763,7 @@ def run_program(executable, input_path, output_path, env=None, timeout=None, gua
 
 def run_task_program(executable, input_path, output_path, combiner=None, sort_output=False,
                      env=None, timeout=None, guard=None, log=None, counting=None, spills=False,
-                     layout=None, record_size=None):
+                     layout=None, output_records=None):
     """Run one input of a task: the program, then (map side) combine and/or sort.
 
     With a combiner: program | sort | combiner. With sort_output, the result
@@ -771,7 +771,7 @@ def run_task_program(executable, input_path, output_path, combiner=None, sort_ou
     `counting` (a Counting) the Report carries the
     built-in counters too; `spills`: the output is kept for a shuffle.
     `layout` (a records.Layout): what is sorted is fixed-size records, not
-    lines. `record_size`: the output must be whole records of that size.
+    lines. `output_records` (a records.Layout): the output must be whole records.
     """
     stages = [program_stage(executable)]
     scratch = os.path.dirname(output_path) or "."
@@ -788,7 +788,7 @@ def run_task_program(executable, input_path, output_path, combiner=None, sort_ou
     groups = GroupCount(input_path, guard) if counts_groups else None
     try:
         report = run_stages(stages, input_path, output_path, env, timeout, guard, log, produced,
-                            whole_records(record_size, stages[-1].label, input_path))
+                            whole_records(output_records, stages[-1].label, input_path))
     finally:
         group_count = groups.result() if groups is not None else None
     if counting:
@@ -808,20 +808,19 @@ def sorter(layout, scratch, program, line_argv=()):
 
 def records_stage(command, layout, scratch, *what):
     """mrlib/records.py as a stage: sort or merge records of `layout`'s size."""
-    argv = ["-S", RECORDS_PROGRAM, command, str(layout.size), scratch, records.OUTPUT_OPTION,
-            *what]
+    argv = ["-S", RECORDS_PROGRAM, command, str(layout.size), scratch, layout.option, *what]
     return Stage(f"record {command}", sh.Command(sys.executable), argv, reports=False,
                  says_why=records.NOT_RECORDS_EXIT)
 
 
-def whole_records(size, program, input_path):
-    """A check for run_stages: the output is whole records of `size` bytes (None: no check)."""
-    if not size:
+def whole_records(layout, program, input_path):
+    """A check for run_stages: the output is whole records of a layout (None: no check)."""
+    if layout is None:
         return None
 
     def check(path):
         try:
-            records.check_file(path, size, records.OUTPUT_OPTION)
+            records.check_file(path, layout.size, layout.option)
         except records.RecordError as error:
             what = str(error).replace(path, f"the output of {program}", 1)
             raise TaskFailed(what, input_path) from None

@@ -75,12 +75,12 @@ class SequentialRun:
         context = runner.TaskContext(task.context)
         spills = task.kind == MAP and spec.num_reducers > 0
         # What the cluster checks as it sorts a map's records is checked here as it is written.
-        record_size = layout.size if spills and layout else spec.final_record_size()
+        output_records = layout if spills and layout else spec.final_layout()
         for path, output in zip(task.inputs, task.outputs):
             self.counters.merge(runner.run_task_program(
                 task.executable, path, output, combiner=combiner,
                 env=context.environment(path), timeout=spec.task_timeout,
-                guard=self.guard, spills=spills, layout=layout, record_size=record_size,
+                guard=self.guard, spills=spills, layout=layout, output_records=output_records,
                 counting=runner.Counting.from_message(task.kind,
                                                       spec.record_units(task.kind))))
 

@@ -103,7 +103,7 @@ class Plan:
         self.timeout = spec.task_timeout
         self.map_only = spec.num_reducers == 0
         self.layout = layout
-        self.final_size = spec.final_record_size()
+        self.final_layout = spec.final_layout()
         self.units = {kind: spec.record_units(kind) for kind in (MAP, REDUCE)}
 
     def counting(self, kind):
@@ -128,7 +128,7 @@ def elements(path, layout, program):
         length = os.fstat(handle.fileno()).st_size
         if length % size:
             raise runner.TaskFailed(str(records.not_records(
-                f"the output of {program}", length, size, records.OUTPUT_OPTION)))
+                f"the output of {program}", length, size, layout.option)))
         while chunk := handle.read(max(size, records.WRITE_CHUNK // size * size)):
             for start in range(0, len(chunk), size):
                 yield chunk[start:start + size]
@@ -147,7 +147,8 @@ def run_map_task(plan, task, counters):
                     plan.mapper, source, target, combiner=plan.combiner,
                     env=context.environment(source), timeout=plan.timeout,
                     counting=plan.counting(MAP), spills=not plan.map_only,
-                    layout=plan.layout, record_size=plan.final_size if plan.map_only else None)
+                    layout=plan.layout,
+                    output_records=plan.final_layout if plan.map_only else None)
                 counters.add(report.counters)
                 if not plan.map_only:
                     yield from elements(target, plan.layout, plan.combiner or plan.mapper)
@@ -170,7 +171,8 @@ def run_reduce_task(plan, task, sorted_pairs, counters):
         context = runner.TaskContext(task["context"])
         report = runner.run_task_program(
             plan.reducer, source, task["outputs"][0], env=context.environment(source),
-            timeout=plan.timeout, counting=plan.counting(REDUCE), record_size=plan.final_size)
+            timeout=plan.timeout, counting=plan.counting(REDUCE),
+            output_records=plan.final_layout)
         counters.add(report.counters)
     except runner.TaskFailed as failure:
         failure.input_file = f"reduce partition {task['number']}"

@@ -323,7 +323,7 @@ def test_map_output_that_is_not_whole_records_fails_the_job_with_its_length(
     assert result.returncode == 1
     error = result.stdout.decode() + result.stderr.decode()
     assert f"the output of {ragged} is 301 bytes" in error
-    assert "--output-record-size 100" in error
+    assert "--record-size 100" in error  # the option the job was given
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
@@ -363,7 +363,11 @@ for start in range(0, len(data), {RECORD}):
     (["--key-size", "4"], "key_size 4 is for records"),
     (["--record-size", "10", "--key-size", "11"], "between 1 and the 10-byte record"),
     (["--record-size", "10", "--key-size", "0"], "between 1 and the 10-byte record"),
-    (["--output-record-size", "-3"], "--output-record-size: give a number of bytes or lines"),
+    (["--output-record-size", "-3"], "--output-record-size: give a number of bytes (1 or more)"),
+    (["--output-record-size", "0"], "--output-record-size: give a number of bytes (1 or more)"),
+    (["--record-size", "4", "--output-record-size", "lines", "--key-size", "2"],
+     "the map output is lines"),
+    (["--record-size", str(records.MAX_RECORD_BYTES + 1)], "--record-size must be between 1"),
     (["--output-record-size", "words"], "not 'words'"),
 ])
 def test_record_options_that_make_no_sense_are_refused(workers, tmp_path, options, words):
