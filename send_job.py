@@ -11,6 +11,7 @@ be reached, 2 the job is invalid (checked here before sending).
 """
 import argparse
 import os
+import re
 import signal
 import socket
 import sys
@@ -31,6 +32,7 @@ DEFAULT_INPUT = os.path.relpath(os.path.join(HERE, "input", "sample1"))
 DEFAULT_OUTPUT = "output"
 DEFAULT_REDUCERS = 2
 RUNNERS = ("cluster", "spark", "hadoop")
+SPARK_MASTER = re.compile(r"local(\[(\*|\d+)(,\d+)?\])?|spark://\S+|yarn|k8s://\S+")
 DEFAULT_MAPPER = os.path.relpath(os.path.join(HERE, "exec", "word_count", "map.py"))
 DEFAULT_REDUCER = os.path.relpath(os.path.join(HERE, "exec", "word_count", "reduce.py"))
 # How long one status query may wait on the master for news.
@@ -234,6 +236,9 @@ def refuse_runner_conflicts(parser, args, queries):
     """--runner spark and hadoop run or print a job without our master."""
     if args.spark_master is not None and args.runner != "spark":
         parser.error("--spark-master says where --runner spark runs: give --runner spark")
+    if args.spark_master is not None and not SPARK_MASTER.fullmatch(args.spark_master):
+        parser.error(f"--spark-master {args.spark_master!r} is not a Spark master URL: local, "
+                     f"local[N], local[*], spark://HOST:PORT, yarn or k8s://...")
     if args.print_command and args.runner != "hadoop":
         parser.error("--print-command prints the Hadoop Streaming command: give --runner hadoop")
     if args.runner == "cluster":
@@ -549,8 +554,6 @@ def run_on_spark(args):
     try:
         spec = JobSpec.from_message(build_job(args))
         names = outputs_to_replace(args, build_job(args))
-        if names:
-            replace_outputs(args, spec.output_directory, names)
     except (JobRejected, helper.ProtocolError) as error:
         print(f"send_job: invalid job: {in_option_terms(str(error))}", file=sys.stderr)
         return 2
@@ -558,21 +561,41 @@ def run_on_spark(args):
         print(f"send_job: {refusal}", file=sys.stderr)
         return 2
     say = (lambda line: print(line, flush=True)) if args.wait and not args.quiet else None
+    spark = sparkrun.SparkRun(spec, args.spark_master or sparkrun.DEFAULT_MASTER, say)
+
+    def terminated(*_):  # Spark stops at once, then the scratch directory goes
+        spark.abandon()
+        sys.exit(128 + signal.SIGTERM)
+    signal.signal(signal.SIGTERM, terminated)
+
+    def prepare():  # once Spark has started: a Spark that cannot start costs no file
+        if names:
+            replace_outputs(args, spec.output_directory, names)
     try:
-        job = sparkrun.SparkRun(spec, args.spark_master or sparkrun.DEFAULT_MASTER, say).run()
-    except sparkrun.SparkUnavailable as missing:
-        print(f"send_job: {missing}", file=sys.stderr)
+        job = spark.run(prepare)
+    except Exception as error:
+        return spark_failed(spark, spec, error)
+    return summarize(job.snapshot())
+
+
+def spark_failed(spark, spec, error):
+    """Say why a --runner spark job did not succeed; its exit code."""
+    if spark.abandoned:  # SIGTERM: Spark was stopped under the job
+        print("send_job: terminated: Spark stopped", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    if isinstance(error, (sparkrun.SparkUnavailable, Refused)):
+        print(f"send_job: {error}", file=sys.stderr)
         return 2
-    except sparkrun.SparkJobFailed as failed:
-        print(f"spark job failed: {failed.reason}", file=sys.stderr)
-        if failed.failure:
-            for line in attempt_lines(dict(failed.failure, time_limit=spec.task_timeout)):
-                print(line, file=sys.stderr)
+    if isinstance(error, sparkrun.SparkJobFailed):
+        print(f"spark job failed: {error.reason}", file=sys.stderr)
+        for line in attempt_lines(dict(error.failure, time_limit=spec.task_timeout)) \
+                if error.failure else []:
+            print(line, file=sys.stderr)
         return 1
-    except (OSError, TooManySplits, records.RecordError) as error:
+    if isinstance(error, (OSError, TooManySplits, records.RecordError)):
         print(f"spark job failed: {error}", file=sys.stderr)
         return 1
-    return summarize(job.snapshot())
+    raise error
 
 
 def print_hadoop_command(args):

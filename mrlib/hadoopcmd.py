@@ -45,8 +45,24 @@ def command(spec, shipped_paths=()):
               str(spec.num_reducers)]
     for name, value in spec.env.items():
         words += ["-cmdenv", f"{name}={value}"]
+    check_files(files)
     notes += differences(spec)
     return "\n".join(notes + [render(words)])
+
+
+def check_files(files):
+    """-files links each file into the task's directory by its name, and is a list
+    split at commas; the programs are named by those names, split at spaces."""
+    names = {}
+    for path in dict.fromkeys(files):
+        name = os.path.basename(path)
+        if name in names:
+            raise NoEquivalent(f"--runner hadoop: {names[name]} and {path} have the same name, "
+                               f"and -files gives a task one file of each name: rename one")
+        if "," in path or any(c.isspace() for c in name):
+            raise NoEquivalent(f"--runner hadoop: {path!r} cannot go in -files (a comma in its "
+                               f"path, or a space in its name)")
+        names[name] = path
 
 
 def program(spec, role, path, files):
@@ -98,6 +114,10 @@ def differences(spec):
         notes.append("# Hadoop's HashPartitioner hashes keys otherwise than our md5: the "
                      "same keys go together, into other files")
     notes.append("# Hadoop names the outputs part-00000, part-00001, ... and adds _SUCCESS")
+    notes.append("# -input and -output are read on Hadoop's default filesystem (HDFS): copy "
+                 "the input there, or give file:// paths a shared filesystem holds")
+    notes.append("# mapreduce.task.timeout is Hadoop's limit on a task that reports no "
+                 "progress, not on its whole run as --timeout is")
     return notes
 
 

@@ -18,6 +18,9 @@ ATTEMPT_VARIABLE = "MAPREDUCE_ATTEMPT"
 
 def main():
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C to the terminal is the worker's to handle
+    # ...and a hang-up to its process group (PySpark's worker daemon sends one as it
+    # exits): the reaper outlives its parent to kill what the parent left.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     prefix = sys.argv[1] if len(sys.argv) > 1 else None
     groups = set()
     for line in sys.stdin.buffer:

@@ -957,8 +957,10 @@ class TaskContext:
         files = context.get("files")
         self.per_file = files if isinstance(files, dict) else {}
 
-    def environment(self, input_file):
-        env = dict(os.environ)
+    def environment(self, input_file, base=None):
+        """The environment of a program reading `input_file`: `base` (by default
+        ours) and what the task says."""
+        env = dict(os.environ if base is None else base)
         # An unbuffered Python program writes one record per system call:
         # the word count map ran 2.2x slower into a file and 1.8x slower into
         # the map-side sort's pipe (bench/README.md). Output

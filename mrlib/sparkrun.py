@@ -43,8 +43,9 @@ SAMPLES_PER_PARTITION = 200
 # Elements written to a reducer's input at once.
 WRITE_BATCH = 10_000
 PROGRESS_SECONDS = 0.5
-# Spark's own log: errors only (its default is a screenful of warnings per run).
-LOG_SETTINGS = """rootLogger.level = error
+# Spark's own log: off. Its default is a screenful of warnings per run, and a
+# failed task's stack traces, one per attempt; the job's failure says what failed.
+LOG_SETTINGS = """rootLogger.level = off
 rootLogger.appenderRef.stderr.ref = console
 appender.console.type = Console
 appender.console.name = console
@@ -53,6 +54,9 @@ appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = spark: %p %c{1}: %m%n
 """
 JAVA_MISSING = "--runner spark needs Java 17 or later on the PATH (or JAVA_HOME): none found"
+# What the executors' Python adds to the environment, which the programs do not get.
+SPARK_VARIABLES = ("SPARK_", "PYSPARK_", "PYTHON_WORKER_FACTORY", "OMP_NUM_THREADS",
+                   "PYTHONHASHSEED", "PYTHONPATH")
 PYSPARK_MISSING = ("--runner spark needs PySpark, which is not installed: "
                    "pip install 'mapreduce-server[spark]' (or pip install pyspark)")
 
@@ -85,10 +89,15 @@ def load_pyspark():
 
 def local_with_retries(master, attempts):
     """Spark's local mode tries a task once unless its master URL says otherwise."""
-    if master in ("local", "local[*]") or (master.startswith("local[") and "," not in master):
-        threads = master[len("local["):-1] if master.startswith("local[") else "1"
+    threads = "1" if master == "local" else \
+        master[len("local["):-1] if master.startswith("local[") and master.endswith("]") else None
+    if threads is not None and (threads == "*" or threads.isdigit()):
         return f"local[{threads},{attempts}]"
     return master
+
+
+def is_local(master):
+    return master == "local" or master.startswith("local[")
 
 
 # --- what runs on the executors ----------------------------------------------------
@@ -96,7 +105,9 @@ def local_with_retries(master, attempts):
 class Plan:
     """What the executors need of a job, plain and picklable."""
 
-    def __init__(self, spec, layout):
+    def __init__(self, spec, layout, scratch, driver_env):
+        self.scratch = scratch  # where tasks write what they hold (None: the temp directory)
+        self.driver_env = driver_env  # the variables the programs may keep of Spark's
         self.mapper = spec.mapper_executable
         self.reducer = spec.reducer_executable
         self.combiner = spec.combiner_executable
@@ -108,6 +119,14 @@ class Plan:
 
     def counting(self, kind):
         return runner.Counting.from_message(kind, self.units[kind])
+
+    def environment(self, context, input_file):
+        """The program's environment: our worker's, without what Spark's Python adds."""
+        base = {name: value for name, value in os.environ.items()
+                if not name.startswith(SPARK_VARIABLES)}
+        base.update({name: value for name, value in self.driver_env.items()
+                     if name.startswith(SPARK_VARIABLES)})
+        return context.environment(input_file, base)
 
 
 def task_failed(failure, task):
@@ -138,14 +157,15 @@ def run_map_task(plan, task, counters):
     """One map task's inputs through the map program (and combiner): its output's
     elements, or for a map-only job its output files written in place."""
     context = runner.TaskContext(task["context"])
-    scratch = tempfile.mkdtemp(prefix="mapreduce-spark-map-")
+    scratch = tempfile.mkdtemp(prefix="map-task-", dir=plan.scratch)
+    guard = runner.ProgramGuard()  # its programs, and all they start, die with the task
     try:
         for source, output in zip(task["inputs"], task["outputs"]):
             target = output if plan.map_only else os.path.join(scratch, "output")
             try:
                 report = runner.run_task_program(
-                    plan.mapper, source, target, combiner=plan.combiner,
-                    env=context.environment(source), timeout=plan.timeout,
+                    plan.mapper, source, target, combiner=plan.combiner, guard=guard,
+                    env=plan.environment(context, source), timeout=plan.timeout,
                     counting=plan.counting(MAP), spills=not plan.map_only,
                     layout=plan.layout,
                     output_records=plan.final_layout if plan.map_only else None)
@@ -156,28 +176,31 @@ def run_map_task(plan, task, counters):
                 failure.input_file = failure.input_file or source
                 raise task_failed(failure, f"map task {task['number']}") from None
     finally:
+        guard.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run_reduce_task(plan, task, sorted_pairs, counters):
     """The reducer over one sorted partition, into the job's reducer output."""
-    scratch = tempfile.mkdtemp(prefix="mapreduce-spark-reduce-")
+    scratch = tempfile.mkdtemp(prefix="reduce-task-", dir=plan.scratch)
     source = os.path.join(scratch, "input")
     ending = b"" if plan.layout is not None else b"\n"
+    guard = runner.ProgramGuard()
     try:
         with open(source, "wb") as out:
             while batch := list(itertools.islice(sorted_pairs, WRITE_BATCH)):
                 out.write(b"".join(element + ending for element, _ in batch))
         context = runner.TaskContext(task["context"])
         report = runner.run_task_program(
-            plan.reducer, source, task["outputs"][0], env=context.environment(source),
-            timeout=plan.timeout, counting=plan.counting(REDUCE),
+            plan.reducer, source, task["outputs"][0], env=plan.environment(context, source),
+            timeout=plan.timeout, guard=guard, counting=plan.counting(REDUCE),
             output_records=plan.final_layout)
         counters.add(report.counters)
     except runner.TaskFailed as failure:
         failure.input_file = f"reduce partition {task['number']}"
         raise task_failed(failure, f"reduce task {task['number']}") from None
     finally:
+        guard.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return task["number"]
 
@@ -189,17 +212,30 @@ def key_function(layout):
     return layout.key_of
 
 
-def sample_keys(key, count):
-    """(elements seen, up to `count` of their keys, drawn evenly) of one partition."""
+def boundary_function(layout):
+    """An element's key if it may separate range partitions, else None: a line's key
+    holding a byte at or below the tab may not (mrlib/grouping.py says why)."""
+    if layout is None:
+        return grouping.boundary_key
+    return layout.key_of
+
+
+def sample_keys(boundary, count):
+    """(elements seen, up to `count` of their boundary keys, drawn evenly) of one
+    partition; elements whose key cannot be a boundary are counted, not drawn."""
     def sample(elements_of_partition):
-        chosen, seen = [], 0
+        chosen, seen, usable = [], 0, 0
         rng = random.Random(0)
         for element in elements_of_partition:
             seen += 1
+            key = boundary(element)
+            if key is None:
+                continue
+            usable += 1
             if len(chosen) < count:
-                chosen.append(key(element))
-            elif (slot := rng.randrange(seen)) < count:
-                chosen[slot] = key(element)
+                chosen.append(key)
+            elif (slot := rng.randrange(usable)) < count:
+                chosen[slot] = key
         yield seen, chosen
     return sample
 
@@ -289,24 +325,40 @@ class SparkRun:
         self.parent = os.path.dirname(os.path.abspath(spec.output_directory))
         self.job = None
         self.context = None
+        self.driver_env = dict(os.environ)
+        self.abandoned = False  # stopped by abandon(): what fails next is not the job's
 
-    def run(self):
-        """Run the job; return the ended Job (outputs, counters, timings)."""
+    def abandon(self):
+        """Stop Spark at once (SIGTERM): its executors die, and the programs with them."""
+        gateway = getattr(self.context, "_gateway", None)
+        process = getattr(gateway, "proc", None)
+        self.abandoned = True
+        if process is not None:
+            process.kill()
+
+    def run(self, prepare=None):
+        """Run the job; return the ended Job (outputs, counters, timings).
+
+        Spark starts first: SparkUnavailable if it cannot, before `prepare`
+        (which may remove an earlier job's outputs) is called."""
         pyspark = load_pyspark()
         os.makedirs(self.parent, exist_ok=True)
         sequential.remove_abandoned_scratch(self.parent)
         with sequential.scratch_directory(self.parent) as scratch:
-            self.job = Job(0, self.spec, scratch)
-            self.job.make_directories()
-            split = pipeline.plan_split(self.job, 1)
-            if split is not None:
-                self.job.begin_phase(split.phase, [])
-                split.done(split.run(None))
             session = self.start(pyspark, scratch)
+            self.context = session.sparkContext
             try:
-                self.run_on(session.sparkContext, pyspark)
+                if prepare is not None:
+                    prepare()
+                self.job = Job(0, self.spec, scratch)
+                self.job.make_directories()
+                split = pipeline.plan_split(self.job, 1)
+                if split is not None:
+                    self.job.begin_phase(split.phase, [])
+                    split.done(split.run(None))
+                self.run_on(session.sparkContext, pyspark, scratch)
             finally:
-                session.stop()
+                stop(session)
             self.job.begin_phase("publish", [])
             self.job.outputs = self.job.publish_outputs()
         self.job.end(SUCCEEDED)
@@ -323,20 +375,27 @@ class SparkRun:
         os.environ["PYTHONPATH"] = os.pathsep.join(paths)
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         master = local_with_retries(self.master, self.spec.max_attempts)
-        session = (SparkSession.builder.master(master).appName("mapreduce job")
+        builder = (SparkSession.builder.master(master).appName("mapreduce job")
                    .config("spark.ui.showConsoleProgress", "false")
+                   .config("spark.task.maxFailures", str(self.spec.max_attempts))
                    .config("spark.executorEnv.PYTHONPATH", os.environ["PYTHONPATH"])
                    .config("spark.driver.extraJavaOptions",
-                           f"-Dlog4j2.configurationFile=file:{log_settings}")
-                   .getOrCreate())
+                           f"-Dlog4j2.configurationFile=file:{log_settings}"))
+        if is_local(self.master):  # Spark's shuffle files too go beside the output
+            builder = builder.config("spark.local.dir", scratch)
+        try:
+            session = builder.getOrCreate()
+        except Exception as error:  # a bad master URL: py4j's and Spark's own errors
+            raise SparkUnavailable(f"Spark did not start with --spark-master {self.master}: "
+                                   f"{gist(error)}") from None
         session.sparkContext.setLogLevel("ERROR")
         return session
 
-    def run_on(self, context, pyspark):
+    def run_on(self, context, pyspark, scratch):
         self.context = context
         spec, job = self.spec, self.job
         layout = spec.shuffle_layout() if spec.num_reducers > 0 else None
-        plan = Plan(spec, layout)
+        plan = Plan(spec, layout, scratch if is_local(self.master) else None, self.driver_env)
         counters = context.accumulator({}, CounterSum())
         tasks = [{"number": t.number, "inputs": t.inputs, "outputs": t.outputs,
                   "context": t.context} for t in job.map_tasks(job.splits)]
@@ -359,13 +418,14 @@ class SparkRun:
     def shuffle_and_reduce(self, context, pyspark, mapped, plan, counters, progress):
         spec, job = self.spec, self.job
         parts, key = spec.num_reducers, key_function(plan.layout)
+        boundary = boundary_function(plan.layout)
         if spec.partitioner == "hash":
             def partition(element):
                 return grouping.hash_partition(key(element), parts)
         else:
             mapped = mapped.persist(pyspark.StorageLevel.MEMORY_AND_DISK)  # mapped once
             samples = self.act(progress, MAP, mapped.mapPartitions(
-                sample_keys(key, SAMPLES_PER_PARTITION)).collect)
+                sample_keys(boundary, SAMPLES_PER_PARTITION)).collect)
             bounds = boundaries(samples, parts)
 
             def partition(element):
@@ -390,6 +450,14 @@ class SparkRun:
             raise failure_of(error) from None
 
 
+def stop(session):
+    """Stop a Spark session, even one whose JVM is gone (abandoned)."""
+    try:
+        session.stop()
+    except Exception:  # py4j: the gateway is gone
+        pass
+
+
 def failure_of(error):
     """SparkJobFailed for an exception of a Spark action: our task's failure if it
     carries one, else the gist of Spark's message."""
@@ -403,5 +471,10 @@ def failure_of(error):
             failure = None
         if failure is not None:
             return SparkJobFailed(f"{failure['task']} failed", failure)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return SparkJobFailed(lines[0] if lines else type(error).__name__)
+    return SparkJobFailed(gist(error))
+
+
+def gist(error):
+    """The first line of an exception's text: py4j's and Spark's run to pages."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -224,3 +224,56 @@ def test_runner_options_that_do_not_go_together(tmp_path, options, words):
                              tmp_path / "out", *options], capture_output=True, timeout=60)
     assert result.returncode == 2
     assert words in result.stderr.decode()
+
+
+@needs_spark
+def test_keys_with_bytes_below_tab_keep_range_order_on_spark(tmp_path):
+    """Keys a\\x01\\x01, a\\x01, a and b over 2 range partitions: Spark never cuts at a key
+    holding a byte at or below the tab, so collect gives --sequential's order."""
+    words = [b"a\x01 ", b"a ", b"a\x01\x01 ", b"b "]
+    inputs = write_files(tmp_path / "in", {"f": b"".join(w * 50 for w in words) + b"\n",
+                                          "g": b"".join(w * 7 for w in reversed(words)) + b"\n"})
+    job = ("--input", inputs, "--mapper", WORD_COUNT[0], "--reducer", WORD_COUNT[1])
+    result = spark_job(tmp_path, *job, "--output", tmp_path / "spark")
+    assert result.returncode == 0, result.stderr.decode()
+    subprocess.run([PYTHON, str(SEND_JOB), "--sequential", *map(str, job), "--output",
+                    str(tmp_path / "seq")], check=True, capture_output=True, timeout=120)
+    assert collected(tmp_path / "spark") == collected(tmp_path / "seq")
+
+
+@needs_spark
+def test_a_terminated_spark_job_leaves_no_program_or_scratch_behind(tmp_path):
+    """SIGTERM mid-map: send_job stops Spark; the programs (and what they started) die,
+    the scratch directory beside the output goes, and no output appears."""
+    hang = write_script(tmp_path / "hang.sh", "#!/bin/sh\nsleep 1000 &\nexec sleep 1000\n")
+    process = subprocess.Popen(
+        [PYTHON, str(SEND_JOB), "--runner", "spark", "--input", str(SAMPLE), "--output",
+         str(tmp_path / "out"), "--mapper", str(hang), "--wait"], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_until(lambda: any(sleeper(pid) for pid in all_pids()), timeout=120,
+                   what="the map program to start")
+        process.terminate()
+        assert process.wait(timeout=60) == 128 + 15
+    finally:
+        process.kill()
+    wait_until(lambda: not any(sleeper(pid) for pid in all_pids()), timeout=30,
+               what="the programs to die")
+    assert not list(tmp_path.glob(".mapreduce-sequential-*"))
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def all_pids():
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def command_line(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def sleeper(pid):
+    """A `sleep 1000` this test's program started (the only ones on this machine's tests)."""
+    return command_line(pid) == b"sleep\x001000\x00"
