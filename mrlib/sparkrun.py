@@ -442,8 +442,9 @@ class SparkRun:
     def act(self, progress, phase, action):
         """Run a Spark action as `phase`; a failed task becomes SparkJobFailed."""
         self.context.setJobGroup(phase, f"mapreduce {phase}")
-        if progress:
+        if progress and progress.phase != phase:
             progress.phase = phase
+            progress.say(f"job spark: running, {phase} phase")  # even if it ends before a poll
         try:
             return action()
         except Exception as error:  # py4j's Py4JJavaError, and what Spark raises itself
