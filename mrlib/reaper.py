@@ -14,12 +14,16 @@ import sys
 # sets it). A program that leaves its process group (setsid, a daemonising
 # script) keeps it, so whatever an attempt started can be found and killed.
 ATTEMPT_VARIABLE = "MAPREDUCE_ATTEMPT"
+# A bound on the rounds of sweep_tagged, for a process SIGKILL cannot end
+# (one stuck in the kernel): it would be found in every round.
+MAX_SWEEPS = 100
 
 
 def main():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a ^C to the terminal is the worker's to handle
-    # ...and a hang-up to its process group (PySpark's worker daemon sends one as it
-    # exits): the reaper outlives its parent to kill what the parent left.
+    # The reaper runs in a process group of its own, so signals to its parent's group
+    # (a ^C, PySpark's daemon's hang-up as it exits) do not reach it; and ignores
+    # these two if they are sent to it: it outlives its parent to kill what is left.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     prefix = sys.argv[1] if len(sys.argv) > 1 else None
     groups = set()
@@ -37,15 +41,28 @@ def main():
         except OSError:
             pass
     if prefix:
-        kill_tagged(prefix, whole=False)
+        sweep_tagged(prefix)
+
+
+def sweep_tagged(prefix):
+    """Kill every process tagged with `prefix`, round after round, until a round finds none.
+
+    The parent may die just as a program starts: the program's shell can fork
+    between one round's listing of /proc and its kill, and the child, tagged
+    too, is found by the next round."""
+    for _ in range(MAX_SWEEPS):
+        if not kill_tagged(prefix, whole=False):
+            return
 
 
 def kill_tagged(tag, whole=True):
-    """SIGKILL every process whose environment says an attempt tagged `tag` started it.
+    """SIGKILL every process whose environment says an attempt tagged `tag` started it;
+    how many were found.
 
     With whole=False, `tag` is a prefix: every attempt of one guard. Reads
     /proc/*/environ (about half a millisecond for a hundred processes).
     """
+    found = 0
     needle = f"\0{ATTEMPT_VARIABLE}={tag}{chr(0) if whole else ''}".encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -56,10 +73,12 @@ def kill_tagged(tag, whole=True):
         except OSError:
             continue
         if needle in environment:
+            found += 1
             try:
                 os.kill(int(entry), signal.SIGKILL)
             except OSError:
                 pass
+    return found
 
 
 if __name__ == "__main__":

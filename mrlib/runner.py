@@ -25,7 +25,7 @@ import sh
 
 from mrlib import records
 from mrlib.attemptlog import MAX_LOG_BYTES, PROGRAM
-from mrlib.reaper import ATTEMPT_VARIABLE, kill_tagged
+from mrlib.reaper import ATTEMPT_VARIABLE, kill_tagged, sweep_tagged
 from mrlib.pyjob import FRAMEWORK
 from mrlib.shipping import LIBRARY_VARIABLE, PYTHON_VARIABLE
 
@@ -366,8 +366,12 @@ class ProgramGuard:
         self.attempts = itertools.count()
         if use_reaper:
             reaper_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reaper.py")
+            # In a process group of its own: a signal to this process's group (PySpark's
+            # daemon hangs up its group as it exits; an operator's `kill -9 -PGID`) must
+            # not reach the reaper, even before it has started ignoring signals.
             self.reaper = subprocess.Popen([sys.executable, "-S", reaper_path, self.prefix],
-                                           stdin=subprocess.PIPE, close_fds=True)
+                                           stdin=subprocess.PIPE, close_fds=True,
+                                           process_group=0)
 
     def _tell_reaper(self, line):
         if self.reaper is None:
@@ -396,7 +400,7 @@ class ProgramGuard:
                 os.killpg(group, signal.SIGKILL)
             except OSError:
                 pass
-        kill_tagged(self.prefix, whole=False)
+        sweep_tagged(self.prefix)
 
     def attempt_tag(self):
         return f"{self.prefix}{next(self.attempts)}"

@@ -24,12 +24,14 @@ parent directory must be shared with them (as with Hadoop Streaming).
 import bisect
 import itertools
 import json
+import logging
 import os
 import random
 import shutil
 import sys
 import tempfile
 import threading
+import warnings
 
 from mrlib import grouping, pipeline, records, runner, sequential
 from mrlib.job import MAP, REDUCE, SUCCEEDED, Job
@@ -333,6 +335,10 @@ class SparkRun:
         gateway = getattr(self.context, "_gateway", None)
         process = getattr(gateway, "proc", None)
         self.abandoned = True
+        # py4j logs each call that loses the gateway, traceback and all, to the root
+        # logger, and PySpark warns that the JVM it is stopping is gone.
+        logging.disable(logging.CRITICAL)
+        warnings.filterwarnings("ignore", "Unable to cleanly shutdown Spark JVM")
         if process is not None:
             process.kill()
 

@@ -313,8 +313,10 @@ def processes_running(marker):
     return found
 
 
-def test_programs_die_with_their_worker(fast_cluster, tmp_path):
-    """SIGKILL a worker: its program and the program's own children stop too."""
+@pytest.mark.parametrize("whole_group", [False, True], ids=["worker", "worker's group"])
+def test_programs_die_with_their_worker(fast_cluster, tmp_path, whole_group):
+    """SIGKILL a worker, or its whole process group (`kill -9 -PGID`, or PySpark's daemon
+    hanging up its group): its program and the program's own children stop too."""
     marker = b"1000.%d" % os.getpid()
     stuck = write_script(tmp_path / "stuck.sh", f"#!/bin/sh\nsleep {marker.decode()} &\nsleep {marker.decode()}\n")
     inputs = corpus(tmp_path / "in", files=1)
@@ -322,7 +324,10 @@ def test_programs_die_with_their_worker(fast_cluster, tmp_path):
     client = fast_cluster.send_job_async("--input", inputs, "--output", tmp_path / "out",
                                          "--mapper", stuck, "--wait")
     wait_until(lambda: len(processes_running(marker)) == 2, what="the program to start")
-    worker.send_signal(signal.SIGKILL)
+    if whole_group:
+        os.killpg(os.getpgid(worker.pid), signal.SIGKILL)
+    else:
+        worker.send_signal(signal.SIGKILL)
     wait_until(lambda: not processes_running(marker), timeout=5, what="the programs to die")
     client.kill()
     client.wait()

@@ -245,19 +245,22 @@ def test_keys_with_bytes_below_tab_keep_range_order_on_spark(tmp_path):
 def test_a_terminated_spark_job_leaves_no_program_or_scratch_behind(tmp_path):
     """SIGTERM mid-map: send_job stops Spark; the programs (and what they started) die,
     the scratch directory beside the output goes, and no output appears."""
-    hang = write_script(tmp_path / "hang.sh", "#!/bin/sh\nsleep 1000 &\nexec sleep 1000\n")
+    naps = f"1000.{os.getpid()}"  # this test's sleeps, and no other's
+    hang = write_script(tmp_path / "hang.sh", f"#!/bin/sh\nsleep {naps} &\nexec sleep {naps}\n")
     process = subprocess.Popen(
         [PYTHON, str(SEND_JOB), "--runner", "spark", "--input", str(SAMPLE), "--output",
          str(tmp_path / "out"), "--mapper", str(hang), "--wait"], cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        wait_until(lambda: any(sleeper(pid) for pid in all_pids()), timeout=120,
+        wait_until(lambda: any(sleeper(pid, naps) for pid in all_pids()), timeout=120,
                    what="the map program to start")
         process.terminate()
-        assert process.wait(timeout=60) == 128 + 15
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 128 + 15
+        assert b"Traceback" not in stderr  # py4j's complaints about the lost gateway
     finally:
         process.kill()
-    wait_until(lambda: not any(sleeper(pid) for pid in all_pids()), timeout=30,
+    wait_until(lambda: not any(sleeper(pid, naps) for pid in all_pids()), timeout=30,
                what="the programs to die")
     assert not list(tmp_path.glob(".mapreduce-sequential-*"))
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
@@ -274,6 +277,6 @@ def command_line(pid):
         return b""
 
 
-def sleeper(pid):
-    """A `sleep 1000` this test's program started (the only ones on this machine's tests)."""
-    return command_line(pid) == b"sleep\x001000\x00"
+def sleeper(pid, naps):
+    """A `sleep NAPS` that this test's program started."""
+    return command_line(pid) == f"sleep\0{naps}\0".encode()

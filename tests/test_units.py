@@ -3,7 +3,9 @@ import argparse
 import concurrent.futures
 import io
 import os
+import signal
 import stat
+import subprocess
 import threading
 import time
 import random
@@ -13,7 +15,7 @@ import pytest
 import helper
 import send_job
 from mrlib import display
-from mrlib import grouping, outputdir, runner
+from mrlib import grouping, outputdir, reaper, runner
 from mrlib.attemptlog import MAX_LOG_BYTES, AttemptLog
 from mrlib.jobspec import base_name_files
 from support.localcluster import wait_until
@@ -379,3 +381,38 @@ def test_plain_progress_lines_change_only_and_tell_the_time_left():
         "job 3: running, map phase, 1/4 tasks done (25%), 2.0 s in the phase, about 6 s left",
         "job 3: running, merge phase",
         "job 3: succeeded"]
+
+
+def test_a_sweep_kills_what_a_tagged_program_forks_while_it_is_being_killed(tmp_path):
+    """A tagged shell forking as fast as it can: children forked after a pass has listed
+    /proc are tagged too, and the sweep goes on until a pass finds none."""
+    prefix = f"sweep-test-{os.getpid()}-{random.getrandbits(32):x}-"
+    naps = f"1000.{os.getpid()}"
+    forker = subprocess.Popen(["sh", "-c", f"while :; do sleep {naps} & done"],
+                              env=dict(os.environ, **{reaper.ATTEMPT_VARIABLE: prefix + "0"}),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        wait_until(lambda: len(tagged(prefix)) > 20, what="the shell to fork")
+        reaper.sweep_tagged(prefix)
+        forker.wait(5)
+        assert not tagged(prefix)
+    finally:
+        for pid in tagged(prefix):
+            os.kill(pid, signal.SIGKILL)
+        forker.kill()
+        forker.wait()
+
+
+def tagged(prefix):
+    """Live processes whose environment carries an attempt tag starting with `prefix`."""
+    needle = f"\0{reaper.ATTEMPT_VARIABLE}={prefix}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if entry.isdigit() and needle in b"\0" + handle.read():
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return found
