@@ -517,12 +517,20 @@ def kill(args):
     return 1
 
 
-def run_sequential(args):
-    """Run the job in this process; print what --wait would; return the exit code."""
+def local_spec(args):
+    """The job the options describe, run from here (not by a master), or None after
+    saying why it is invalid."""
     try:
-        spec = JobSpec.from_message(build_job(args))
+        return JobSpec.from_message(build_job(args))
     except (JobRejected, helper.ProtocolError) as error:
         print(f"send_job: invalid job: {in_option_terms(str(error))}", file=sys.stderr)
+        return None
+
+
+def run_sequential(args):
+    """Run the job in this process; print what --wait would; return the exit code."""
+    spec = local_spec(args)
+    if spec is None:
         return 2
     try:
         names = outputs_to_replace(args, build_job(args))
@@ -551,12 +559,11 @@ def run_sequential(args):
 
 def run_on_spark(args):
     """Run the job on Spark from here; print what --wait would; return the exit code."""
-    try:
-        spec = JobSpec.from_message(build_job(args))
-        names = outputs_to_replace(args, build_job(args))
-    except (JobRejected, helper.ProtocolError) as error:
-        print(f"send_job: invalid job: {in_option_terms(str(error))}", file=sys.stderr)
+    spec = local_spec(args)
+    if spec is None:
         return 2
+    try:
+        names = outputs_to_replace(args, build_job(args))
     except Refused as refusal:
         print(f"send_job: {refusal}", file=sys.stderr)
         return 2
@@ -600,10 +607,8 @@ def spark_failed(spark, spec, error):
 
 def print_hadoop_command(args):
     """Print the Hadoop Streaming command line for the job."""
-    try:
-        spec = JobSpec.from_message(build_job(args))
-    except (JobRejected, helper.ProtocolError) as error:
-        print(f"send_job: invalid job: {in_option_terms(str(error))}", file=sys.stderr)
+    spec = local_spec(args)
+    if spec is None:
         return 2
     try:
         print(hadoopcmd.command(spec, ([args.job_file] if args.job else []) + args.ship))

@@ -50,7 +50,7 @@ def plan_split(job, workers):
         return None
 
     def cut(guard):
-        spec.check_input_records()  # records.RecordError names a file that is not
+        spec.check_input_records()  # records.RecordError names a file that is not whole records
         if not spec.split_size:
             return None
         planned = splits.plan(spec.input_files(), spec.split_size, spec.record_size)

@@ -286,7 +286,7 @@ def task_extensions(job, task, attempt):
     elif task.kind == SORT:
         # Only where our workers said they sorted: another worker ignores sort_output.
         extensions["presorted"] = True if job.all_sorted(task.inputs) else None
-    if task.kind in (MAP, SORT) and layout is not None:
+    if task.kind == MAP and layout is not None:  # a record job has no sort tasks
         extensions["records"] = layout.field()  # sorted as records, not lines
     if task.kind == REDUCE or (task.kind == MAP and not shuffled):
         extensions["check_record_size"] = spec.final_record_size()  # the job's output
