@@ -369,9 +369,13 @@ class ProgramGuard:
             # In a process group of its own: a signal to this process's group (PySpark's
             # daemon hangs up its group as it exits; an operator's `kill -9 -PGID`) must
             # not reach the reaper, even before it has started ignoring signals.
+            # Untagged: a job run by a program (a nested job) has a reaper of its own,
+            # which the sweep of the outer attempt's tag must leave to kill its programs.
+            environment = {name: value for name, value in os.environ.items()
+                           if name != ATTEMPT_VARIABLE}
             self.reaper = subprocess.Popen([sys.executable, "-S", reaper_path, self.prefix],
                                            stdin=subprocess.PIPE, close_fds=True,
-                                           process_group=0)
+                                           process_group=0, env=environment)
 
     def _tell_reaper(self, line):
         if self.reaper is None:

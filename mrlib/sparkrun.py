@@ -285,7 +285,10 @@ class Progress(threading.Thread):
 
     def run(self):
         while not self.stopped.wait(PROGRESS_SECONDS):
-            self.report()
+            try:
+                self.report()
+            except Exception:  # py4j's errors: the JVM is gone (stopped, or killed by SIGTERM)
+                return  # the job's own action fails too, and says why
 
     def report(self):
         tracker = self.context.statusTracker()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import helper
-from conftest import (PYTHON, WORD_COUNT, assert_matches_sequential, partition_files,
+from conftest import (PYTHON, REPO, WORD_COUNT, assert_matches_sequential, partition_files,
                       wait_until, write_files)
 from support.peers import ScriptedWorker
 from support.programs import write_script
@@ -331,6 +331,31 @@ def test_programs_die_with_their_worker(fast_cluster, tmp_path, whole_group):
     wait_until(lambda: not processes_running(marker), timeout=5, what="the programs to die")
     client.kill()
     client.wait()
+
+
+def test_a_nested_jobs_programs_die_with_the_worker_that_ran_it(fast_cluster, tmp_path):
+    """A map program that runs a job of its own (send_job --sequential), whose program
+    leaves its session: SIGKILL the worker, and the inner job's reaper, which the outer
+    attempt's sweep must leave alone, kills that program too."""
+    marker = b"1000.%d" % os.getpid()
+    inner = write_script(tmp_path / "inner.sh",
+                         f"#!/bin/sh\nsetsid sleep {marker.decode()} &\nexec sleep {marker.decode()}\n")
+    outer = write_script(tmp_path / "outer.sh",
+                         f"#!/bin/sh\nexec {PYTHON} {REPO / 'send_job.py'} --sequential --input "
+                         f"{tmp_path / 'in'} --output {tmp_path / 'inner-out'} --mapper {inner}\n")
+    inputs = corpus(tmp_path / "in", files=1)
+    worker = fast_cluster.start_worker()
+    client = fast_cluster.send_job_async("--input", inputs, "--output", tmp_path / "out",
+                                         "--mapper", outer, "--wait")
+    try:
+        wait_until(lambda: len(processes_running(marker)) == 2, what="the inner program to start")
+        worker.send_signal(signal.SIGKILL)
+        wait_until(lambda: not processes_running(marker), timeout=5, what="the programs to die")
+    finally:
+        for pid in processes_running(marker):
+            os.kill(pid, signal.SIGKILL)
+        client.kill()
+        client.wait()
 
 
 def test_recovery_with_the_spec_timings(make_cluster, tmp_path):
