@@ -420,14 +420,18 @@ class Master:
         self.helpers.start(name, self.run_in_background, token, name, run)
 
     def run_in_background(self, token, name, run):
+        # Whatever happens, even a bug in an except clause, the coordinator hears of it:
+        # a job waiting for work that never reports would wait forever.
+        result, error = None, f"{name} ended without a result (a bug: see the master's log)"
         try:
             result, error = run(self.guard), None
         except (OSError, runner.TaskFailed, splits.TooManySplits, records.RecordError) as failure:
-            result, error = None, str(failure)
+            error = str(failure)
         except Exception as failure:  # a bug or MemoryError: fail the job, never wedge it
             LOG.exception("%s failed", name)
-            result, error = None, f"{type(failure).__name__}: {failure}"
-        self.post(WorkDone(token, result, error))
+            error = f"{type(failure).__name__}: {failure}"
+        finally:
+            self.post(WorkDone(token, result, error))
 
     def do_Answer(self, reply, message):
         reply.set(message)

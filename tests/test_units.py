@@ -8,6 +8,7 @@ import stat
 import subprocess
 import threading
 import time
+import types
 import random
 
 import pytest
@@ -416,3 +417,22 @@ def tagged(prefix):
         except OSError:
             pass
     return found
+
+
+def test_background_work_reports_even_when_describing_its_failure_fails():
+    """A bug in the master's handling of a failed merge must fail the job, not leave it
+    waiting forever for work that never reports."""
+    import master
+    posted = []
+    shell = types.SimpleNamespace(guard=None, post=posted.append)
+
+    class Undescribable(OSError):
+        def __str__(self):
+            raise RuntimeError("a bug while describing the failure")
+
+    def run(guard):
+        raise Undescribable()
+    with pytest.raises(RuntimeError):
+        master.Master.run_in_background(shell, "token-1", "merge", run)
+    [done] = posted
+    assert done.token == "token-1" and done.result is None and "merge" in done.error
