@@ -26,6 +26,7 @@ program combines its output in memory, per key, before it writes anything.
 """
 import collections
 import contextlib
+import functools
 import importlib.util
 import io
 import itertools
@@ -48,11 +49,12 @@ MAP, REDUCE, DESCRIBE = "map", "reduce", "describe"
 DEFAULT_COMBINE_MEMORY_MIB = 64
 # What a held value (its place in a list) and a held key (its place in the
 # dict, and its list) cost beyond their own size, which is measured on
-# MEASURED of them every MEASURE_EVERY calls of the mapper.
+# MEASURED of them each time MEASURE_EVERY more pairs are held.
 VALUE_COST_BYTES = 16
 KEY_COST_BYTES = 160
-MEASURED, MEASURE_EVERY = 16, 256
+MEASURED, MEASURE_EVERY = 16, 2048
 WRITE_BATCH = 4096  # output lines joined per write
+READ_BATCH_BYTES = 64 * 1024  # input read, decoded and given to the mapper at once
 USER_MODULE = "mapreduce_user_job"
 LOADING_VARIABLE = "MAPREDUCE_LOADING_JOB"  # set while a job file is loaded to run or submit
 LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds mrlib, send_job
@@ -219,6 +221,20 @@ class BadPair(TypeError):
     """A method gave a key or value JSON cannot encode."""
 
 
+def line_batches(stream):
+    """The input's lines as str, a batch at a time: without their newline (and its \r,
+    as Hadoop's line reader does), undecodable bytes kept as surrogates. Decoding a
+    batch at once gives what decoding each line would: no UTF-8 sequence holds a newline."""
+    while batch := stream.readlines(READ_BATCH_BYTES):
+        text = b"".join(batch).decode("utf-8", "surrogateescape")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+        lines = text.split("\n")
+        if batch[-1].endswith(b"\n"):
+            lines.pop()  # what follows the last newline: no line
+        yield lines
+
+
 class Output:
     """Encoded pairs to a binary stream, in batches."""
 
@@ -233,7 +249,12 @@ class Output:
 
     def absorb(self, pairs):
         """All the pairs one call of a method gave."""
-        self.lines.extend([f"{encode_key(k)}\t{encode_value(v)}\n" for k, v in pairs])
+        self.absorb_calls((pairs,))
+
+    def absorb_calls(self, results):
+        """The pairs of many calls of a method, an iterable of pairs per call."""
+        self.lines.extend([f"{encode_key(k)}\t{encode_value(v)}\n"
+                           for pairs in results for k, v in pairs])
         if len(self.lines) >= WRITE_BATCH:
             self.flush()
 
@@ -258,22 +279,28 @@ class Combining:
         self.taken = 0  # pairs the mapper gave
         self.given = 0  # pairs written after combining
         self.key_cost, self.value_cost = KEY_COST_BYTES, VALUE_COST_BYTES  # measured anew
-        self.calls = 0
+        self.measured_at = 0  # self.taken when the costs were last measured
 
     def write(self, key, value):
         self.absorb(((key, value),))
 
     def absorb(self, pairs):
-        """All the pairs one call of the mapper gave (the hot loop: one call a line)."""
+        """All the pairs one call of a method gave."""
+        self.absorb_calls((pairs,))
+
+    def absorb_calls(self, results):
+        """The pairs of many calls of the mapper, an iterable of pairs per call (the hot
+        loop; what is held is measured and limited once a batch, not once a call)."""
         held = self.held
         taken = 0
-        for key, value in pairs:
-            taken += 1
-            held[key if key.__class__ is str else (None, encode_key(key))].append(value)
+        for pairs in results:
+            for key, value in pairs:
+                taken += 1
+                held[key if key.__class__ is str else (None, encode_key(key))].append(value)
         self.taken += taken
         self.values += taken
-        self.calls += 1
-        if self.calls % MEASURE_EVERY == 1:
+        if self.taken - self.measured_at >= MEASURE_EVERY or not self.measured_at:
+            self.measured_at = self.taken
             self.measure()
         if self.cost() > self.limit:
             for slot in [slot for slot, values in held.items() if len(values) > 1]:
@@ -451,14 +478,9 @@ def run_map(job, stdin, stdout):
     if combiner is not None:
         sink = Combining(combiner, output, int(job.combine_memory_mib * 1024 * 1024))
     call_init(job, "mapper_init", sink)
-    mapper = job.mapper
-    absorb = sink.absorb
-    for line in stdin:
-        if line.endswith(b"\n"):  # and its \r with it, as Hadoop's line reader does
-            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        result = mapper(None, line.decode("utf-8", "surrogateescape"))
-        if result is not None:
-            absorb(pairs_of(result, "mapper"))
+    mapper_pairs = functools.partial(pairs_of, method="mapper")
+    for lines in line_batches(stdin):  # the mapper called by map(): no Python loop a line
+        sink.absorb_calls(map(mapper_pairs, map(job.mapper, itertools.repeat(None), lines)))
     call_final(job, "mapper_final", sink)
     sink.flush()
     output.flush()

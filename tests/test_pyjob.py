@@ -2,6 +2,7 @@
 with their code shipped: each output compared with the job computed here in plain
 Python, as JSON lines in bytewise key order."""
 import collections
+import io
 import json
 import subprocess
 import textwrap
@@ -301,6 +302,37 @@ def test_one_hot_key_is_combined_in_memory_not_written():
         combining.write("the", 1)
     assert len(combining.held["the"]) <= limit // pyjob.VALUE_COST_BYTES
     assert sum(combining.held["the"]) == 100_000
+
+
+@pytest.mark.parametrize("combined", [False, True], ids=["plain", "combined"])
+def test_the_mapper_sees_each_line_as_hadoops_line_reader_gives_it(combined):
+    """Lines are read, decoded and mapped a batch at a time: still each line once, in
+    order, without its newline or the \\r before it, undecodable bytes kept, across batch
+    boundaries and with no newline at the end."""
+    class Lines(pyjob.Job):
+        def mapper(self, key, line):
+            yield len(self.seen), line
+            self.seen.append(line)
+
+    class CombinedLines(Lines):
+        def combiner(self, key, values):
+            yield from ((key, value) for value in values)
+
+    pieces = [b"plain", b"dos\r\n", b"cr\rinside", b"two\r\r\n", b"", b"\xff\xfe\x80",
+              b"cut \xe2\x82", b"euro \xe2\x82\xac", b"tab\tand \x00"]
+    lines = [pieces[n * 7 % len(pieces)] + b"%d" % n for n in range(30_000)]
+    data = b"\n".join(lines) + b"\r"  # about 5 read batches; the last line has no newline
+    assert len(data) > 4 * pyjob.READ_BATCH_BYTES
+    job = (CombinedLines if combined else Lines)()
+    job.seen = []
+    out = io.BytesIO()
+    pyjob.run_map(job, io.BufferedReader(io.BytesIO(data)), out)
+    split = data.split(b"\n")
+    expected = [line[:-1] if line.endswith(b"\r") and number < len(split) - 1 else line
+                for number, line in enumerate(split)]
+    assert job.seen == [line.decode("utf-8", "surrogateescape") for line in expected]
+    pairs = sorted(pyjob.decode_pair(line) for line in out.getvalue().splitlines())
+    assert pairs == list(enumerate(job.seen))
 
 
 def test_a_module_the_job_imports_but_does_not_ship_is_missed_at_submission(cluster, tmp_path):
