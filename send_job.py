@@ -517,23 +517,24 @@ def kill(args):
     return 1
 
 
-def local_spec(args):
-    """The job the options describe, run from here (not by a master), or None after
-    saying why it is invalid."""
+def local_job(args):
+    """(new_master_job message, JobSpec) of the job the options describe, run from here
+    (not by a master), or (None, None) after saying why it is invalid."""
     try:
-        return JobSpec.from_message(build_job(args))
+        message = build_job(args)
+        return message, JobSpec.from_message(message)
     except (JobRejected, helper.ProtocolError) as error:
         print(f"send_job: invalid job: {in_option_terms(str(error))}", file=sys.stderr)
-        return None
+        return None, None
 
 
 def run_sequential(args):
     """Run the job in this process; print what --wait would; return the exit code."""
-    spec = local_spec(args)
+    message, spec = local_job(args)
     if spec is None:
         return 2
     try:
-        names = outputs_to_replace(args, build_job(args))
+        names = outputs_to_replace(args, message)
         if names:
             replace_outputs(args, spec.output_directory, names)
     except Refused as refusal:
@@ -559,11 +560,11 @@ def run_sequential(args):
 
 def run_on_spark(args):
     """Run the job on Spark from here; print what --wait would; return the exit code."""
-    spec = local_spec(args)
+    message, spec = local_job(args)
     if spec is None:
         return 2
     try:
-        names = outputs_to_replace(args, build_job(args))
+        names = outputs_to_replace(args, message)
     except Refused as refusal:
         print(f"send_job: {refusal}", file=sys.stderr)
         return 2
@@ -607,7 +608,7 @@ def spark_failed(spark, spec, error):
 
 def print_hadoop_command(args):
     """Print the Hadoop Streaming command line for the job."""
-    spec = local_spec(args)
+    _, spec = local_job(args)
     if spec is None:
         return 2
     try:

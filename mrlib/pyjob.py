@@ -279,7 +279,7 @@ class Combining:
         self.taken = 0  # pairs the mapper gave
         self.given = 0  # pairs written after combining
         self.key_cost, self.value_cost = KEY_COST_BYTES, VALUE_COST_BYTES  # measured anew
-        self.measured_at = 0  # self.taken when the costs were last measured
+        self.measured_at = -MEASURE_EVERY  # self.taken when the costs were last measured
 
     def write(self, key, value):
         self.absorb(((key, value),))
@@ -299,7 +299,7 @@ class Combining:
                 held[key if key.__class__ is str else (None, encode_key(key))].append(value)
         self.taken += taken
         self.values += taken
-        if self.taken - self.measured_at >= MEASURE_EVERY or not self.measured_at:
+        if self.taken - self.measured_at >= MEASURE_EVERY:
             self.measured_at = self.taken
             self.measure()
         if self.cost() > self.limit:

@@ -14,8 +14,8 @@ import sys
 # sets it). A program that leaves its process group (setsid, a daemonising
 # script) keeps it, so whatever an attempt started can be found and killed.
 ATTEMPT_VARIABLE = "MAPREDUCE_ATTEMPT"
-# A bound on the rounds of sweep_tagged, for a process SIGKILL cannot end
-# (one stuck in the kernel): it would be found in every round.
+# A bound on kill_tagged's passes over /proc, for a process SIGKILL cannot
+# end (one stuck in the kernel): it would be found in every pass.
 MAX_SWEEPS = 100
 
 
@@ -41,27 +41,24 @@ def main():
         except OSError:
             pass
     if prefix:
-        sweep_tagged(prefix)
-
-
-def sweep_tagged(prefix):
-    """Kill every process tagged with `prefix`, round after round, until a round finds none.
-
-    The parent may die just as a program starts: the program's shell can fork
-    between one round's listing of /proc and its kill, and the child, tagged
-    too, is found by the next round."""
-    for _ in range(MAX_SWEEPS):
-        if not kill_tagged(prefix, whole=False):
-            return
+        kill_tagged(prefix, whole=False)
 
 
 def kill_tagged(tag, whole=True):
-    """SIGKILL every process whose environment says an attempt tagged `tag` started it;
-    how many were found.
+    """SIGKILL every process whose environment says an attempt tagged `tag` started it.
 
-    With whole=False, `tag` is a prefix: every attempt of one guard. Reads
-    /proc/*/environ (about half a millisecond for a hundred processes).
+    With whole=False, `tag` is a prefix: every attempt of one guard. Passes over
+    /proc/*/environ (about half a millisecond for a hundred processes) go on
+    until one finds none: a program's shell can fork between a pass's listing of
+    /proc and its kill, and the child, tagged too, is found by the next pass.
     """
+    for _ in range(MAX_SWEEPS):
+        if not _kill_tagged_once(tag, whole):
+            return
+
+
+def _kill_tagged_once(tag, whole):
+    """One pass of kill_tagged: how many tagged processes it found."""
     found = 0
     needle = f"\0{ATTEMPT_VARIABLE}={tag}{chr(0) if whole else ''}".encode()
     for entry in os.listdir("/proc"):

@@ -25,7 +25,7 @@ import sh
 
 from mrlib import records
 from mrlib.attemptlog import MAX_LOG_BYTES, PROGRAM
-from mrlib.reaper import ATTEMPT_VARIABLE, kill_tagged, sweep_tagged
+from mrlib.reaper import ATTEMPT_VARIABLE, kill_tagged
 from mrlib.pyjob import FRAMEWORK
 from mrlib.shipping import LIBRARY_VARIABLE, PYTHON_VARIABLE
 
@@ -404,7 +404,7 @@ class ProgramGuard:
                 os.killpg(group, signal.SIGKILL)
             except OSError:
                 pass
-        sweep_tagged(self.prefix)
+        kill_tagged(self.prefix, whole=False)
 
     def attempt_tag(self):
         return f"{self.prefix}{next(self.attempts)}"

@@ -401,7 +401,6 @@ class SparkRun:
         return session
 
     def run_on(self, context, pyspark, scratch):
-        self.context = context
         spec, job = self.spec, self.job
         layout = spec.shuffle_layout() if spec.num_reducers > 0 else None
         plan = Plan(spec, layout, scratch if is_local(self.master) else None, self.driver_env)

@@ -395,7 +395,7 @@ def test_a_sweep_kills_what_a_tagged_program_forks_while_it_is_being_killed(tmp_
                               start_new_session=True)
     try:
         wait_until(lambda: len(tagged(prefix)) > 20, what="the shell to fork")
-        reaper.sweep_tagged(prefix)
+        reaper.kill_tagged(prefix, whole=False)
         forker.wait(5)
         assert not tagged(prefix)
     finally:
