@@ -3,7 +3,9 @@ with their code shipped: each output compared with the job computed here in plai
 Python, as JSON lines in bytewise key order."""
 import collections
 import io
+import itertools
 import json
+import random
 import subprocess
 import textwrap
 
@@ -420,6 +422,110 @@ def test_installed_code_is_not_kept_in_the_masters_memory(tmp_path):
                                    "1", "", [1, "a"], None, True, False, {"b": 1, "a": [2]}])
 def test_a_value_reaches_the_reducer_as_it_was_given(value):
     assert pyjob.decode_value((pyjob.encode_value(value) + "\n").encode()) == value
+
+
+def random_pairs(chance):
+    """A list of pairs of the kinds a job gives, many alike or all different."""
+    shared = chance.choice([1, True, 1.0, "x", None, [1], {"a": 1}, 0.0, -0.0, 2 ** 70])
+    values = [shared, 1, True, False, 1.0, -0.0, 0, 7, -3, 2 ** 70, 1.5, "1", "s\t\n\u20ac",
+              "\udcff", None, [1, True], {"b": 1, "a": 2}, float("inf")]
+    keys = ["w", "", "caf\u00e9", "\udcfe", "a\tb", 1, True, 0.5, None, [2, "x"], {"k": [1]}]
+    alike = chance.choice([[1, True, 1.0], [0, False, 0.0, -0.0]])  # equal, not the same JSON
+    kind = chance.choice(["word count", "str keys", "ints", "alike", "any"])
+    pairs = []
+    for _ in range(chance.choice([0, 1, 15, 16, 17, 200])):
+        key = chance.choice(keys[:5] if kind != "any" else keys)
+        value = (shared if kind == "word count" else chance.randrange(-9, 300)
+                 if kind == "ints" else chance.choice(alike if kind == "alike" else values))
+        pairs.append([key, value] if chance.random() < 0.02 else (key, value))
+    return pairs
+
+
+def test_pairs_encoded_together_are_the_lines_of_each_pair_alone():
+    """A batch of pairs is encoded by C-level passes where its keys are str and its values
+    one same value, ints or str: the lines must be what encoding each pair gives."""
+    chance = random.Random(14)
+    for _ in range(3000):
+        pairs = random_pairs(chance)
+        assert pyjob.encode_pairs(pairs) == "".join(pyjob.encode_pair(k, v) for k, v in pairs)
+
+
+@pytest.mark.parametrize("bad", [("k", 1, 2), ("k", object()), (object(), 1), ("k", {1, 2})])
+def test_a_batch_with_a_bad_pair_fails_as_the_pair_alone_would(bad):
+    pairs = [("w", 1)] * 20 + [bad] + [("w", 1)] * 20
+    with pytest.raises(Exception) as alone:
+        "".join(pyjob.encode_pair(k, v) for k, v in pairs)
+    with pytest.raises(alone.type):
+        pyjob.encode_pairs(pairs)
+
+
+def test_a_keys_values_are_decoded_as_each_alone_and_lazily():
+    """Values are decoded a chunk at a time, ints in C: the same values (and types) as
+    decoding each, across chunks of ints and not; and no more read than are asked for."""
+    raws = [b"1\n", b"-0\n", b"10000000000000000000000\n", b"7", b"1.5\n", b"true\n",
+            b"\"s\"\n", b"[1, 2]\n", b"-2e-07\n", b"null\n"]
+    chance = random.Random(3)
+    for _ in range(20):
+        lines = [chance.choice(raws[:4] if chance.random() < 0.5 else raws)
+                 for _ in range(chance.choice([1, 1023, 1024, 1025, 3000]))]
+        decoded = list(pyjob.decode_values(iter(lines)))
+        assert [(type(v), v) for v in decoded] == [
+            (type(v), v) for v in map(pyjob.decode_value, lines)]
+    read = itertools.count()
+    endless = pyjob.decode_values(b"%d\n" % next(read) for _ in itertools.repeat(None))
+    assert list(itertools.islice(endless, 3)) == [0, 1, 2]
+    assert next(read) <= 2 * pyjob.VALUE_CHUNK
+
+
+def test_a_mapper_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
+    """A mapper that is not a generator: its list is its pairs and None is none; a pair
+    returned alone (a tuple) fails the task with what to do instead."""
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        class Returning(Job):
+            def mapper(self, key, line):
+                if line == "pair":
+                    return line, 1
+                return [(word, 1) for word in line.split()] or None
+        """)
+    def run_map(data):
+        return subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", "map", job, "Returning"],
+                              input=data, capture_output=True, cwd=REPO, timeout=JOB_TIMEOUT)
+
+    done = run_map(b"a b\n\nc\n" * 3000)
+    assert done.returncode == 0, done.stderr.decode()
+    assert sorted(map(pyjob.decode_pair, done.stdout.splitlines())) == sorted(
+        [("a", 1), ("b", 1), ("c", 1)] * 3000)
+    failed = run_map(b"a b\n" * 3000 + b"pair\n")
+    assert failed.returncode != 0
+    assert b"mapper returned tuple ('pair', 1): yield each (key, value) pair" in failed.stderr
+
+
+def test_a_mappers_reference_cycles_are_still_collected(tmp_path):
+    """The map program looks for reference cycles less often, but still: 100,000 lines
+    that each leave 10 kB in a cycle must not all be held."""
+    job = write_job(tmp_path, """
+        import resource
+        from mrlib import Job
+
+
+        class Cycles(Job):
+            def mapper(self, key, line):
+                cycle = [bytearray(10_000)]
+                cycle.append(cycle)
+                yield line, 1
+
+            def mapper_final(self):
+                yield "peak KiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        """)
+    result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", "map", job, "Cycles"],
+                            input=b"x\n" * 100_000, capture_output=True, cwd=REPO,
+                            timeout=JOB_TIMEOUT)
+    assert result.returncode == 0, result.stderr.decode()
+    pairs = dict(map(pyjob.decode_pair, result.stdout.splitlines()))
+    assert pairs["x"] == 1 and pairs["peak KiB"] < 400 * 1024  # all held: 1 GB
 
 
 def test_an_unguarded_run_in_a_script_fails_once_and_says_why(tmp_path):
