@@ -56,6 +56,11 @@ DEFAULT_COMBINE_MEMORY_MIB = 64
 VALUE_COST_BYTES = 10
 KEY_COST_BYTES = 160
 MEASURED, MEASURE_EVERY = 16, 2048
+# Held memory full: the keys holding this many values are combined first (in word
+# count a few thousand keys hold most values), then, if that was not enough,
+# every key holding more than one.
+HOT_VALUES = 64
+FLUSH_KEYS = 4096  # keys combined and written at once
 WRITE_BYTES = 1024 * 1024  # output joined per write
 FEW_PAIRS = 16  # fewer are encoded one by one
 # Input read, decoded and given to the mapper at once: a batch's pairs stay in the
@@ -263,7 +268,11 @@ class Output:
 
     def absorb_calls(self, results):
         """The pairs of many calls of a method, an iterable of pairs per call."""
-        self._add(encode_pairs(list(itertools.chain.from_iterable(results))))
+        self.add(list(itertools.chain.from_iterable(results)))
+
+    def add(self, pairs):
+        """A list of pairs."""
+        self._add(encode_pairs(pairs))
 
     def _add(self, text):
         self.chunks.append(text)
@@ -331,8 +340,9 @@ class Combining:
             self.measured_at = self.taken
             self.measure()
         if self.cost() > self.limit:
-            for slot in [slot for slot, values in held.items() if len(values) > 1]:
-                self.combine(slot)
+            self.combine_in_place(HOT_VALUES)  # a few keys hold most values: cheap
+            if self.cost() > self.limit // 2:
+                self.combine_in_place(2)
             if self.cost() > self.limit // 2:
                 self.flush()
 
@@ -348,6 +358,11 @@ class Combining:
                 for slot, _ in sample) // len(sample)
             self.value_cost = VALUE_COST_BYTES + sum(
                 own_size(values[-1]) for _, values in sample) // len(sample)
+
+    def combine_in_place(self, least):
+        """Combine the values of each key that holds at least `least` of them."""
+        for slot in [slot for slot, values in self.held.items() if len(values) >= least]:
+            self.combine(slot)
 
     def combine(self, slot):
         """Combine one key's values in place (what comes back for other keys is held)."""
@@ -368,12 +383,18 @@ class Combining:
             self.values += 1
 
     def flush(self):
+        """Combine every key's values and write what comes back: the combiner called
+        and its pairs encoded for FLUSH_KEYS keys at a time, by C-level iterators."""
         held, self.held, self.values = self.held, collections.defaultdict(list), 0
-        for slot, values in held.items():
-            key = slot if slot.__class__ is str else json.loads(slot[1])
-            for out_key, out_value in pairs_of(self.combiner(key, iter(values))):
-                self.output.write(out_key, out_value)
-                self.given += 1
+        slots = iter(held.items())
+        while chunk := list(itertools.islice(slots, FLUSH_KEYS)):
+            keys = [slot if slot.__class__ is str else json.loads(slot[1]) for slot, _ in chunk]
+            results = list(map(self.combiner, keys, map(iter, map(_SECOND, chunk))))
+            if set(map(type, results)) != _GENERATOR:  # not all generators: see pairs_of
+                results = map(functools.partial(pairs_of, method="combiner"), results)
+            pairs = list(itertools.chain.from_iterable(results))
+            self.given += len(pairs)
+            self.output.add(pairs)
         self.output.flush()
 
     def report(self, job):
@@ -563,6 +584,14 @@ def run_reduce(job, stdin, stdout):
     output.flush()
 
 
+def collect_cycles_seldom():
+    """Millions of pairs are made and freed: look for reference cycles once
+    GC_THRESHOLD more objects are held, not every 700 (Python's default), and
+    never among what is loaded already."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def main(argv=None):
     """map|reduce FILE CLASS: one phase over stdin to stdout; describe FILE [CLASS]: what
     a client needs to know of the job, as JSON (mrlib/pyjobrun.py)."""
@@ -590,11 +619,7 @@ def main(argv=None):
     stdin = sys.stdin.buffer
     try:
         job = load_job(path, class_name)
-        # Millions of pairs are made and freed: look for reference cycles once
-        # GC_THRESHOLD more objects are held, not every 700 (Python's default),
-        # and never among what was loaded before.
-        gc.freeze()
-        gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+        collect_cycles_seldom()
         (run_map if phase == MAP else run_reduce)(job, stdin, stdout)
     except CodeBroken as broken:
         print(broken, file=sys.stderr)

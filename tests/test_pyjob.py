@@ -270,20 +270,13 @@ def test_combining_in_a_small_memory_flushes_and_stays_right(tmp_path):
         def combiner(self, key, values):
             yield key, sum(values)
 
-    written = []
-
-    class Sink:
-        def write(self, key, value):
-            written.append((key, value))
-
-        def flush(self):
-            pass
-
-    combining = pyjob.Combining(Sum().combiner, Sink(), 20_000)
+    out = io.BytesIO()
+    combining = pyjob.Combining(Sum().combiner, pyjob.Output(out), 20_000)
     for number in range(5000):
         combining.write(f"k{number % 397}", 1)
         combining.write([number % 3], 2)
     combining.flush()
+    written = [pyjob.decode_pair(line) for line in out.getvalue().splitlines()]
     totals = collections.Counter()
     for key, value in written:
         totals[json.dumps(key)] += value
@@ -477,8 +470,8 @@ def test_a_keys_values_are_decoded_as_each_alone_and_lazily():
     assert next(read) <= 2 * pyjob.VALUE_CHUNK
 
 
-def test_a_mapper_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
-    """A mapper that is not a generator: its list is its pairs and None is none; a pair
+def test_a_method_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
+    """A mapper or combiner that is not a generator: its list is its pairs and None is none; a pair
     returned alone (a tuple) fails the task with what to do instead."""
     job = write_job(tmp_path, """
         from mrlib import Job
@@ -489,9 +482,15 @@ def test_a_mapper_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
                 if line == "pair":
                     return line, 1
                 return [(word, 1) for word in line.split()] or None
+
+
+        class ReturningCombined(Returning):
+            def combiner(self, key, values):
+                total = sum(values)
+                return (key, total) if key == "c" else [(key, total)]
         """)
-    def run_map(data):
-        return subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", "map", job, "Returning"],
+    def run_map(data, name="Returning"):
+        return subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", "map", job, name],
                               input=data, capture_output=True, cwd=REPO, timeout=JOB_TIMEOUT)
 
     done = run_map(b"a b\n\nc\n" * 3000)
@@ -501,6 +500,12 @@ def test_a_mapper_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
     failed = run_map(b"a b\n" * 3000 + b"pair\n")
     assert failed.returncode != 0
     assert b"mapper returned tuple ('pair', 1): yield each (key, value) pair" in failed.stderr
+    combined = run_map(b"a b\n" * 3000, "ReturningCombined")
+    assert combined.returncode == 0, combined.stderr.decode()
+    assert sorted(map(pyjob.decode_pair, combined.stdout.splitlines())) == [("a", 3000),
+                                                                          ("b", 3000)]
+    failed = run_map(b"a b\n" * 3000 + b"c\n", "ReturningCombined")
+    assert b"combiner returned tuple ('c', 1): yield each (key, value) pair" in failed.stderr
 
 
 def test_a_mappers_reference_cycles_are_still_collected(tmp_path):
