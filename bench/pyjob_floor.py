@@ -4,7 +4,8 @@
     python3 bench/pyjob_floor.py [--mib 64] [--rounds 5] [--data FILE]
 
 Times, in this process and on the same lines of the words corpus (by default
-the first 64 MiB of bench/data/words-1024MiB/part-000), the CPU each of these
+the first 64 MiB of bench/data/words-1024MiB/part-000, or of a file made for
+it by bench/gen_corpus.py when that is missing), the CPU each of these
 takes over the whole input, each round running them all in turn, and prints
 each one's best time and its ratio to the first:
 
@@ -26,6 +27,7 @@ import io
 import itertools
 import operator
 import os
+import subprocess
 import sys
 import time
 
@@ -35,6 +37,15 @@ from mrlib import pyjob  # noqa: E402
 import wc_job  # noqa: E402
 
 CORPUS = os.path.join(BENCH, "data", "words-1024MiB", "part-000")
+
+
+def words_file(mib):
+    """A file of the words corpus of about `mib` MiB (bench/gen_corpus.py), made once."""
+    directory = os.path.join(BENCH, "data", f"words-floor-{mib:g}MiB")
+    if not os.path.exists(os.path.join(directory, "part-000")):
+        subprocess.run([sys.executable, os.path.join(BENCH, "gen_corpus.py"), "words",
+                        str(mib), directory, "--files", "1"], check=True)
+    return os.path.join(directory, "part-000")
 
 
 def in_mapper_executable(data):
@@ -75,8 +86,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=float, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--data", default=CORPUS)
+    parser.add_argument("--data", help="a file of words (default: the first file of "
+                        "bench/data/words-1024MiB, else one made for the run)")
     args = parser.parse_args()
+    if args.data is None:
+        args.data = CORPUS if os.path.exists(CORPUS) else words_file(args.mib)
     with open(args.data, "rb") as handle:
         data = handle.read(int(args.mib * 1024 * 1024))
     data = data[:data.rfind(b"\n") + 1]

@@ -30,3 +30,18 @@ def test_bench_smoke_run(tmp_path):
     assert not any("backup of" in event for event in straggler["without backups"]["events"])
     table = run.stdout.decode()
     assert "| cluster, 2 workers |" in table and "speed-up vs sequential pipeline" in table
+
+
+def test_the_python_job_floor_measures_each_case(tmp_path):
+    """bench/pyjob_floor.py times the in-mapper executable, the mapper alone, the floor
+    and the real map program on one file, and tables each against the first."""
+    words = tmp_path / "words"
+    words.write_bytes(b"the cat sat on the mat\n" * 20_000 + b"no newline at the end")
+    run = subprocess.run([PYTHON, str(REPO / "bench" / "pyjob_floor.py"), "--mib", "1",
+                          "--rounds", "1", "--data", str(words)],
+                         capture_output=True, timeout=SMOKE_TIMEOUT)
+    assert run.returncode == 0, run.stderr.decode()[-3000:]
+    rows = [line.split("|") for line in run.stdout.decode().splitlines()
+            if line.startswith("|")]
+    assert len(rows) == 4 and rows[0][3].strip() == "1.00×"
+    assert all(float(row[2]) > 0 for row in rows)
