@@ -63,6 +63,7 @@ HOT_VALUES = 64
 FLUSH_KEYS = 4096  # keys combined and written at once
 WRITE_BYTES = 1024 * 1024  # output joined per write
 FEW_PAIRS = 16  # fewer are encoded one by one
+ENCODE_PAIRS = 4096  # pairs encoded at once, at most
 # Input read, decoded and given to the mapper at once: a batch's pairs stay in the
 # processor's cache (64 KiB took 10-20% longer).
 READ_BATCH_BYTES = 16 * 1024
@@ -267,12 +268,13 @@ class Output:
         self.absorb_calls((pairs,))
 
     def absorb_calls(self, results):
-        """The pairs of many calls of a method, an iterable of pairs per call."""
-        self.add(list(itertools.chain.from_iterable(results)))
-
-    def add(self, pairs):
-        """A list of pairs."""
-        self._add(encode_pairs(pairs))
+        """The pairs of many calls of a method, an iterable of pairs per call, encoded
+        ENCODE_PAIRS at a time; how many there were."""
+        pairs, taken = itertools.chain.from_iterable(results), 0
+        while batch := list(itertools.islice(pairs, ENCODE_PAIRS)):
+            self._add(encode_pairs(batch))
+            taken += len(batch)
+        return taken
 
     def _add(self, text):
         self.chunks.append(text)
@@ -392,9 +394,7 @@ class Combining:
             results = list(map(self.combiner, keys, map(iter, map(_SECOND, chunk))))
             if set(map(type, results)) != _GENERATOR:  # not all generators: see pairs_of
                 results = map(functools.partial(pairs_of, method="combiner"), results)
-            pairs = list(itertools.chain.from_iterable(results))
-            self.given += len(pairs)
-            self.output.add(pairs)
+            self.given += self.output.absorb_calls(results)
         self.output.flush()
 
     def report(self, job):

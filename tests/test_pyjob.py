@@ -508,6 +508,43 @@ def test_a_method_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
     assert b"combiner returned tuple ('c', 1): yield each (key, value) pair" in failed.stderr
 
 
+@pytest.mark.parametrize("name", ["Exploding", "ExplodingPassedOn"])
+def test_a_method_that_gives_millions_of_pairs_is_written_as_it_gives_them(tmp_path, name):
+    """One call's pairs are encoded and written a few thousand at a time, not all held:
+    a mapper's without a combiner, and a combiner's that gives back what it is given."""
+    job = write_job(tmp_path, """
+        import resource
+        from mrlib import Job
+
+
+        class Exploding(Job):
+            def mapper(self, key, line):
+                for number in range(2_000_000):
+                    yield "k", number
+
+            def mapper_final(self):
+                yield "peak KiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+        class ExplodingPassedOn(Exploding):
+            combine_memory_mib = 1000  # all held until the end, then passed on
+
+            def combiner(self, key, values):
+                if key == "k":
+                    yield from ((key, value) for value in values)
+                    self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                else:
+                    yield "peak KiB", self.peak
+        """)
+    result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", "map", job, name], input=b"x\n",
+                            capture_output=True, cwd=REPO, timeout=JOB_TIMEOUT)
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2_000_001
+    peak = dict(map(pyjob.decode_pair, lines[-1:] + lines[:1]))["peak KiB"]
+    assert peak < 200 * 1024  # the pairs held at once: about 300 MB
+
+
 def test_a_mappers_reference_cycles_are_still_collected(tmp_path):
     """The map program looks for reference cycles less often, but still: 100,000 lines
     that each leave 10 kB in a cycle must not all be held."""
