@@ -715,8 +715,10 @@ def run(args):
         if args.workers:
             reply = helper.request(args.host, args.port, helper.cluster_status())
             for worker in reply.get("workers", []):
+                aside = worker.get("set_aside")
                 print(f"worker {worker['pid']} {worker['host']}:{worker['port']} "
-                      f"{worker['state']} ({worker['tasks']} task(s), last heard "
+                      f"{worker['state']} ({worker['tasks']} task(s), "
+                      f"{f'{aside} set aside, ' if aside else ''}last heard "
                       f"{worker.get('since_heartbeat', 0):.1f} s ago)")
             if "current_job" in reply:  # our master's extension: the queue
                 queued = ", ".join(str(j) for j in reply.get("queued_jobs") or []) or "none"

@@ -206,7 +206,10 @@ class Coordinator:
     def cluster_status(self, message):
         workers = [{"pid": w.pid, "host": w.host, "port": w.port,
                     "state": w.state(self.attempts.load(w) > 0),
-                    "tasks": self.attempts.load(w),
+                    "tasks": self.attempts.load(w) - len(self.attempts.leftovers(w)),
+                    # an extension: attempts that no longer count, kept in case their
+                    # worker was wrongly declared dead (all of a dead worker's)
+                    "set_aside": len(self.attempts.leftovers(w)),
                     "since_heartbeat": round(self.now - w.last_seen, 3)}
                    for w in self.workers.all() if w.acked]
         return {"message_type": "cluster_status_reply", "workers": workers,

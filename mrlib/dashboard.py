@@ -232,7 +232,8 @@ STYLE = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collaps
 def render_index(cluster, jobs, suffix):
     workers = "".join(
         f"<tr><td>{w['pid']}</td><td>{html.escape(str(w['host']))}:{w['port']}</td>"
-        f"<td class='{w['state']}'>{w['state']}</td><td>{w['tasks']}</td>"
+        f"<td class='{w['state']}'>{w['state']}</td><td>{w['tasks']}"
+        f"{f' ({aside} set aside)' if (aside := w.get('set_aside')) else ''}</td>"
         f"<td>{w.get('since_heartbeat', 0):.1f} s</td></tr>" for w in cluster["workers"])
     rows = "".join(
         f"<tr><td><a href='/jobs/{j['job_id']}{suffix}'>job {j['job_id']}</a></td>"

@@ -121,6 +121,10 @@ def test_every_worker_killed_then_a_fresh_one(fast_cluster, tmp_path):
     wait_until(lambda: all(w["state"] == "dead" for w in fast_cluster.cluster_status()["workers"]),
                what="every worker to be declared dead")
     assert client.poll() is None
+    dead = fast_cluster.cluster_status()["workers"]
+    assert all(w["tasks"] == 0 for w in dead) and sum(w["set_aside"] for w in dead) > 0
+    listing = fast_cluster.send_job("--workers").stdout.decode()
+    assert re.search(r"dead \(0 task\(s\), [1-9]\d* set aside", listing), listing
     fast_cluster.start_worker()
     finish(fast_cluster, client, output, inputs)
 
