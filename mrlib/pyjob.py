@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import traceback
-import types
 
 # A program of a Python job exits with this when the job's code cannot run at
 # all (it does not import, has no such class, or its *_init raised): the
@@ -60,14 +59,13 @@ MEASURED, MEASURE_EVERY = 16, 2048
 # count a few thousand keys hold most values), then, if that was not enough,
 # every key holding more than one.
 HOT_VALUES = 64
-FLUSH_KEYS = 4096  # keys combined and written at once
 WRITE_BYTES = 1024 * 1024  # output joined per write
-FEW_PAIRS = 16  # fewer are encoded one by one
-ENCODE_PAIRS = 4096  # pairs encoded at once, at most
+ENCODE_PAIRS = 4096  # pairs encoded and joined at once, at most
 # Input read, decoded and given to the mapper at once: a batch's pairs stay in the
 # processor's cache (64 KiB took 10-20% longer).
 READ_BATCH_BYTES = 16 * 1024
-VALUE_CHUNK = 1024  # a reducer's values decoded at once
+VALUE_CHUNK = 1024  # a reducer's values decoded at once, at most
+VALUE_CHUNK_BYTES = 64 * 1024  # ... and while they take less than this
 GC_THRESHOLD = 10_000  # objects made (and not freed) between two looks for cycles
 USER_MODULE = "mapreduce_user_job"
 LOADING_VARIABLE = "MAPREDUCE_LOADING_JOB"  # set while a job file is loaded to run or submit
@@ -182,9 +180,6 @@ def read_output(directory):
 # --- the wire form of a pair -------------------------------------------------------
 
 _JSON_STRING = json.encoder.encode_basestring_ascii  # json.dumps of a str, in C
-_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
-_TUPLE, _TWO, _STR, _INT = {tuple}, {2}, {str}, {int}
-_GENERATOR = {types.GeneratorType}
 
 
 def encode_key(key):
@@ -268,12 +263,16 @@ class Output:
         self.absorb_calls((pairs,))
 
     def absorb_calls(self, results):
-        """The pairs of many calls of a method, an iterable of pairs per call, encoded
-        ENCODE_PAIRS at a time; how many there were."""
+        """The pairs of many calls of a method, an iterable of pairs per call; how many
+        there were. Each pair is encoded as it is given, before the method goes on (it
+        may change and give the same object again), str keys and int values without a
+        call of Python code; ENCODE_PAIRS lines are joined at a time."""
         pairs, taken = itertools.chain.from_iterable(results), 0
-        while batch := list(itertools.islice(pairs, ENCODE_PAIRS)):
-            self._add(encode_pairs(batch))
-            taken += len(batch)
+        while lines := [f"{_JSON_STRING(k) if k.__class__ is str else encode_key(k)}\t"
+                        f"{int.__repr__(v) if v.__class__ is int else encode_value(v)}\n"
+                        for k, v in itertools.islice(pairs, ENCODE_PAIRS)]:
+            self._add("".join(lines))
+            taken += len(lines)
         return taken
 
     def _add(self, text):
@@ -288,23 +287,6 @@ class Output:
             self.chunks, self.size = [], 0
 
 
-def encode_pairs(pairs):
-    """The lines of a list of pairs, as one str. Many pairs of str keys, and of int,
-    str or one same value, are encoded by C-level iterators: no Python code a pair."""
-    if len(pairs) < FEW_PAIRS or set(map(type, pairs)) != _TUPLE or set(map(len, pairs)) != _TWO:
-        return "".join([f"{encode_key(k)}\t{encode_value(v)}\n" for k, v in pairs])
-    keys, values = list(map(_FIRST, pairs)), list(map(_SECOND, pairs))
-    encoded_keys = map(_JSON_STRING if set(map(type, keys)) == _STR else encode_key, keys)
-    value = values[0]
-    if all(map(operator.is_, values, itertools.repeat(value))):
-        between = f"\t{encode_value(value)}\n"
-        return between.join(encoded_keys) + between
-    kinds = set(map(type, values))
-    encoder = (int.__repr__ if kinds == _INT else _JSON_STRING if kinds == _STR
-               else encode_value)
-    return "".join(map("{}\t{}\n".format, encoded_keys, map(encoder, values)))
-
-
 class Combining:
     """Map output held per key in a dict of bounded size, combined before it is
     written: Hadoop's spill-time combine, without sorting uncombined pairs. Once
@@ -313,6 +295,7 @@ class Combining:
 
     def __init__(self, combiner, output, limit_bytes):
         self.combiner = combiner
+        self.combiner_pairs = functools.partial(pairs_of, method="combiner")
         self.output = output
         self.limit = limit_bytes
         self.held = collections.defaultdict(list)  # a str key as itself, others (None, JSON)
@@ -369,9 +352,9 @@ class Combining:
     def combine(self, slot):
         """Combine one key's values in place (what comes back for other keys is held)."""
         values = self.held.pop(slot)
-        key = slot if slot.__class__ is str else json.loads(slot[1])
+        key = key_of_slot(slot)
         kept, others = [], []
-        for out_key, out_value in pairs_of(self.combiner(key, iter(values))):
+        for out_key, out_value in self.combiner_pairs(self.combiner(key, iter(values))):
             if out_key == key and type(out_key) is type(key):
                 kept.append(out_value)
             else:
@@ -385,22 +368,22 @@ class Combining:
             self.values += 1
 
     def flush(self):
-        """Combine every key's values and write what comes back: the combiner called
-        and its pairs encoded for FLUSH_KEYS keys at a time, by C-level iterators."""
+        """Combine every key's values and write what comes back (the combiner called
+        by map(), for each key once the pairs for the key before are written)."""
         held, self.held, self.values = self.held, collections.defaultdict(list), 0
-        slots = iter(held.items())
-        while chunk := list(itertools.islice(slots, FLUSH_KEYS)):
-            keys = [slot if slot.__class__ is str else json.loads(slot[1]) for slot, _ in chunk]
-            results = list(map(self.combiner, keys, map(iter, map(_SECOND, chunk))))
-            if set(map(type, results)) != _GENERATOR:  # not all generators: see pairs_of
-                results = map(functools.partial(pairs_of, method="combiner"), results)
-            self.given += self.output.absorb_calls(results)
+        calls = map(self.combiner, map(key_of_slot, held), map(iter, held.values()))
+        self.given += self.output.absorb_calls(map(self.combiner_pairs, calls))
         self.output.flush()
 
     def report(self, job):
         """The combine counters, as the framework's (the worker sees only what was written)."""
         job.increment_counter(FRAMEWORK, "Combine input records", self.taken)
         job.increment_counter(FRAMEWORK, "Combine output records", self.given)
+
+
+def key_of_slot(slot):
+    """The key held in a slot of Combining.held: a str as itself, others as (None, JSON)."""
+    return slot if slot.__class__ is str else json.loads(slot[1])
 
 
 def own_size(value):
@@ -529,10 +512,8 @@ def run_map(job, stdin, stdout):
     call_init(job, "mapper_init", sink)
     mapper_pairs = functools.partial(pairs_of, method="mapper")
     for lines in line_batches(stdin):  # the mapper called by map(): no Python loop a line
-        results = list(map(job.mapper, itertools.repeat(None), lines))
-        if set(map(type, results)) != _GENERATOR:  # not all generators: see pairs_of
-            results = map(mapper_pairs, results)
-        sink.absorb_calls(results)
+        # each call made when the pairs of the one before have been taken
+        sink.absorb_calls(map(mapper_pairs, map(job.mapper, itertools.repeat(None), lines)))
     call_final(job, "mapper_final", sink)
     sink.flush()
     output.flush()
@@ -557,10 +538,20 @@ def decode_value(raw):
 
 
 def decode_values(raws):
-    """The values of one key's lines, decoded a chunk at a time (lazily: a key may
-    have millions): a chunk of ints by int() in C, any other one value by value."""
-    chunks = iter(lambda: list(itertools.islice(raws, VALUE_CHUNK)), [])
-    return itertools.chain.from_iterable(map(_decode_chunk, chunks))
+    """The values of one key's lines, decoded lazily a chunk at a time: a chunk of ints
+    by int() in C, any other one value by value."""
+    return itertools.chain.from_iterable(_decoded_chunks(raws))
+
+
+def _decoded_chunks(raws):
+    """Chunks of 1, 2, 4 ... up to VALUE_CHUNK values, growing only while a chunk is
+    under VALUE_CHUNK_BYTES: a reducer that reads a few values, or values that are
+    big, never has many read and decoded ahead."""
+    size = 1
+    while chunk := list(itertools.islice(raws, size)):
+        yield _decode_chunk(chunk)
+        if size < VALUE_CHUNK and sum(map(len, chunk)) < VALUE_CHUNK_BYTES:
+            size *= 2
 
 
 def _decode_chunk(raws):
@@ -588,6 +579,7 @@ def collect_cycles_seldom():
     """Millions of pairs are made and freed: look for reference cycles once
     GC_THRESHOLD more objects are held, not every 700 (Python's default), and
     never among what is loaded already."""
+    gc.collect()  # what loading left in cycles is not kept for good
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
 

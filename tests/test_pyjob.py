@@ -434,22 +434,46 @@ def random_pairs(chance):
     return pairs
 
 
-def test_pairs_encoded_together_are_the_lines_of_each_pair_alone():
-    """A batch of pairs is encoded by C-level passes where its keys are str and its values
-    one same value, ints or str: the lines must be what encoding each pair gives."""
+def output_lines(results):
+    out = io.BytesIO()
+    output = pyjob.Output(out)
+    output.absorb_calls(results)
+    output.flush()
+    return out.getvalue().decode("ascii")
+
+
+def test_pairs_written_together_are_the_lines_of_each_pair_alone():
+    """Pairs are encoded with str keys and int values taken the fast way: the lines must
+    be what encoding each pair alone gives."""
     chance = random.Random(14)
     for _ in range(3000):
         pairs = random_pairs(chance)
-        assert pyjob.encode_pairs(pairs) == "".join(pyjob.encode_pair(k, v) for k, v in pairs)
+        assert output_lines([pairs]) == "".join(pyjob.encode_pair(k, v) for k, v in pairs)
 
 
-@pytest.mark.parametrize("bad", [("k", 1, 2), ("k", object()), (object(), 1), ("k", {1, 2})])
+@pytest.mark.parametrize("bad", [("k", 1, 2), ("k", object()), (object(), 1), ("k", {1, 2}),
+                                 (object(), object())])
 def test_a_batch_with_a_bad_pair_fails_as_the_pair_alone_would(bad):
     pairs = [("w", 1)] * 20 + [bad] + [("w", 1)] * 20
     with pytest.raises(Exception) as alone:
         "".join(pyjob.encode_pair(k, v) for k, v in pairs)
-    with pytest.raises(alone.type):
-        pyjob.encode_pairs(pairs)
+    with pytest.raises(alone.type) as together:
+        output_lines([pairs])
+    assert str(together.value) == str(alone.value)
+
+
+def test_a_pair_is_written_as_it_was_when_given():
+    """A method that gives the same object again, changed (Hadoop's habit of reusing a
+    record), gets each pair written as it was when given, not as it ended."""
+    def running_totals():
+        row = {"total": 0}
+        for number in range(10_000):
+            row["total"] += number
+            yield "sum", row
+
+    totals = itertools.accumulate(range(10_000))
+    assert output_lines([running_totals()]) == "".join(
+        f'"sum"\t{{"total": {total}}}\n' for total in totals)
 
 
 def test_a_keys_values_are_decoded_as_each_alone_and_lazily():
@@ -467,7 +491,7 @@ def test_a_keys_values_are_decoded_as_each_alone_and_lazily():
     read = itertools.count()
     endless = pyjob.decode_values(b"%d\n" % next(read) for _ in itertools.repeat(None))
     assert list(itertools.islice(endless, 3)) == [0, 1, 2]
-    assert next(read) <= 2 * pyjob.VALUE_CHUNK
+    assert next(read) <= 8  # chunks of 1, 2, 4
 
 
 def test_a_method_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
@@ -513,8 +537,12 @@ def test_a_method_that_gives_millions_of_pairs_is_written_as_it_gives_them(tmp_p
     """One call's pairs are encoded and written a few thousand at a time, not all held:
     a mapper's without a combiner, and a combiner's that gives back what it is given."""
     job = write_job(tmp_path, """
-        import resource
         from mrlib import Job
+
+
+        def peak_kib():  # this program's peak memory, not its parent's before the exec
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
 
 
         class Exploding(Job):
@@ -523,7 +551,7 @@ def test_a_method_that_gives_millions_of_pairs_is_written_as_it_gives_them(tmp_p
                     yield "k", number
 
             def mapper_final(self):
-                yield "peak KiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                yield "peak KiB", peak_kib()
 
 
         class ExplodingPassedOn(Exploding):
@@ -532,7 +560,7 @@ def test_a_method_that_gives_millions_of_pairs_is_written_as_it_gives_them(tmp_p
             def combiner(self, key, values):
                 if key == "k":
                     yield from ((key, value) for value in values)
-                    self.peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                    self.peak = peak_kib()
                 else:
                     yield "peak KiB", self.peak
         """)
@@ -545,12 +573,104 @@ def test_a_method_that_gives_millions_of_pairs_is_written_as_it_gives_them(tmp_p
     assert peak < 200 * 1024  # the pairs held at once: about 300 MB
 
 
+def run_program(job, phase, name, data):
+    result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", phase, job, name], input=data,
+                            capture_output=True, cwd=REPO, timeout=JOB_TIMEOUT)
+    assert result.returncode == 0, result.stderr.decode()
+    return [pyjob.decode_pair(line) for line in result.stdout.splitlines()]
+
+
+def test_each_call_is_made_when_the_one_before_is_done(tmp_path):
+    """A mapper or combiner that keeps state and returns a generator reading it later
+    sees its own line or key, though lines and keys are taken in batches."""
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        class Stateful(Job):
+            def mapper(self, key, line):
+                self.words = line.split()
+                return self.pairs()
+
+            def pairs(self):
+                for word in self.words:
+                    yield word, 1
+
+
+        class StatefulCombined(Stateful):
+            def combiner(self, key, values):
+                self.key, self.values = key, list(values)
+                return self.combined()
+
+            def combined(self):
+                yield self.key, sum(self.values)
+        """)
+    lines = [f"w{n % 7} w{n % 5}" for n in range(5000)]
+    counts = collections.Counter(word for line in lines for word in line.split())
+    data = "\n".join(lines).encode()
+    assert collections.Counter(k for k, _ in run_program(job, "map", "Stateful", data)) == counts
+    assert dict(run_program(job, "map", "StatefulCombined", data)) == counts
+
+
+def test_a_reducer_that_reads_one_big_value_does_not_read_them_all(tmp_path):
+    """Values are read and decoded ahead a few at a time, and big ones one at a time."""
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        def peak_kib():  # this program's peak memory, not its parent's before the exec
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+
+
+        class First(Job):
+            def mapper(self, key, line):
+                yield key, line
+
+            def reducer(self, key, values):
+                yield key, len(next(values)) if key == "first" else sum(map(len, values))
+
+            def reducer_final(self):
+                yield "peak KiB", peak_kib()
+        """)
+    big = b'"' + b"x" * 200_000 + b'"'
+    data = b'"all"\t%s\n' % big * 300 + b'"first"\t%s\n' % big * 100
+    pairs = dict(run_program(job, "reduce", "First", data))
+    assert pairs == {"all": 300 * 200_000, "first": 200_000, "peak KiB": pairs["peak KiB"]}
+    assert pairs["peak KiB"] < 50 * 1024  # values read ahead: 256 of them, about 100 MB
+
+
+def test_what_a_job_leaves_in_cycles_as_it_loads_is_collected(tmp_path):
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        class Loaded(Job):
+            def __init__(self):
+                model = [bytearray(200 * 1024 * 1024)]
+                model.append(model)  # a cycle, left behind
+
+            def mapper(self, key, line):
+                yield line, 1
+
+            def mapper_final(self):
+                with open("/proc/self/statm") as statm:
+                    yield "resident KiB", int(statm.read().split()[1]) * 4
+        """)
+    pairs = dict(run_program(job, "map", "Loaded", b"x\n"))
+    assert pairs["resident KiB"] < 100 * 1024
+
+
 def test_a_mappers_reference_cycles_are_still_collected(tmp_path):
     """The map program looks for reference cycles less often, but still: 100,000 lines
     that each leave 10 kB in a cycle must not all be held."""
     job = write_job(tmp_path, """
-        import resource
         from mrlib import Job
+
+
+        def peak_kib():  # this program's peak memory, not its parent's before the exec
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
 
 
         class Cycles(Job):
@@ -560,7 +680,7 @@ def test_a_mappers_reference_cycles_are_still_collected(tmp_path):
                 yield line, 1
 
             def mapper_final(self):
-                yield "peak KiB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                yield "peak KiB", peak_kib()
         """)
     result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", "map", job, "Cycles"],
                             input=b"x\n" * 100_000, capture_output=True, cwd=REPO,
