@@ -39,9 +39,21 @@ class WordCount(Job):
 """
 
 
+PEAK_KIB = """
+from mrlib import Job
+
+
+def peak_kib():  # this program's peak memory, not its parent's before the exec
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+"""
+
+
 def write_job(directory, source, name="job.py"):
+    """The job file: `source` dedented (or PEAK_KIB and a dedented source)."""
     path = directory / name
-    path.write_text(textwrap.dedent(source))
+    head, peak, body = source.rpartition(PEAK_KIB)
+    path.write_text(head + peak + textwrap.dedent(body))
     return path
 
 
@@ -536,13 +548,7 @@ def test_a_method_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
 def test_a_method_that_gives_millions_of_pairs_is_written_as_it_gives_them(tmp_path, name):
     """One call's pairs are encoded and written a few thousand at a time, not all held:
     a mapper's without a combiner, and a combiner's that gives back what it is given."""
-    job = write_job(tmp_path, """
-        from mrlib import Job
-
-
-        def peak_kib():  # this program's peak memory, not its parent's before the exec
-            with open("/proc/self/status") as status:
-                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    job = write_job(tmp_path, PEAK_KIB + """
 
 
         class Exploding(Job):
@@ -614,13 +620,7 @@ def test_each_call_is_made_when_the_one_before_is_done(tmp_path):
 
 def test_a_reducer_that_reads_one_big_value_does_not_read_them_all(tmp_path):
     """Values are read and decoded ahead a few at a time, and big ones one at a time."""
-    job = write_job(tmp_path, """
-        from mrlib import Job
-
-
-        def peak_kib():  # this program's peak memory, not its parent's before the exec
-            with open("/proc/self/status") as status:
-                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    job = write_job(tmp_path, PEAK_KIB + """
 
 
         class First(Job):
@@ -664,13 +664,7 @@ def test_what_a_job_leaves_in_cycles_as_it_loads_is_collected(tmp_path):
 def test_a_mappers_reference_cycles_are_still_collected(tmp_path):
     """The map program looks for reference cycles less often, but still: 100,000 lines
     that each leave 10 kB in a cycle must not all be held."""
-    job = write_job(tmp_path, """
-        from mrlib import Job
-
-
-        def peak_kib():  # this program's peak memory, not its parent's before the exec
-            with open("/proc/self/status") as status:
-                return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    job = write_job(tmp_path, PEAK_KIB + """
 
 
         class Cycles(Job):
