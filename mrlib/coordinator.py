@@ -204,18 +204,20 @@ class Coordinator:
         self.emit(Stop([(w.host, w.port) for w in workers]))
 
     def cluster_status(self, message):
-        workers = [{"pid": w.pid, "host": w.host, "port": w.port,
-                    "state": w.state(self.attempts.load(w) > 0),
-                    "tasks": self.attempts.load(w) - len(self.attempts.leftovers(w)),
-                    # an extension: attempts that no longer count, kept in case their
-                    # worker was wrongly declared dead (all of a dead worker's)
-                    "set_aside": len(self.attempts.leftovers(w)),
-                    "since_heartbeat": round(self.now - w.last_seen, 3)}
-                   for w in self.workers.all() if w.acked]
+        workers = [self.worker_status(w) for w in self.workers.all() if w.acked]
         return {"message_type": "cluster_status_reply", "workers": workers,
                 "current_job": self.current.id if self.current else None,
                 "queued_jobs": [job.id for job in self.waiting],
                 "var_directory": self.var_path}
+
+    def worker_status(self, worker):
+        load, set_aside = self.attempts.load(worker), len(self.attempts.leftovers(worker))
+        return {"pid": worker.pid, "host": worker.host, "port": worker.port,
+                "state": worker.state(load > 0), "tasks": load - set_aside,
+                # an extension: attempts that no longer count, kept in case their
+                # worker was wrongly declared dead (all of a dead worker's)
+                "set_aside": set_aside,
+                "since_heartbeat": round(self.now - worker.last_seen, 3)}
 
     def new_job(self, message):
         try:

@@ -570,12 +570,9 @@ def test_a_method_that_gives_millions_of_pairs_is_written_as_it_gives_them(tmp_p
                 else:
                     yield "peak KiB", self.peak
         """)
-    result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", "map", job, name], input=b"x\n",
-                            capture_output=True, cwd=REPO, timeout=JOB_TIMEOUT)
-    assert result.returncode == 0, result.stderr.decode()
-    lines = result.stdout.splitlines()
-    assert len(lines) == 2_000_001
-    peak = dict(map(pyjob.decode_pair, lines[-1:] + lines[:1]))["peak KiB"]
+    pairs = run_program(job, "map", name, b"x\n")
+    assert len(pairs) == 2_000_001
+    peak = dict(pairs[-1:] + pairs[:1])["peak KiB"]
     assert peak < 200 * 1024  # the pairs held at once: about 300 MB
 
 
@@ -676,11 +673,7 @@ def test_a_mappers_reference_cycles_are_still_collected(tmp_path):
             def mapper_final(self):
                 yield "peak KiB", peak_kib()
         """)
-    result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", "map", job, "Cycles"],
-                            input=b"x\n" * 100_000, capture_output=True, cwd=REPO,
-                            timeout=JOB_TIMEOUT)
-    assert result.returncode == 0, result.stderr.decode()
-    pairs = dict(map(pyjob.decode_pair, result.stdout.splitlines()))
+    pairs = dict(run_program(job, "map", "Cycles", b"x\n" * 100_000))
     assert pairs["x"] == 1 and pairs["peak KiB"] < 400 * 1024  # all held: 1 GB
 
 
