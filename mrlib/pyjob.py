@@ -64,8 +64,6 @@ ENCODE_PAIRS = 4096  # pairs encoded and joined at once, at most
 # Input read, decoded and given to the mapper at once: a batch's pairs stay in the
 # processor's cache (64 KiB took 10-20% longer).
 READ_BATCH_BYTES = 16 * 1024
-VALUE_CHUNK = 1024  # a reducer's values decoded at once, at most
-VALUE_CHUNK_BYTES = 64 * 1024  # ... and while they take less than this
 GC_THRESHOLD = 10_000  # objects made (and not freed) between two looks for cycles
 USER_MODULE = "mapreduce_user_job"
 LOADING_VARIABLE = "MAPREDUCE_LOADING_JOB"  # set while a job file is loaded to run or submit
@@ -266,10 +264,11 @@ class Output:
         """The pairs of many calls of a method, an iterable of pairs per call; how many
         there were. Each pair is encoded as it is given, before the method goes on (it
         may change and give the same object again), str keys and int values without a
-        call of Python code; ENCODE_PAIRS lines are joined at a time."""
+        call of Python code (an f-string formats an int in C); ENCODE_PAIRS lines are
+        joined at a time."""
         pairs, taken = itertools.chain.from_iterable(results), 0
         while lines := [f"{_JSON_STRING(k) if k.__class__ is str else encode_key(k)}\t"
-                        f"{int.__repr__(v) if v.__class__ is int else encode_value(v)}\n"
+                        f"{v if v.__class__ is int else encode_value(v)}\n"
                         for k, v in itertools.islice(pairs, ENCODE_PAIRS)]:
             self._add("".join(lines))
             taken += len(lines)
@@ -537,24 +536,34 @@ def decode_value(raw):
     return json.loads(raw)
 
 
-def decode_values(raws):
-    """The values of one key's lines, decoded lazily a chunk at a time: a chunk of ints
-    by int() in C, any other one value by value."""
-    return itertools.chain.from_iterable(_decoded_chunks(raws))
+def decode_key(encoded):
+    """A key's JSON: a str as our encoder writes it (ASCII, nothing escaped) the fast
+    way, anything else by json."""
+    if (encoded[:1] == b'"' and encoded[-1:] == b'"' and encoded.count(b'"') == 2
+            and b"\\" not in encoded and encoded.isascii()):
+        return encoded[1:-1].decode("ascii")
+    return json.loads(encoded)
 
 
-def _decoded_chunks(raws):
-    """Chunks of 1, 2, 4 ... up to VALUE_CHUNK values, growing only while a chunk is
-    under VALUE_CHUNK_BYTES: a reducer that reads a few values, or values that are
-    big, never has many read and decoded ahead."""
-    size = 1
-    while chunk := list(itertools.islice(raws, size)):
-        yield _decode_chunk(chunk)
-        if size < VALUE_CHUNK and sum(map(len, chunk)) < VALUE_CHUNK_BYTES:
-            size *= 2
+def keyed_values(stream):
+    """(encoded key, decoded value) of each key<TAB>value line. Lines are read, split
+    and their values decoded a batch of READ_BATCH_BYTES at a time by C-level iterators,
+    a batch of ints by int(): only a value that is not an int is decoded by Python code,
+    and no more than a batch (or one big line) is read ahead of the reducer."""
+    return itertools.chain.from_iterable(_keyed_value_batches(stream))
 
 
-def _decode_chunk(raws):
+_SPLIT_AT_TAB = operator.methodcaller("partition", b"\t")
+_FIRST, _SECOND, _THIRD = map(operator.itemgetter, range(3))
+
+
+def _keyed_value_batches(stream):
+    while lines := stream.readlines(READ_BATCH_BYTES):
+        parts = list(map(_SPLIT_AT_TAB, lines))
+        yield zip(map(_FIRST, parts), _decode_batch(list(map(_THIRD, parts))))
+
+
+def _decode_batch(raws):
     try:
         return list(map(int, raws))  # what decode_value gives an int our encoder wrote
     except ValueError:
@@ -562,15 +571,18 @@ def _decode_chunk(raws):
 
 
 def run_reduce(job, stdin, stdout):
-    """The reducer over each run of one key. The lines are split, grouped and their
-    values picked out by C-level iterators: only each value's decoding is Python's."""
+    """The reducer over each run of one key, called by map() as itertools.groupby
+    finds the runs, once the pairs of the key before are written."""
     output = Output(stdout)
     call_init(job, "reducer_init", output)
     reducer = job.reducer
-    split = map(operator.methodcaller("partition", b"\t"), stdin)
-    for encoded, parts in itertools.groupby(split, key=operator.itemgetter(0)):
-        values = decode_values(map(operator.itemgetter(2), parts))
-        output.absorb(pairs_of(reducer(json.loads(encoded), values), "reducer"))
+
+    def reduce_run(run):
+        encoded, keyed = run
+        return pairs_of(reducer(decode_key(encoded), map(_SECOND, keyed)), "reducer")
+
+    runs = itertools.groupby(keyed_values(stdin), key=_FIRST)
+    output.absorb_calls(map(reduce_run, runs))
     call_final(job, "reducer_final", output)
     output.flush()
 
@@ -608,6 +620,7 @@ def main(argv=None):
         print("usage: python3 -m mrlib.pyjobrun map|reduce FILE CLASS", file=sys.stderr)
         return 2
     phase, path, class_name = argv
+    sys.set_int_max_str_digits(0)  # an int of any size is a value, as JSON allows
     stdin = sys.stdin.buffer
     try:
         job = load_job(path, class_name)

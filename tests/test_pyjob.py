@@ -7,6 +7,7 @@ import itertools
 import json
 import random
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -488,22 +489,76 @@ def test_a_pair_is_written_as_it_was_when_given():
         f'"sum"\t{{"total": {total}}}\n' for total in totals)
 
 
-def test_a_keys_values_are_decoded_as_each_alone_and_lazily():
-    """Values are decoded a chunk at a time, ints in C: the same values (and types) as
-    decoding each, across chunks of ints and not; and no more read than are asked for."""
-    raws = [b"1\n", b"-0\n", b"10000000000000000000000\n", b"7", b"1.5\n", b"true\n",
-            b"\"s\"\n", b"[1, 2]\n", b"-2e-07\n", b"null\n"]
+def test_a_reducers_lines_are_decoded_as_each_alone_and_lazily():
+    """Values are decoded a batch at a time, ints in C: the same values (and types) as
+    decoding each line alone, across batches of ints and not, each with its key; and no
+    more than about a batch read ahead."""
+    raws = [b"1", b"-0", b"10000000000000000000000", b"7", b"1.5", b"true", b'"s"', b"[1, 2]",
+            b"-2e-07", b"null"]
+    keys = [pyjob.encode_key(key).encode() for key in
+            ["w", "", "caf\u00e9", "\udcfe", 'a"b', "a\\b", "\u20ac", 1, True, None, [2, "x"]]]
     chance = random.Random(3)
     for _ in range(20):
-        lines = [chance.choice(raws[:4] if chance.random() < 0.5 else raws)
+        lines = [chance.choice(keys) + b"\t" + chance.choice(raws[:4] if chance.random() < 0.5
+                                                              else raws)
                  for _ in range(chance.choice([1, 1023, 1024, 1025, 3000]))]
-        decoded = list(pyjob.decode_values(iter(lines)))
-        assert [(type(v), v) for v in decoded] == [
-            (type(v), v) for v in map(pyjob.decode_value, lines)]
+        data = b"\n".join(lines) + chance.choice([b"", b"\n"])
+        decoded = list(pyjob.keyed_values(io.BytesIO(data)))
+        alone = [(key, pyjob.decode_value(value))
+                 for key, _, value in (line.partition(b"\t") for line in lines)]
+        assert [(k, type(v), v) for k, v in decoded] == [(k, type(v), v) for k, v in alone]
     read = itertools.count()
-    endless = pyjob.decode_values(b"%d\n" % next(read) for _ in itertools.repeat(None))
-    assert list(itertools.islice(endless, 3)) == [0, 1, 2]
-    assert next(read) <= 8  # chunks of 1, 2, 4
+    endless = io.BufferedReader(Endless(lambda: b'"k"\t%d\n' % next(read)))
+    assert [value for _, value in itertools.islice(pyjob.keyed_values(endless), 3)] == [0, 1, 2]
+    assert next(read) * len(b'"k"\t1000\n') < 2 * pyjob.READ_BATCH_BYTES + io.DEFAULT_BUFFER_SIZE
+
+
+class Endless(io.RawIOBase):
+    """A stream of the lines `line()` makes, for ever."""
+
+    def __init__(self, line):
+        self.line, self.pending = line, b""
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        while len(self.pending) < len(buffer):
+            self.pending += self.line()
+        buffer[:], self.pending = self.pending[:len(buffer)], self.pending[len(buffer):]
+        return len(buffer)
+
+
+@pytest.mark.parametrize("key", ["w", "", "caf\u00e9", "\udcfe", 'a"b', "a\\b", "\x01", "\u20ac",
+                                 "\t", 1, 1.0, True, None, [2, "x"], {"k": [1]}, ["a"]])
+def test_a_key_is_decoded_as_json_would(key):
+    encoded = pyjob.encode_key(key).encode()
+    decoded = pyjob.decode_key(encoded)
+    assert (type(decoded), decoded) == (type(key), key) == (type(json.loads(encoded)), key)
+
+
+def test_ints_of_any_size_go_through_a_job(tmp_path):
+    """Python refuses to convert ints of more than 4,300 digits to text by default; JSON
+    has no such limit, and neither has a job."""
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        class Big(Job):
+            def mapper(self, key, line):
+                yield line, 10 ** int(line)
+
+            def reducer(self, key, values):
+                yield key, sum(values) + 1
+        """)
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(0)  # for this test's own encoding and decoding
+    try:
+        assert run_program(job, "map", "Big", b"5000\n") == [("5000", 10 ** 5000)]
+        line = pyjob.encode_pair("5000", 10 ** 5000).encode()
+        assert run_program(job, "reduce", "Big", line * 2) == [("5000", 2 * 10 ** 5000 + 1)]
+    finally:
+        sys.set_int_max_str_digits(limit)
 
 
 def test_a_method_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
