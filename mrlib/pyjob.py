@@ -25,15 +25,14 @@ script per phase that does so from the job's snapshot of its code. The map
 program combines its output in memory, per key, before it writes anything.
 """
 import collections
-import contextlib
-import functools
+import decimal
 import gc
 import importlib.util
-import io
 import itertools
 import json
 import operator
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -207,12 +206,20 @@ def encode_pair(key, value):
 
 
 def decode_pair(line):
-    """(key, value) of one line; ValueError if it is not JSON<TAB>JSON."""
+    """(key, value) of one line; ValueError if it is not JSON<TAB>JSON. Ints of any
+    size, without lifting the limit Python puts on them for the whole process."""
     line = line[:-1] if line.endswith(b"\n") else line
     key, tab, value = line.partition(b"\t")
     if not tab:
         raise ValueError(f"not a key<TAB>value line of JSON: {line[:200]!r}")
-    return json.loads(key), json.loads(value)
+    return json.loads(key, parse_int=_any_int), json.loads(value, parse_int=_any_int)
+
+
+def _any_int(text):
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts by default: a Decimal does
+        return int(decimal.Decimal(text))
 
 
 # --- the programs ------------------------------------------------------------------
@@ -225,6 +232,22 @@ def pairs_of(result, method="a method"):
         raise TypeError(f"{method} returned {type(result).__name__} {result!r:.80}: yield each "
                         f"(key, value) pair, or return a list of them")
     return result
+
+
+def calling(method, name):
+    """A function that calls `method` with two arguments and gives its pairs (pairs_of).
+    A StopIteration that a method which is not a generator raises (next() of an
+    exhausted iterator) is made an error: called by map(), as the programs call their
+    methods, it would end the pairs of every call after it quietly. (A generator's is
+    an error already, PEP 479.)"""
+    def call(first, second):
+        try:
+            result = method(first, second)
+        except StopIteration as stop:
+            raise RuntimeError(f"{name} raised StopIteration (next() of an exhausted "
+                               f"iterator?)") from stop
+        return pairs_of(result, name)
+    return call
 
 
 class BadPair(TypeError):
@@ -293,8 +316,7 @@ class Combining:
     that leaves more than half of it, everything is written out."""
 
     def __init__(self, combiner, output, limit_bytes):
-        self.combiner = combiner
-        self.combiner_pairs = functools.partial(pairs_of, method="combiner")
+        self.combine_key = calling(combiner, "combiner")
         self.output = output
         self.limit = limit_bytes
         self.held = collections.defaultdict(list)  # a str key as itself, others (None, JSON)
@@ -353,7 +375,7 @@ class Combining:
         values = self.held.pop(slot)
         key = key_of_slot(slot)
         kept, others = [], []
-        for out_key, out_value in self.combiner_pairs(self.combiner(key, iter(values))):
+        for out_key, out_value in self.combine_key(key, iter(values)):
             if out_key == key and type(out_key) is type(key):
                 kept.append(out_value)
             else:
@@ -370,8 +392,8 @@ class Combining:
         """Combine every key's values and write what comes back (the combiner called
         by map(), for each key once the pairs for the key before are written)."""
         held, self.held, self.values = self.held, collections.defaultdict(list), 0
-        calls = map(self.combiner, map(key_of_slot, held), map(iter, held.values()))
-        self.given += self.output.absorb_calls(map(self.combiner_pairs, calls))
+        calls = map(self.combine_key, map(key_of_slot, held), map(iter, held.values()))
+        self.given += self.output.absorb_calls(calls)
         self.output.flush()
 
     def report(self, job):
@@ -509,10 +531,10 @@ def run_map(job, stdin, stdout):
     if combiner is not None:
         sink = Combining(combiner, output, int(job.combine_memory_mib * 1024 * 1024))
     call_init(job, "mapper_init", sink)
-    mapper_pairs = functools.partial(pairs_of, method="mapper")
+    map_line = calling(job.mapper, "mapper")
     for lines in line_batches(stdin):  # the mapper called by map(): no Python loop a line
         # each call made when the pairs of the one before have been taken
-        sink.absorb_calls(map(mapper_pairs, map(job.mapper, itertools.repeat(None), lines)))
+        sink.absorb_calls(map(map_line, itertools.repeat(None), lines))
     call_final(job, "mapper_final", sink)
     sink.flush()
     output.flush()
@@ -536,11 +558,14 @@ def decode_value(raw):
     return json.loads(raw)
 
 
+# JSON of a str with nothing escaped: ASCII, no control character, quote or backslash.
+_PLAIN_JSON_STRING = re.compile(rb'"[ !#-\[\]-\x7f]*"')
+
+
 def decode_key(encoded):
     """A key's JSON: a str as our encoder writes it (ASCII, nothing escaped) the fast
     way, anything else by json."""
-    if (encoded[:1] == b'"' and encoded[-1:] == b'"' and encoded.count(b'"') == 2
-            and b"\\" not in encoded and encoded.isascii()):
+    if _PLAIN_JSON_STRING.fullmatch(encoded):
         return encoded[1:-1].decode("ascii")
     return json.loads(encoded)
 
@@ -575,11 +600,11 @@ def run_reduce(job, stdin, stdout):
     finds the runs, once the pairs of the key before are written."""
     output = Output(stdout)
     call_init(job, "reducer_init", output)
-    reducer = job.reducer
+    reduce_key = calling(job.reducer, "reducer")
 
     def reduce_run(run):
         encoded, keyed = run
-        return pairs_of(reducer(decode_key(encoded), map(_SECOND, keyed)), "reducer")
+        return reduce_key(decode_key(encoded), map(_SECOND, keyed))
 
     runs = itertools.groupby(keyed_values(stdin), key=_FIRST)
     output.absorb_calls(map(reduce_run, runs))
@@ -620,7 +645,8 @@ def main(argv=None):
         print("usage: python3 -m mrlib.pyjobrun map|reduce FILE CLASS", file=sys.stderr)
         return 2
     phase, path, class_name = argv
-    sys.set_int_max_str_digits(0)  # an int of any size is a value, as JSON allows
+    if hasattr(sys, "set_int_max_str_digits"):  # Python 3.11, 3.10.7 and 3.9.14 on
+        sys.set_int_max_str_digits(0)  # an int of any size is a value, as JSON allows
     stdin = sys.stdin.buffer
     try:
         job = load_job(path, class_name)

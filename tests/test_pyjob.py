@@ -537,9 +537,25 @@ def test_a_key_is_decoded_as_json_would(key):
     assert (type(decoded), decoded) == (type(key), key) == (type(json.loads(encoded)), key)
 
 
-def test_ints_of_any_size_go_through_a_job(tmp_path):
+@pytest.mark.parametrize("encoded", [b'"a\x01b"', b'"\x00"', b'"a\rb"', b'"\x1f"', b'"a"b"',
+                                     b'"', b'"a', b'a"', b'"caf\xc3\xa9"', b'"\xff"', b'"\x7f~ "',
+                                     b' "a"', b'"a\\u0041"', b'"a\\"', b"", b"1e2", b"nul"])
+def test_a_key_from_elsewhere_is_decoded_as_json_would(encoded):
+    """Keys another program wrote: what json decodes is decoded alike, what it refuses
+    (control characters, stray quotes) is refused."""
+    try:
+        expected = json.loads(encoded)
+    except ValueError as error:
+        with pytest.raises(type(error)):
+            pyjob.decode_key(encoded)
+    else:
+        decoded = pyjob.decode_key(encoded)
+        assert (type(decoded), decoded) == (type(expected), expected)
+
+
+def test_ints_of_any_size_go_through_the_programs(tmp_path):
     """Python refuses to convert ints of more than 4,300 digits to text by default; JSON
-    has no such limit, and neither has a job."""
+    has no such limit, and neither has a job's map or reduce."""
     job = write_job(tmp_path, """
         from mrlib import Job
 
@@ -559,6 +575,31 @@ def test_ints_of_any_size_go_through_a_job(tmp_path):
         assert run_program(job, "reduce", "Big", line * 2) == [("5000", 2 * 10 ** 5000 + 1)]
     finally:
         sys.set_int_max_str_digits(limit)
+
+
+def test_run_gives_ints_of_any_size(tmp_path):
+    """A job's output is read back by run() in the user's process, where Python's limit
+    on converting ints stays as it was."""
+    inputs = write_files(tmp_path / "in", {"x": b"5000\n"})
+    script = write_job(tmp_path, f"""
+        import sys
+        from mrlib import Job
+
+
+        class Big(Job):
+            def mapper(self, key, line):
+                yield line, 10 ** int(line)
+
+
+        if __name__ == "__main__":
+            pairs = list(Big().run(input={str(inputs)!r}, sequential=True))
+            assert pairs == [("5000", 10 ** 5000)], len(pairs)
+            assert sys.get_int_max_str_digits() == 4300
+            print("ok")
+        """, name="big.py")
+    result = subprocess.run([PYTHON, script], capture_output=True, timeout=JOB_TIMEOUT,
+                            cwd=tmp_path, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.stdout == b"ok\n", result.stderr.decode()
 
 
 def test_a_method_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
@@ -597,6 +638,44 @@ def test_a_method_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
                                                                           ("b", 3000)]
     failed = run_map(b"a b\n" * 3000 + b"c\n", "ReturningCombined")
     assert b"combiner returned tuple ('c', 1): yield each (key, value) pair" in failed.stderr
+
+
+@pytest.mark.parametrize("phase, name, data", [
+    ("map", "FirstWord", b"a\n\nb\nc\n"), ("map", "PairsCombined", b"a\nb b\nc\n"),
+    ("reduce", "Pairs", b'"a"\t1\n"b"\t1\n"b"\t2\n"c"\t1\n')])
+def test_a_plain_method_that_raises_stop_iteration_fails_the_task(tmp_path, phase, name, data):
+    """A method that returns a list and calls next() on an exhausted iterator raises
+    StopIteration; called by map() that would end the task's pairs quietly, and the task
+    would succeed with the keys after it lost."""
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        def first_two(values):
+            return next(values) + next(values)
+
+
+        class FirstWord(Job):
+            def mapper(self, key, line):
+                return [(line, next(iter(line.split())))]
+
+
+        class Pairs(Job):
+            def mapper(self, key, line):
+                return [(word, 1) for word in line.split()]
+
+            def reducer(self, key, values):
+                return [(key, first_two(values))]
+
+
+        class PairsCombined(Pairs):
+            def combiner(self, key, values):
+                return [(key, first_two(values))]
+        """)
+    result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", phase, job, name], input=data,
+                            capture_output=True, cwd=REPO, timeout=JOB_TIMEOUT)
+    assert result.returncode != 0, result.stdout
+    assert b"StopIteration" in result.stderr
 
 
 @pytest.mark.parametrize("name", ["Exploding", "ExplodingPassedOn"])
