@@ -224,11 +224,14 @@ def _any_int(text):
 
 # --- the programs ------------------------------------------------------------------
 
+_NOT_PAIRS = (tuple, str, bytes)  # what a method may not return: one pair, or text
+
+
 def pairs_of(result, method="a method"):
     """A method's pairs: a generator, a list, or None (nothing)."""
     if result is None:
         return ()
-    if isinstance(result, (tuple, str, bytes)):
+    if isinstance(result, _NOT_PAIRS):
         raise TypeError(f"{method} returned {type(result).__name__} {result!r:.80}: yield each "
                         f"(key, value) pair, or return a list of them")
     return result
@@ -246,7 +249,9 @@ def calling(method, name):
         except StopIteration as stop:
             raise RuntimeError(f"{name} raised StopIteration (next() of an exhausted "
                                f"iterator?)") from stop
-        return pairs_of(result, name)
+        if result is None or isinstance(result, _NOT_PAIRS):
+            return pairs_of(result, name)
+        return result
     return call
 
 
