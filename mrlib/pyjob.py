@@ -60,6 +60,7 @@ MEASURED, MEASURE_EVERY = 16, 2048
 HOT_VALUES = 64
 WRITE_BYTES = 1024 * 1024  # output joined per write
 ENCODE_PAIRS = 4096  # pairs encoded and joined at once, at most
+SMALL_INTS = 256  # the int values 0 .. SMALL_INTS - 1 are written from text made once
 # Input read, decoded and given to the mapper at once: a batch's pairs stay in the
 # processor's cache (64 KiB took 10-20% longer).
 READ_BATCH_BYTES = 16 * 1024
@@ -205,6 +206,14 @@ def encode_pair(key, value):
     return f"{encode_key(key)}\t{encode_value(value)}\n"
 
 
+_TAB_SMALL_INT = tuple(f"\t{number}\n" for number in range(SMALL_INTS))  # made once
+
+
+def _tab_value_line(value):
+    """What follows a key on its line: a tab, the value's JSON, a newline."""
+    return f"\t{value if value.__class__ is int else encode_value(value)}\n"
+
+
 def decode_pair(line):
     """(key, value) of one line; ValueError if it is not JSON<TAB>JSON. Ints of any
     size, without lifting the limit Python puts on them for the whole process."""
@@ -284,19 +293,15 @@ class Output:
     def write(self, key, value):
         self._add(encode_pair(key, value))
 
-    def absorb(self, pairs):
-        """All the pairs one call of a method gave."""
-        self.absorb_calls((pairs,))
-
     def absorb_calls(self, results):
         """The pairs of many calls of a method, an iterable of pairs per call; how many
         there were. Each pair is encoded as it is given, before the method goes on (it
-        may change and give the same object again), str keys and int values without a
-        call of Python code (an f-string formats an int in C); ENCODE_PAIRS lines are
-        joined at a time."""
+        may change and give the same object again), str keys and small int values
+        without a call of Python code; ENCODE_PAIRS lines are joined at a time."""
         pairs, taken = itertools.chain.from_iterable(results), 0
-        while lines := [f"{_JSON_STRING(k) if k.__class__ is str else encode_key(k)}\t"
-                        f"{v if v.__class__ is int else encode_value(v)}\n"
+        while lines := [(_JSON_STRING(k) if k.__class__ is str else encode_key(k))
+                        + (_TAB_SMALL_INT[v] if v.__class__ is int and -1 < v < SMALL_INTS
+                           else _tab_value_line(v))
                         for k, v in itertools.islice(pairs, ENCODE_PAIRS)]:
             self._add("".join(lines))
             taken += len(lines)
@@ -578,8 +583,9 @@ def decode_key(encoded):
 def keyed_values(stream):
     """(encoded key, decoded value) of each key<TAB>value line. Lines are read, split
     and their values decoded a batch of READ_BATCH_BYTES at a time by C-level iterators,
-    a batch of ints by int(): only a value that is not an int is decoded by Python code,
-    and no more than a batch (or one big line) is read ahead of the reducer."""
+    a batch of ints by int() (one that holds anything else value by value, by Python
+    code), whether the reducer reads them or not; no more than a batch (or one big
+    line) is read ahead of the reducer."""
     return itertools.chain.from_iterable(_keyed_value_batches(stream))
 
 
