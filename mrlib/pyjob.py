@@ -221,7 +221,7 @@ def decode_pair(line):
     key, tab, value = line.partition(b"\t")
     if not tab:
         raise ValueError(f"not a key<TAB>value line of JSON: {line[:200]!r}")
-    return json.loads(key, parse_int=_any_int), json.loads(value, parse_int=_any_int)
+    return _decode_json(key), _decode_json(value)
 
 
 def _any_int(text):
@@ -229,6 +229,15 @@ def _any_int(text):
         return int(text)
     except ValueError:  # more digits than Python converts by default: a Decimal does
         return int(decimal.Decimal(text))
+
+
+_ANY_INT_DECODER = json.JSONDecoder(parse_int=_any_int)  # made once: json.loads with
+# parse_int would make one a call
+
+
+def _decode_json(raw):
+    """json.loads of bytes, ints of any size."""
+    return _ANY_INT_DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
 
 
 # --- the programs ------------------------------------------------------------------
@@ -247,20 +256,20 @@ def pairs_of(result, method="a method"):
 
 
 def calling(method, name):
-    """A function that calls `method` with two arguments and gives its pairs (pairs_of).
-    A StopIteration that a method which is not a generator raises (next() of an
-    exhausted iterator) is made an error: called by map(), as the programs call their
-    methods, it would end the pairs of every call after it quietly. (A generator's is
-    an error already, PEP 479.)"""
+    """A function that calls `method` with two arguments and gives an iterator of its
+    pairs (pairs_of). A StopIteration that a method which is not a generator raises
+    (next() of an exhausted iterator), or the __iter__ of what it returns, is made an
+    error: called by map(), as the programs call their methods, it would end the pairs
+    of every call after it quietly. (A generator's is an error already, PEP 479.)"""
     def call(first, second):
         try:
             result = method(first, second)
+            if result is None or isinstance(result, _NOT_PAIRS):
+                return pairs_of(result, name)
+            return iter(result)  # here: an __iter__ may raise StopIteration too
         except StopIteration as stop:
             raise RuntimeError(f"{name} raised StopIteration (next() of an exhausted "
                                f"iterator?)") from stop
-        if result is None or isinstance(result, _NOT_PAIRS):
-            return pairs_of(result, name)
-        return result
     return call
 
 

@@ -577,6 +577,16 @@ def test_ints_of_any_size_go_through_the_programs(tmp_path):
         sys.set_int_max_str_digits(limit)
 
 
+@pytest.mark.parametrize("line", [b'"w"\t1\n', b'"caf\xc3\xa9"\t"\xe2\x82\xac"', b'1\t-0\n',
+                                  b'[1, "a"]\t{"b": [1.5, null, true]}\n', b'"\\u00e9\\n"\t-2e-07\n',
+                                  b'"\\ud83d\\ude00"\tNaN\n', b' "s" \t 7 \n', b'"a"\t1e400'])
+def test_a_line_of_output_is_read_as_json_would(line):
+    key, _, value = line.rstrip(b"\n").partition(b"\t")
+    decoded = pyjob.decode_pair(line)
+    expected = (json.loads(key), json.loads(value))
+    assert repr(decoded) == repr(expected) and list(map(type, decoded)) == list(map(type, expected))
+
+
 def test_run_gives_ints_of_any_size(tmp_path):
     """A job's output is read back by run() in the user's process, where Python's limit
     on converting ints stays as it was."""
@@ -642,11 +652,12 @@ def test_a_method_may_return_a_list_or_nothing_but_not_one_pair(tmp_path):
 
 @pytest.mark.parametrize("phase, name, data", [
     ("map", "FirstWord", b"a\n\nb\nc\n"), ("map", "PairsCombined", b"a\nb b\nc\n"),
-    ("reduce", "Pairs", b'"a"\t1\n"b"\t1\n"b"\t2\n"c"\t1\n')])
+    ("reduce", "Pairs", b'"a"\t1\n"b"\t1\n"b"\t2\n"c"\t1\n'),
+    ("map", "StopAtIter", b"a\nstop\nb\n")])
 def test_a_plain_method_that_raises_stop_iteration_fails_the_task(tmp_path, phase, name, data):
     """A method that returns a list and calls next() on an exhausted iterator raises
-    StopIteration; called by map() that would end the task's pairs quietly, and the task
-    would succeed with the keys after it lost."""
+    StopIteration (or returns something whose __iter__ does); called by map() that would
+    end the task's pairs quietly, and the task would succeed with the keys after it lost."""
     job = write_job(tmp_path, """
         from mrlib import Job
 
@@ -671,6 +682,16 @@ def test_a_plain_method_that_raises_stop_iteration_fails_the_task(tmp_path, phas
         class PairsCombined(Pairs):
             def combiner(self, key, values):
                 return [(key, first_two(values))]
+
+
+        class NoPairs:
+            def __iter__(self):
+                raise StopIteration
+
+
+        class StopAtIter(Job):
+            def mapper(self, key, line):
+                return NoPairs() if line == "stop" else [(line, 1)]
         """)
     result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", phase, job, name], input=data,
                             capture_output=True, cwd=REPO, timeout=JOB_TIMEOUT)
