@@ -231,8 +231,8 @@ def _any_int(text):
         return int(decimal.Decimal(text))
 
 
-_ANY_INT_DECODER = json.JSONDecoder(parse_int=_any_int)  # made once: json.loads with
-# parse_int would make one a call
+# Made once: json.loads given parse_int would make a decoder a call.
+_ANY_INT_DECODER = json.JSONDecoder(parse_int=_any_int)
 
 
 def _decode_json(raw):
