@@ -358,7 +358,8 @@ class Combining:
         held = self.held
         taken = 0
         for taken, (key, value) in enumerate(itertools.chain.from_iterable(results), 1):
-            held[key if key.__class__ is str else (None, encode_key(key))].append(value)
+            held[key if key.__class__ is str else (None, encode_key(key))].append(
+                value if value.__class__ in _HELD_AS_IS else held_copy(value))
         self.taken += taken
         self.values += taken
         if self.taken - self.measured_at >= MEASURE_EVERY:
@@ -396,9 +397,9 @@ class Combining:
         kept, others = [], []
         for out_key, out_value in self.combine_key(key, iter(values)):
             if out_key == key and type(out_key) is type(key):
-                kept.append(out_value)
+                kept.append(held_copy(out_value))
             else:
-                others.append((out_key, out_value))
+                others.append((out_key, held_copy(out_value)))
         self.values -= len(values) - len(kept)
         if kept:
             self.held[slot] = kept
@@ -419,6 +420,18 @@ class Combining:
         """The combine counters, as the framework's (the worker sees only what was written)."""
         job.increment_counter(FRAMEWORK, "Combine input records", self.taken)
         job.increment_counter(FRAMEWORK, "Combine output records", self.given)
+
+
+_HELD_AS_IS = frozenset({str, int, float, bool, type(None)})  # held as given: no one can change them
+
+
+def held_copy(value):
+    """What Combining holds of a value: the value if it cannot change, else what its
+    JSON decodes to, as the reducer would get it. A method may change an object after
+    it gave it (Hadoop's habit of reusing a record); the pair is what it was when given."""
+    if value.__class__ in _HELD_AS_IS:
+        return value
+    return _ANY_INT_DECODER.decode(encode_value(value))
 
 
 def key_of_slot(slot):

@@ -489,6 +489,44 @@ def test_a_pair_is_written_as_it_was_when_given():
         f'"sum"\t{{"total": {total}}}\n' for total in totals)
 
 
+def test_a_combined_pair_is_held_as_it_was_when_given(tmp_path):
+    """With a combiner, pairs are held in memory, not written at once: a mapper or
+    combiner that gives the same object again, changed, still has each pair combined
+    as it was when given (as the reducer would get it without a combiner)."""
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        class Reused(Job):
+            combine_memory_mib = 0.05  # 50 kB: combined in place often
+
+            def mapper_init(self):
+                self.row, self.total = [0], [0]
+
+            def mapper(self, key, line):
+                for word in line.split():
+                    self.row[0] += 1
+                    yield word, self.row  # the same list each time, changed after
+
+            def combiner(self, word, rows):  # held under "+word": another key, then its own
+                self.total[0] = sum(row[0] for row in rows)
+                yield "+" + word.lstrip("+"), self.total
+
+
+        class Plain(Reused):
+            combiner = None
+        """)
+    data = b"".join(b"w%d w%d x\n" % (n % 37, n % 11) for n in range(20_000))
+    totals = {}
+    for name in ["Reused", "Plain"]:
+        pairs = run_program(job, "map", name, data)
+        totals[name] = collections.Counter()
+        for word, row in pairs:
+            totals[name][word.lstrip("+")] += row[0]
+        assert len(pairs) < len(data.split()) or name == "Plain", "combined"
+    assert totals["Reused"] == totals["Plain"]
+
+
 def test_a_reducers_lines_are_decoded_as_each_alone_and_lazily():
     """Values are decoded a batch at a time, ints in C: the same values (and types) as
     decoding each line alone, across batches of ints and not, each with its key; and no
