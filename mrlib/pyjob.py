@@ -43,7 +43,9 @@ import traceback
 # all (it does not import, has no such class, or its *_init raised): the
 # master then fails the job at once instead of trying again elsewhere.
 CODE_BROKEN_EXIT = 86
+EXITED_EARLY = 1  # the job's code called sys.exit() during a task: it fails
 MAP, REDUCE, DESCRIBE = "map", "reduce", "describe"
+MAP_ONLY = "map-only"  # the map of a job without reducers: no combiner (as Hadoop's)
 # The map side holds pairs in memory, per key, up to about this much, then
 # combines and writes them. A job sets its own with `combine_memory_mib`.
 DEFAULT_COMBINE_MEMORY_MIB = 64
@@ -88,11 +90,11 @@ class Job:
     def increment_counter(self, group, name, amount=1):
         """Add `amount` to counter group.name (summed over the job, shown with --wait)."""
         group, name = (str(x).replace(",", ";").replace("\n", " ") for x in (group, name))
-        sys.stderr.write(f"reporter:counter:{group},{name},{int(amount)}\n")
+        report(f"reporter:counter:{group},{name},{int(amount)}\n")
 
     def set_status(self, text):
         """Say what the task is doing (logged by the master)."""
-        sys.stderr.write("reporter:status:" + str(text).replace("\n", " ") + "\n")
+        report("reporter:status:" + str(text).replace("\n", " ") + "\n")
 
     def run(self, input, output=None, master=None, sequential=False, **options):
         """Run this job on a cluster (`master` "HOST:PORT" or a port) or, with
@@ -107,6 +109,34 @@ class Job:
 
 
 # --- running a job from Python ---------------------------------------------------
+
+def report(line):
+    """A reporter: line to stderr, on a line of its own after what the job printed
+    without a newline (in a task, stderr is a LineTracking)."""
+    if getattr(sys.stderr, "in_line", False):
+        line = "\n" + line
+    sys.stderr.write(line)
+
+
+class LineTracking:
+    """A text stream that knows whether what was last written to it left a line open."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.in_line = False
+
+    def write(self, text):
+        if text:
+            self.in_line = not text.endswith("\n")
+        return self.stream.write(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
 
 def job_reference(cls):
     """FILE:CLASS for a Job subclass defined at the top of a file."""
@@ -189,6 +219,10 @@ def encode_value(value):
     return _encode(value, "value", False)
 
 
+class EncodedKey(str):
+    """A key's JSON, written as it is (what the combiner gives back of a held key)."""
+
+
 def _encode(thing, what, sort_keys):
     """JSON of a key or value: a str or int the fast way; BadPair if it is not JSON."""
     kind = thing.__class__
@@ -196,6 +230,8 @@ def _encode(thing, what, sort_keys):
         return _JSON_STRING(thing)
     if kind is int:
         return int.__repr__(thing)
+    if kind is EncodedKey:
+        return thing
     try:
         return json.dumps(thing, sort_keys=sort_keys)
     except (TypeError, ValueError) as error:
@@ -354,14 +390,25 @@ class Combining:
 
     def absorb_calls(self, results):
         """The pairs of many calls of the mapper, an iterable of pairs per call (the hot
-        loop; what is held is measured and limited once a batch, not once a call)."""
+        loop). What is held is measured and kept within the limit every MEASURE_EVERY
+        pairs, or sooner when fewer would fill it: within one call that gives millions
+        of pairs too."""
+        pairs = itertools.chain.from_iterable(results)
         held = self.held
-        taken = 0
-        for taken, (key, value) in enumerate(itertools.chain.from_iterable(results), 1):
-            held[key if key.__class__ is str else (None, encode_key(key))].append(
-                value if value.__class__ in _HELD_AS_IS else held_copy(value))
-        self.taken += taken
-        self.values += taken
+        while True:
+            room = (self.limit - self.cost()) // (self.key_cost + self.value_cost)
+            wanted = max(1, min(MEASURE_EVERY, room))
+            taken = 0
+            for taken, (key, value) in enumerate(itertools.islice(pairs, wanted), 1):
+                held[key if key.__class__ is str else (None, encode_key(key))].append(
+                    value if value.__class__ in _HELD_AS_IS else held_copy(value))
+            self.taken += taken
+            self.values += taken
+            self.keep_within_limit()
+            if taken < wanted:
+                return
+
+    def keep_within_limit(self):
         if self.taken - self.measured_at >= MEASURE_EVERY:
             self.measured_at = self.taken
             self.measure()
@@ -412,9 +459,18 @@ class Combining:
         """Combine every key's values and write what comes back (the combiner called
         by map(), for each key once the pairs for the key before are written)."""
         held, self.held, self.values = self.held, collections.defaultdict(list), 0
-        calls = map(self.combine_key, map(key_of_slot, held), map(iter, held.values()))
-        self.given += self.output.absorb_calls(calls)
+        self.given += self.output.absorb_calls(map(self.combine_slot, held, held.values()))
         self.output.flush()
+
+    def combine_slot(self, slot, values):
+        """The combiner's pairs for the key held in `slot`, given the key as the reducer
+        would get it. That key given back is written as the mapper's was: JSON may decode
+        a key to one that encodes otherwise (a dict's int keys come back as str)."""
+        if slot.__class__ is str:
+            return self.combine_key(slot, iter(values))
+        key, encoded = key_of_slot(slot), EncodedKey(slot[1])
+        return ((encoded if out_key == key and type(out_key) is type(key) else out_key, value)
+                for out_key, value in self.combine_key(key, iter(values)))
 
     def report(self, job):
         """The combine counters, as the framework's (the worker sees only what was written)."""
@@ -496,7 +552,7 @@ def load_job(path, class_name):
     cls = job_class(load_module(path), path, class_name)
     try:
         return cls()
-    except Exception:
+    except (Exception, SystemExit):
         raise CodeBroken(f"{class_name}() raised:\n{traceback.format_exc()}")
 
 
@@ -545,7 +601,7 @@ def call_init(job, name, output):
     try:
         for key, value in pairs_of(method()):
             output.write(key, value)
-    except Exception:
+    except (Exception, SystemExit):
         raise CodeBroken(f"{name} raised:\n{traceback.format_exc()}")
 
 
@@ -556,9 +612,11 @@ def call_final(job, name, output):
             output.write(key, value)
 
 
-def run_map(job, stdin, stdout):
+def run_map(job, stdin, stdout, combine=True):
+    """The mapper over each line; its pairs combined first if the job has a combiner
+    and `combine` (not in a map-only job: its map output is the job's output)."""
     output = Output(stdout)
-    combiner = getattr(job, "combiner", None)
+    combiner = getattr(job, "combiner", None) if combine else None
     sink = output
     if combiner is not None:
         sink = Combining(combiner, output, int(job.combine_memory_mib * 1024 * 1024))
@@ -655,7 +713,7 @@ def collect_cycles_seldom():
 
 
 def main(argv=None):
-    """map|reduce FILE CLASS: one phase over stdin to stdout; describe FILE [CLASS]: what
+    """map|map-only|reduce FILE CLASS: one phase over stdin to stdout; describe FILE [CLASS]: what
     a client needs to know of the job, as JSON (mrlib/pyjobrun.py)."""
     argv = sys.argv[1:] if argv is None else argv
     if sys.path and sys.path[0] == os.getcwd():
@@ -665,7 +723,7 @@ def main(argv=None):
     # print goes to stderr (a task's: the attempt's log).
     stdout = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    sys.stdout = sys.stderr = LineTracking(sys.stderr)
     if argv[:1] == [DESCRIBE] and len(argv) in (2, 3):
         try:
             stdout.write(json.dumps(describe(*argv[1:])).encode())
@@ -674,8 +732,9 @@ def main(argv=None):
             return 2
         stdout.flush()
         return 0
-    if len(argv) != 3 or argv[0] not in (MAP, REDUCE):
-        print("usage: python3 -m mrlib.pyjobrun map|reduce FILE CLASS", file=sys.stderr)
+    if len(argv) != 3 or argv[0] not in (MAP, MAP_ONLY, REDUCE):
+        print("usage: python3 -m mrlib.pyjobrun map|map-only|reduce FILE CLASS",
+              file=sys.stderr)
         return 2
     phase, path, class_name = argv
     if hasattr(sys, "set_int_max_str_digits"):  # Python 3.11, 3.10.7 and 3.9.14 on
@@ -684,9 +743,16 @@ def main(argv=None):
     try:
         job = load_job(path, class_name)
         collect_cycles_seldom()
-        (run_map if phase == MAP else run_reduce)(job, stdin, stdout)
+        if phase == REDUCE:
+            run_reduce(job, stdin, stdout)
+        else:
+            run_map(job, stdin, stdout, combine=phase == MAP)
     except CodeBroken as broken:
         print(broken, file=sys.stderr)
         return CODE_BROKEN_EXIT
+    except SystemExit as stop:  # the pairs held or not yet made would be lost
+        print(f"{traceback.format_exc()}the job called sys.exit({stop.code!r}) in the "
+              f"middle of its {phase}: the task fails", file=sys.stderr)
+        return EXITED_EARLY
     stdout.flush()
     return 0

@@ -1,4 +1,4 @@
-"""python3 -m mrlib.pyjobrun map|reduce FILE CLASS: one phase of a Python job.
+"""python3 -m mrlib.pyjobrun map|map-only|reduce FILE CLASS: one phase of a Python job.
 
 A module of its own: run as `-m mrlib.pyjob`, the module would be loaded twice
 (once by the package, once as __main__), and a job's class would derive from

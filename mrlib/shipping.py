@@ -137,6 +137,7 @@ def write_python_programs(job_directory, job_file, class_name, reducer):
     paths = {}
     for phase in (pyjob.MAP, pyjob.REDUCE) if reducer else (pyjob.MAP,):
         path = os.path.join(directory, phase)
+        runs = phase if reducer else pyjob.MAP_ONLY  # map-only: nothing combined
         with open(path, "w") as handle:
             handle.write(
                 "#!/bin/sh\n"
@@ -146,7 +147,7 @@ def write_python_programs(job_directory, job_file, class_name, reducer):
                 'code="$(dirname -- "$0")/../code"\n'
                 f'PYTHONPATH="${{{LIBRARY_VARIABLE}:-$library}}${{PYTHONPATH:+:$PYTHONPATH}}"\n'
                 "export PYTHONPATH\n"
-                f'exec "${{{PYTHON_VARIABLE}:-python3}}" -m mrlib.pyjobrun {phase} '
+                f'exec "${{{PYTHON_VARIABLE}:-python3}}" -m mrlib.pyjobrun {runs} '
                 f'"$code/"{shlex.quote(job_file)} {shlex.quote(class_name)}\n')
         os.chmod(path, 0o755)
         paths[phase] = path

@@ -175,6 +175,65 @@ def test_a_job_without_a_reducer_is_map_only(cluster, tmp_path):
         assert got == [tuple(pair) for pair in expected]
 
 
+@pytest.mark.parametrize("job_class, options", [("Counted", []),
+                                                ("CountedReduced", ["--reducers", 0])])
+def test_a_map_only_job_does_not_combine(tmp_path, job_class, options):
+    """Without reducers the map output is the job's output: a combiner is not run on it
+    (as in Hadoop), so each input's output is its mapper's pairs, in input order."""
+    inputs = write_files(tmp_path / "in", TEXT)
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        class Counted(Job):
+            def mapper(self, key, line):
+                for word in line.split():
+                    yield word, 1
+
+            def combiner(self, word, counts):
+                yield word, sum(counts)
+
+
+        class CountedReduced(Counted):
+            def reducer(self, word, counts):
+                yield word, sum(counts)
+        """)
+    sequential(tmp_path, "--job", f"{job}:{job_class}", "--input", inputs, "--output",
+               tmp_path / "out", *options)
+    assert output_of_any(tmp_path / "out") == b"".join(
+        f"{pyjob.encode_key(word)}\t1\n".encode()
+        for name in sorted(TEXT) for word in words(TEXT[name]))
+
+
+def test_a_combined_key_is_written_as_the_mapper_gave_it(tmp_path):
+    """A key JSON decodes to one that encodes otherwise (a dict's int keys come back as
+    str, and sort otherwise): given back by the combiner, it is written as the mapper's
+    was, so the job's groups are those it has without a combiner."""
+    inputs = write_files(tmp_path / "in", {"a": b"int\nstr\nint\n", "b": b"str\nint\n"})
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        class Keyed(Job):
+            def mapper(self, key, line):
+                yield ({9: "x", 10: [1]} if line == "int" else {"9": "x", "10": [1]}), 1
+                yield ({2: 1} if line == "int" else (2, 1)), 1  # a tuple is a list in JSON
+
+            def reducer(self, key, counts):
+                yield key, sum(counts)
+
+
+        class KeyedCombined(Keyed):
+            def combiner(self, key, counts):
+                yield key, sum(counts)
+        """)
+    for name in ["Keyed", "KeyedCombined"]:
+        sequential(tmp_path, "--job", f"{job}:{name}", "--input", inputs, "--output",
+                   tmp_path / name, "--reducers", 2)
+    assert output_of(tmp_path / "KeyedCombined") == output_of(tmp_path / "Keyed")
+    assert len(output_of(tmp_path / "Keyed").splitlines()) == 4
+
+
 def test_the_job_runs_the_code_submitted_not_the_file_later(cluster, tmp_path):
     """No worker yet: the job waits in the queue while its file (and a shipped module
     it imports) change; it runs what was submitted."""
@@ -767,6 +826,103 @@ def test_a_method_that_gives_millions_of_pairs_is_written_as_it_gives_them(tmp_p
     assert len(pairs) == 2_000_001
     peak = dict(pairs[-1:] + pairs[:1])["peak KiB"]
     assert peak < 200 * 1024  # the pairs held at once: about 300 MB
+
+
+def test_one_call_that_gives_millions_of_pairs_is_combined_within_the_limit(tmp_path):
+    """The combiner's memory limit holds within a call: what one mapper call gives is
+    measured and combined every few thousand pairs, not once the call is done."""
+    job = write_job(tmp_path, PEAK_KIB + """
+
+
+        class Many(Job):
+            combine_memory_mib = 16
+
+            def mapper(self, key, line):
+                for number in range(3_000_000):
+                    yield number % 1000, number
+
+            def combiner(self, key, values):
+                yield key, sum(values)
+
+            def mapper_final(self):
+                yield "peak KiB", peak_kib()
+        """)
+    totals = collections.Counter()
+    for key, value in run_program(job, "map", "Many", b"x\n"):
+        totals[key] += value
+    peak = totals.pop("peak KiB")
+    assert totals == {key: sum(range(key, 3_000_000, 1000)) for key in range(1000)}
+    assert peak < 64 * 1024  # all held at once: about 140 MB
+
+
+def test_a_reporter_line_starts_a_line_after_a_print_that_did_not_end_one(tmp_path):
+    """What the job prints goes to the same stream as its counters and status: a print
+    with end=" " must not make the next counter part of its line (and lost)."""
+    job = write_job(tmp_path, """
+        import sys
+
+        from mrlib import Job
+
+
+        class Chatty(Job):
+            def mapper(self, key, line):
+                print("at", line, end=" ")
+                self.increment_counter("g", "lines")
+                sys.stderr.write("and ")
+                self.set_status(f"line {line}")
+                yield line, 1
+        """)
+    result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", "map", job, "Chatty"],
+                            input=b"a\nb\nc\n", capture_output=True, cwd=REPO,
+                            timeout=JOB_TIMEOUT)
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stderr.decode().splitlines()
+    assert lines.count("reporter:counter:g,lines,1") == 3
+    assert [line for line in lines if line.startswith("reporter:status:")] == [
+        f"reporter:status:line {line}" for line in "abc"]
+
+
+@pytest.mark.parametrize("phase, name, data, exit_code", [
+    ("map", "ExitInMapper", b"a\nb\nSTOP\nc\n", 1),
+    ("map", "ExitInMapperCombined", b"a\nb\nSTOP\nc\n", 1),
+    ("reduce", "ExitInReducer", b'"a"\t1\n"b"\t1\n"c"\t1\n', 1),
+    ("map", "ExitInInit", b"a\n", pyjob.CODE_BROKEN_EXIT)])
+def test_sys_exit_in_a_method_fails_the_task(tmp_path, phase, name, data, exit_code):
+    """sys.exit(0) from the job's code ends the program before its input does, with
+    pairs held or not made: the task fails, saying why (in *_init: the code is broken)."""
+    job = write_job(tmp_path, """
+        import sys
+
+        from mrlib import Job
+
+
+        class ExitInMapper(Job):
+            def mapper(self, key, line):
+                if line == "STOP":
+                    sys.exit(0)
+                yield line, 1
+
+
+        class ExitInMapperCombined(ExitInMapper):
+            def combiner(self, key, counts):
+                yield key, sum(counts)
+
+
+        class ExitInReducer(ExitInMapper):
+            def reducer(self, key, counts):
+                if key == "b":
+                    sys.exit()
+                yield key, sum(counts)
+
+
+        class ExitInInit(ExitInMapper):
+            def mapper_init(self):
+                sys.exit(0)
+        """)
+    result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", phase, job, name], input=data,
+                            capture_output=True, cwd=REPO, timeout=JOB_TIMEOUT)
+    assert result.returncode == exit_code, result.stderr.decode()
+    assert b"sys.exit" in result.stderr
 
 
 def run_program(job, phase, name, data):
