@@ -10,6 +10,7 @@ command says how.
 import os
 import shlex
 
+from mrlib import pyjob
 from mrlib.shipping import SHIPPED_PREFIX
 
 STREAMING_JAR = '"${HADOOP_STREAMING_JAR:?set it to the path of hadoop-streaming-*.jar}"'
@@ -69,7 +70,8 @@ def program(spec, role, path, files):
     """How a program is named on the command line; its file is added to `files`."""
     if spec.python_job is not None:
         name, _, class_name = spec.python_job.partition(":")
-        phase = "map" if role == "mapper" else "reduce"
+        phase = (pyjob.REDUCE if role != "mapper" else pyjob.MAP if spec.num_reducers > 0
+                 else pyjob.MAP_ONLY)  # no reducers: nothing combined
         return f"python3 -m mrlib.pyjobrun {phase} {name} {class_name}"
     if path.startswith(SHIPPED_PREFIX):
         return path[len(SHIPPED_PREFIX):]  # in -files already

@@ -394,8 +394,8 @@ class Combining:
         pairs, or sooner when fewer would fill it: within one call that gives millions
         of pairs too."""
         pairs = itertools.chain.from_iterable(results)
-        held = self.held
         while True:
+            held = self.held  # a new dict after a flush
             room = (self.limit - self.cost()) // (self.key_cost + self.value_cost)
             wanted = max(1, min(MEASURE_EVERY, room))
             taken = 0
@@ -484,9 +484,17 @@ _HELD_AS_IS = frozenset({str, int, float, bool, type(None)})  # held as given: n
 def held_copy(value):
     """What Combining holds of a value: the value if it cannot change, else what its
     JSON decodes to, as the reducer would get it. A method may change an object after
-    it gave it (Hadoop's habit of reusing a record); the pair is what it was when given."""
-    if value.__class__ in _HELD_AS_IS:
+    it gave it (Hadoop's habit of reusing a record); the pair is what it was when given.
+    A tuple or list of str, int, float, bool or None is copied as a list, a dict of
+    them with str keys as a dict, without JSON."""
+    kind = value.__class__
+    if kind in _HELD_AS_IS:
         return value
+    if (kind is tuple or kind is list) and _HELD_AS_IS.issuperset(map(type, value)):
+        return list(value)
+    if (kind is dict and _HELD_AS_IS.issuperset(map(type, value.values()))
+            and all(key.__class__ is str for key in value)):
+        return dict(value)
     return _ANY_INT_DECODER.decode(encode_value(value))
 
 
@@ -595,14 +603,26 @@ def job_classes(module):
 
 
 def call_init(job, name, output):
+    """The pairs of mapper_init or reducer_init written; CodeBroken if it raises (not
+    what takes its pairs: the combiner's errors are the task's)."""
     method = getattr(job, name, None)
     if method is None:
         return
     try:
-        for key, value in pairs_of(method()):
-            output.write(key, value)
+        pairs = iter(pairs_of(method()))
     except (Exception, SystemExit):
         raise CodeBroken(f"{name} raised:\n{traceback.format_exc()}")
+    while True:
+        try:
+            key, value = next(pairs)
+        except StopIteration:
+            return
+        except (Exception, SystemExit):
+            raise CodeBroken(f"{name} raised:\n{traceback.format_exc()}")
+        try:
+            output.write(key, value)
+        except BadPair as bad:  # the same on every attempt
+            raise CodeBroken(f"{name} gave {bad}") from None
 
 
 def call_final(job, name, output):

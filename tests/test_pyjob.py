@@ -548,42 +548,69 @@ def test_a_pair_is_written_as_it_was_when_given():
         f'"sum"\t{{"total": {total}}}\n' for total in totals)
 
 
-def test_a_combined_pair_is_held_as_it_was_when_given(tmp_path):
+@pytest.mark.parametrize("name, field", [("Reused", 0), ("ReusedDict", "n"),
+                                         ("ReusedNested", "n")])
+def test_a_combined_pair_is_held_as_it_was_when_given(tmp_path, name, field):
     """With a combiner, pairs are held in memory, not written at once: a mapper or
-    combiner that gives the same object again, changed, still has each pair combined
-    as it was when given (as the reducer would get it without a combiner)."""
+    combiner that gives the same object again, changed (a list, a dict, a dict holding
+    a list), still has each pair combined as it was when given (as the reducer would
+    get it without a combiner)."""
     job = write_job(tmp_path, """
         from mrlib import Job
 
 
         class Reused(Job):
             combine_memory_mib = 0.05  # 50 kB: combined in place often
+            FIELD = 0
+
+            def new(self):
+                return [0]
 
             def mapper_init(self):
-                self.row, self.total = [0], [0]
+                self.row, self.total = self.new(), self.new()
 
             def mapper(self, key, line):
                 for word in line.split():
-                    self.row[0] += 1
-                    yield word, self.row  # the same list each time, changed after
+                    self.row[self.FIELD] += 1
+                    yield word, self.row  # the same object each time, changed after
 
             def combiner(self, word, rows):  # held under "+word": another key, then its own
-                self.total[0] = sum(row[0] for row in rows)
+                self.total[self.FIELD] = sum(row[self.FIELD] for row in rows)
                 yield "+" + word.lstrip("+"), self.total
 
 
-        class Plain(Reused):
+        class ReusedDict(Reused):
+            FIELD = "n"
+
+            def new(self):
+                return {"n": 0}
+
+
+        class ReusedNested(ReusedDict):
+            def new(self):
+                return {"n": 0, "more": [1]}
+
+
+        class ReusedPlain(Reused):
+            combiner = None
+
+
+        class ReusedDictPlain(ReusedDict):
+            combiner = None
+
+
+        class ReusedNestedPlain(ReusedNested):
             combiner = None
         """)
     data = b"".join(b"w%d w%d x\n" % (n % 37, n % 11) for n in range(20_000))
     totals = {}
-    for name in ["Reused", "Plain"]:
-        pairs = run_program(job, "map", name, data)
-        totals[name] = collections.Counter()
+    for job_class in [name, name + "Plain"]:
+        pairs = run_program(job, "map", job_class, data)
+        totals[job_class] = collections.Counter()
         for word, row in pairs:
-            totals[name][word.lstrip("+")] += row[0]
-        assert len(pairs) < len(data.split()) or name == "Plain", "combined"
-    assert totals["Reused"] == totals["Plain"]
+            totals[job_class][word.lstrip("+")] += row[field]
+        assert len(pairs) < len(data.split()) or job_class.endswith("Plain"), "combined"
+    assert totals[name] == totals[name + "Plain"]
 
 
 def test_a_reducers_lines_are_decoded_as_each_alone_and_lazily():
@@ -830,7 +857,8 @@ def test_a_method_that_gives_millions_of_pairs_is_written_as_it_gives_them(tmp_p
 
 def test_one_call_that_gives_millions_of_pairs_is_combined_within_the_limit(tmp_path):
     """The combiner's memory limit holds within a call: what one mapper call gives is
-    measured and combined every few thousand pairs, not once the call is done."""
+    measured and combined every few thousand pairs, not once the call is done, and
+    written when too many keys are held; nothing is lost."""
     job = write_job(tmp_path, PEAK_KIB + """
 
 
@@ -839,7 +867,7 @@ def test_one_call_that_gives_millions_of_pairs_is_combined_within_the_limit(tmp_
 
             def mapper(self, key, line):
                 for number in range(3_000_000):
-                    yield number % 1000, number
+                    yield number % 200_000, number
 
             def combiner(self, key, values):
                 yield key, sum(values)
@@ -851,8 +879,8 @@ def test_one_call_that_gives_millions_of_pairs_is_combined_within_the_limit(tmp_
     for key, value in run_program(job, "map", "Many", b"x\n"):
         totals[key] += value
     peak = totals.pop("peak KiB")
-    assert totals == {key: sum(range(key, 3_000_000, 1000)) for key in range(1000)}
-    assert peak < 64 * 1024  # all held at once: about 140 MB
+    assert totals == {key: sum(range(key, 3_000_000, 200_000)) for key in range(200_000)}
+    assert peak < 64 * 1024  # all held at once: about 300 MB
 
 
 def test_a_reporter_line_starts_a_line_after_a_print_that_did_not_end_one(tmp_path):
@@ -886,10 +914,12 @@ def test_a_reporter_line_starts_a_line_after_a_print_that_did_not_end_one(tmp_pa
     ("map", "ExitInMapper", b"a\nb\nSTOP\nc\n", 1),
     ("map", "ExitInMapperCombined", b"a\nb\nSTOP\nc\n", 1),
     ("reduce", "ExitInReducer", b'"a"\t1\n"b"\t1\n"c"\t1\n', 1),
-    ("map", "ExitInInit", b"a\n", pyjob.CODE_BROKEN_EXIT)])
+    ("map", "ExitInInit", b"a\n", pyjob.CODE_BROKEN_EXIT),
+    ("map", "ExitInCombinerOfInit", b"a\n", 1)])
 def test_sys_exit_in_a_method_fails_the_task(tmp_path, phase, name, data, exit_code):
     """sys.exit(0) from the job's code ends the program before its input does, with
-    pairs held or not made: the task fails, saying why (in *_init: the code is broken)."""
+    pairs held or not made: the task fails, saying why (in *_init: the code is broken;
+    in the combiner taking *_init's pairs: the task fails)."""
     job = write_job(tmp_path, """
         import sys
 
@@ -917,6 +947,16 @@ def test_sys_exit_in_a_method_fails_the_task(tmp_path, phase, name, data, exit_c
 
         class ExitInInit(ExitInMapper):
             def mapper_init(self):
+                sys.exit(0)
+
+
+        class ExitInCombinerOfInit(ExitInMapperCombined):  # the combiner's, not the init's
+            combine_memory_mib = 0.0001
+
+            def mapper_init(self):
+                yield from ((number, 1) for number in range(50))
+
+            def combiner(self, key, counts):
                 sys.exit(0)
         """)
     result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", phase, job, name], input=data,

@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,37 @@ def test_hadoop_streaming_command(tmp_path):
                              "--input", SAMPLE, "--output", tmp_path / "out", "--mapper",
                              "/bin/cat", "--reducers", "0"], capture_output=True, timeout=60)
     assert "-reducer NONE" in result.stdout.decode()  # map only
+
+
+@pytest.mark.parametrize("job_class, options, phase", [
+    ("Counted", [], "map-only"), ("CountedReduced", ["--reducers", "0"], "map-only"),
+    ("CountedReduced", [], "map")])
+def test_hadoop_command_of_a_python_job(tmp_path, job_class, options, phase):
+    """A Python job's map program under Hadoop: without reducers it combines nothing."""
+    job = tmp_path / "job.py"
+    job.write_text(textwrap.dedent("""
+        from mrlib import Job
+
+
+        class Counted(Job):
+            def mapper(self, key, line):
+                yield line, 1
+
+            def combiner(self, key, counts):
+                yield key, sum(counts)
+
+
+        class CountedReduced(Counted):
+            def reducer(self, key, counts):
+                yield key, sum(counts)
+        """))
+    result = subprocess.run([PYTHON, str(SEND_JOB), "--runner", "hadoop", "--print-command",
+                             "--input", SAMPLE, "--output", tmp_path / "out", "--job",
+                             f"{job}:{job_class}", *options], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()
+    words = shlex.split(result.stdout.decode().replace("\\\n", " "), comments=True)
+    mapper = words[words.index("-mapper") + 1]
+    assert mapper == f"python3 -m mrlib.pyjobrun {phase} job.py {job_class}"
 
 
 @pytest.mark.parametrize("options, words", [
