@@ -143,10 +143,11 @@ OPTIONAL_FIELDS = {
     },
     "new_worker_job": {"timeout": NUM, "context": DICT, "combiner_executable": STR,
                        "sort_output": BOOL, "log_file": STR, "task_label": STR,
+                       "attempt_id": INT,
                        "builtin_counters": STR, "record_units": DICT, "records": DICT,
                        "check_record_size": INT},
     "new_sort_job": {"timeout": NUM, "presorted": BOOL, "log_file": STR, "task_label": STR,
-                     "records": DICT},
+                     "records": DICT, "attempt_id": INT},
     "status": {"output_files": STR_LIST, "output_file": STR, "exit_code": INT,
                "error": STR, "stderr_tail": STR, "input_file": STR,
                "counters": DICT, "task_status": STR, "sorted": BOOL, "unfit": BOOL,
@@ -155,6 +156,9 @@ OPTIONAL_FIELDS = {
     # Our worker: random per process, so a restart with the same pid at the
     # same address (pid 1 in a container) is told from a repeated register.
     "register": {"worker_instance": STR},
+    # The attempt_id of the task message: an earlier attempt's cancel, repeated
+    # after it ended, never stops a later attempt of the same task.
+    "cancel_task": {"attempt_id": INT},
 }
 
 # Status values on the wire. "finished" is the spec's; "failed" is ours.
@@ -954,8 +958,11 @@ def unknown_worker(pid):
     return {"message_type": "unknown_worker", "worker_pid": pid}
 
 
-def cancel_task(pid, task_id):
-    return {"message_type": "cancel_task", "worker_pid": pid, "task_id": task_id}
+def cancel_task(pid, task_id, attempt_id=None):
+    message = {"message_type": "cancel_task", "worker_pid": pid, "task_id": task_id}
+    if attempt_id is not None:
+        message["attempt_id"] = attempt_id
+    return message
 
 
 def task_id(output_paths):

@@ -53,6 +53,11 @@ REFUSED_LOG_INTERVAL = 30.0
 CANCELS_REMEMBERED = 1024
 
 
+def same_attempt(one, other):
+    """Two attempt ids of a task: the same attempt, or one not known (another master's)."""
+    return one is None or other is None or one == other
+
+
 class Task:
     """One map/reduce (`new_worker_job`) or sort (`new_sort_job`) message."""
 
@@ -60,6 +65,7 @@ class Task:
         self.message = message
         self.kind = message["message_type"]
         self.id = helper.task_id(self.outputs())
+        self.attempt_id = message.get("attempt_id")  # our master's; None from another
 
     def outputs(self):
         if self.kind == "new_sort_job":
@@ -257,7 +263,7 @@ class Worker:
                 self.refused(message["error"])
                 continue
             if message["message_type"] == "cancel_task" and message["worker_pid"] == self.pid:
-                self.cancel(message["task_id"])
+                self.cancel(message["task_id"], message.get("attempt_id"))
             if message["message_type"] == "unknown_worker" and message["worker_pid"] == self.pid \
                     and self.registered.is_set() and not self.just_acked():
                 LOG.warning("the master does not know this worker (restarted?): stopping its "
@@ -275,7 +281,7 @@ class Worker:
         with self.lock:
             self.epoch += 1
             self.cancelled.clear()
-            guards = list(self.running.values())
+            guards = [guard for _, guard in self.running.values()]
         for guard in guards:
             guard.cancel()
 
@@ -283,13 +289,16 @@ class Worker:
         with self.lock:
             return task.epoch == self.epoch
 
-    def cancel(self, task_id):
-        """Stop a task the master no longer counts: kill it if it runs, skip it if queued."""
+    def cancel(self, task_id, attempt_id=None):
+        """Stop a task the master no longer counts: kill it if it runs, skip it if queued.
+        With an attempt_id, only that attempt of the task (the master repeats a cancel
+        until it hears the attempt ended: it may come after, and a later attempt of the
+        same task may be sent here)."""
         with self.lock:
-            guard = self.running.get(task_id)
-            if guard is None:
-                if task_id not in self.cancelled:
-                    self.cancelled.append(task_id)
+            running_attempt, guard = self.running.get(task_id, (None, None))
+            if guard is None or not same_attempt(running_attempt, attempt_id):
+                if (task_id, attempt_id) not in self.cancelled:
+                    self.cancelled.append((task_id, attempt_id))
                 return
         if not guard.cancelled:
             LOG.info("task %s cancelled by the master: stopping it", task_id)
@@ -298,10 +307,12 @@ class Worker:
     def start(self, task):
         """The task's own guard, or None if it was cancelled before it started."""
         with self.lock:
-            if task.id in self.cancelled:
-                self.cancelled.remove(task.id)
-                return None
-            guard = self.running[task.id] = runner.TaskGuard(self.guard)
+            for cancel in self.cancelled:
+                if cancel[0] == task.id and same_attempt(cancel[1], task.attempt_id):
+                    self.cancelled.remove(cancel)
+                    return None
+            guard = runner.TaskGuard(self.guard)
+            self.running[task.id] = (task.attempt_id, guard)
             return guard
 
     def execute_loop(self):

@@ -91,7 +91,8 @@ class Scheduler:
                 continue
             for attempt in self.attempts.leftovers(worker):
                 self.emit(Datagram(worker.heartbeat_address,
-                                   helper.cancel_task(worker.pid, helper.task_id(attempt.task.key))))
+                                   helper.cancel_task(worker.pid, helper.task_id(attempt.task.key),
+                                                      attempt.id)))
 
     # --- placing tasks -------------------------------------------------------------
 
@@ -271,7 +272,8 @@ def task_extensions(job, task, attempt):
     timeout = job.spec.task_timeout
     extensions = {"timeout": timeout if timeout != DEFAULT_TASK_TIMEOUT else None,
                   "log_file": attempt.log_file,
-                  "task_label": f"job {job.id} {task.name} attempt {task.attempts_started}"}
+                  "task_label": f"job {job.id} {task.name} attempt {task.attempts_started}",
+                  "attempt_id": attempt.id}
     spec = job.spec
     shuffled = spec.num_reducers > 0
     layout = spec.shuffle_layout() if shuffled else None

@@ -74,8 +74,9 @@ MASTER_TIMEOUT_GRACE = 10
 # Fields every job's tasks may carry (documented in the README): a worker that
 # does not know them ignores them and stays correct. `presorted` is only ever
 # sent when our own workers reported sorted map output, never to a foreign one's.
-PERFORMANCE_HINTS = {"new_worker_job": {"sort_output", "log_file", "task_label", "builtin_counters"},
-                     "new_sort_job": {"log_file", "task_label"}}
+PERFORMANCE_HINTS = {"new_worker_job": {"sort_output", "log_file", "task_label", "builtin_counters",
+                                        "attempt_id"},
+                     "new_sort_job": {"log_file", "task_label", "attempt_id"}}
 
 
 def assert_fields(message, spec_fields, extensions):
@@ -537,6 +538,37 @@ def test_worker_runs_back_to_back_tasks(registered):
         mapped = subprocess.run([str(MAPPER)], input=data, stdout=subprocess.PIPE,
                                 check=True).stdout
         assert (master.workdir / MAP_DIR / name).read_bytes() == mapped
+
+
+def test_a_repeated_cancel_of_an_ended_attempt_spares_the_next_attempt(registered):
+    """Our master sends cancel_task again until it hears the attempt ended, so one may
+    come after it did: the next attempt of the same task sent here still runs (the
+    cancel names its attempt_id), and a cancel of that attempt still stops it."""
+    master = registered
+    write_files(master.workdir / "input", {"a.txt": b"one two\n"})
+    (master.workdir / MAP_DIR).mkdir(parents=True)
+    job = worker_job(master, ["input/a.txt"], MAP_DIR)
+    task = helper.task_id([master.workdir / MAP_DIR / "a.txt"])
+    master.send(dict(job, attempt_id=1))
+    assert master.next_message()["status"] == "finished"
+    for attempt_id, cancelled, outcome in [(2, 1, "finished"), (3, 3, "failed")]:
+        sent = time.monotonic()
+        master.send_datagram({"message_type": "cancel_task", "worker_pid": master.worker.pid,
+                              "task_id": task, "attempt_id": cancelled})
+        master.heartbeats_after(sent, 2)  # the worker reads datagrams between heartbeats
+        master.send(dict(job, attempt_id=attempt_id))
+        assert master.next_message()["status"] == outcome, attempt_id
+    started, go = master.workdir / "started", master.workdir / "go"  # attempt 4 runs till go
+    waiting = write_script(master.workdir / "wait.sh", f"#!/bin/sh\ntouch {started}\n"
+                           f"while [ ! -e {go} ]; do sleep 0.05; done\nexec cat\n")
+    master.send(dict(worker_job(master, ["input/a.txt"], MAP_DIR, waiting), attempt_id=4))
+    wait_until(started.exists, what="attempt 4 to run")
+    sent = time.monotonic()
+    master.send_datagram({"message_type": "cancel_task", "worker_pid": master.worker.pid,
+                          "task_id": task, "attempt_id": 3})
+    master.heartbeats_after(sent, 2)
+    go.touch()
+    assert master.next_message()["status"] == "finished"
 
 
 def test_worker_sorts_bytewise(registered):

@@ -124,10 +124,12 @@ class UdpReceiver(Receiver):
     def __init__(self, port, deliver):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("localhost", port))
+        self.sender = None  # of the last datagram
         super().__init__(sock, deliver)
 
     def receive(self):
-        return self.sock.recv(MAX_DATAGRAM)
+        raw, self.sender = self.sock.recvfrom(MAX_DATAGRAM)
+        return raw
 
 
 # --- a foreign worker against our master --------------------------------------------
@@ -241,6 +243,16 @@ class FakeMaster:
 
     def send(self, message):
         send_json(self.worker_port, message)
+
+    def send_datagram(self, message):
+        """A datagram from PORT-1 to where the heartbeats come from (as our master's)."""
+        self.udp.sock.sendto(json.dumps(message).encode(), self.udp.sender)
+
+    def heartbeats_after(self, moment, count):
+        """Wait for `count` heartbeats sent after `moment` (time.monotonic())."""
+        while count:
+            arrived, _ = self.next_heartbeat()
+            count -= arrived > moment
 
     def ack(self, register):
         self.send({"message_type": "register_ack", "worker_host": register["worker_host"],
