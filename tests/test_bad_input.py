@@ -354,6 +354,9 @@ def rejected_jobs(tmp_path):
          f"mapper_executable {not_executable} is not executable"),
         ("num_mappers 0", good_job(tmp_path, num_mappers=0), "num_mappers must be at least 1"),
         ("num_reducers -1", good_job(tmp_path, num_reducers=-1), "num_reducers must be"),
+        ("a combiner without reducers",
+         good_job(tmp_path, num_reducers=0, combiner_executable=str(WORD_COUNT[1])),
+         f"combiner_executable {WORD_COUNT[1]} with num_reducers 0"),
         ("output base name with a slash", good_job(tmp_path, output_base_name="sub/count"),
          "output_base_name must be a plain file name"),
         ("'=' in an env name", good_job(tmp_path, env={"A=B": "x"}),
@@ -401,6 +404,7 @@ def test_rejected_jobs_leave_the_queue_alone(cluster, tmp_path):
 @pytest.mark.parametrize("case", [
     "input directory missing", "mapper not executable",
     "timeout nan", "output base with a slash", "env name with a space",
+    "a combiner without reducers",
 ])
 def test_send_job_refuses_invalid_jobs(cluster, tmp_path, case):
     """send_job.py exits 2 with one clear line, and nothing reaches the master's queue."""
@@ -412,6 +416,8 @@ def test_send_job_refuses_invalid_jobs(cluster, tmp_path, case):
         "timeout nan": ("--input", inputs, "--timeout", "nan"),
         "output base with a slash": ("--input", inputs, "--output-base", "no-dir/count"),
         "env name with a space": ("--input", inputs, "--env", "MY VAR=1"),
+        "a combiner without reducers": ("--input", inputs, "--reducers", 0,
+                                        "--combiner", WORD_COUNT[1]),
     }[case]
     result = cluster.send_job(*arguments, "--output", tmp_path / "out")
     stderr = result.stderr.decode()
