@@ -177,8 +177,9 @@ class JobSpec:
 
     def check_options(self):
         if self.combiner_executable and self.num_reducers == 0:
-            raise JobRejected(f"combiner_executable {self.combiner_executable} with num_reducers 0: "
-                              f"a map-only job's map output is its output, nothing combines it")
+            raise JobRejected(f"combiner_executable {self.combiner_executable} with "
+                              f"num_reducers 0: a map-only job's map output is its output, "
+                              f"nothing combines it")
         if self.split_size is not None and self.split_size < 1:
             raise JobRejected(f"split_size must be at least 1 byte, got {self.split_size}")
         if self.record_size is not None and not 1 <= self.record_size <= records.MAX_RECORD_BYTES:

@@ -108,8 +108,6 @@ class Job:
         return run_job(type(self), input, output, master, sequential, options)
 
 
-# --- running a job from Python ---------------------------------------------------
-
 def report(line):
     """A reporter: line to stderr, on a line of its own after what the job printed
     without a newline (in a task, stderr is a LineTracking)."""
@@ -137,6 +135,8 @@ class LineTracking:
     def __getattr__(self, name):
         return getattr(self.stream, name)
 
+
+# --- running a job from Python ---------------------------------------------------
 
 def job_reference(cls):
     """FILE:CLASS for a Job subclass defined at the top of a file."""
@@ -478,7 +478,7 @@ class Combining:
         job.increment_counter(FRAMEWORK, "Combine output records", self.given)
 
 
-_HELD_AS_IS = frozenset({str, int, float, bool, type(None)})  # held as given: no one can change them
+_HELD_AS_IS = frozenset({str, int, float, bool, type(None)})  # no one can change them
 
 
 def held_copy(value):
