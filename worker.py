@@ -103,7 +103,8 @@ class Worker:
         self.acked_at = None  # time.monotonic() of the last register_ack
         self.refused_said_at = None  # when we last logged that the master refuses us
         self.instance = os.urandom(INSTANCE_BYTES).hex()  # this process, among same-pid ones
-        # Task id -> TaskGuard of a running task; ids cancelled before they ran.
+        # Task -> TaskGuard of each running attempt (with --slots, two attempts of a
+        # task may run here at once); (task id, attempt id) cancelled before they ran.
         self.running = {}
         self.cancelled = collections.deque(maxlen=CANCELS_REMEMBERED)
         # Bumped when the master turns out to have restarted: the tasks of its
@@ -281,7 +282,7 @@ class Worker:
         with self.lock:
             self.epoch += 1
             self.cancelled.clear()
-            guards = [guard for _, guard in self.running.values()]
+            guards = list(self.running.values())
         for guard in guards:
             guard.cancel()
 
@@ -295,14 +296,14 @@ class Worker:
         until it hears the attempt ended: it may come after, and a later attempt of the
         same task may be sent here)."""
         with self.lock:
-            running_attempt, guard = self.running.get(task_id, (None, None))
-            if guard is None or not same_attempt(running_attempt, attempt_id):
-                if (task_id, attempt_id) not in self.cancelled:
-                    self.cancelled.append((task_id, attempt_id))
-                return
-        if not guard.cancelled:
-            LOG.info("task %s cancelled by the master: stopping it", task_id)
-        guard.cancel()
+            guards = [guard for task, guard in self.running.items()
+                      if task.id == task_id and same_attempt(task.attempt_id, attempt_id)]
+            if not guards and (task_id, attempt_id) not in self.cancelled:
+                self.cancelled.append((task_id, attempt_id))
+        for guard in guards:
+            if not guard.cancelled:
+                LOG.info("task %s cancelled by the master: stopping it", task_id)
+            guard.cancel()
 
     def start(self, task):
         """The task's own guard, or None if it was cancelled before it started."""
@@ -311,8 +312,7 @@ class Worker:
                 if cancel[0] == task.id and same_attempt(cancel[1], task.attempt_id):
                     self.cancelled.remove(cancel)
                     return None
-            guard = runner.TaskGuard(self.guard)
-            self.running[task.id] = (task.attempt_id, guard)
+            guard = self.running[task] = runner.TaskGuard(self.guard)
             return guard
 
     def execute_loop(self):
@@ -376,7 +376,7 @@ class Worker:
             return self.failed_status(task, **_failure_fields(failure))
         finally:
             with self.lock:
-                self.running.pop(task.id, None)
+                self.running.pop(task, None)
             guard.close()  # what the attempt started and left running (setsid) dies now
 
     def failed_status(self, task, **fields):

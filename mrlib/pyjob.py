@@ -620,9 +620,10 @@ def call_init(job, name, output):
         except (Exception, SystemExit):
             raise CodeBroken(f"{name} raised:\n{traceback.format_exc()}")
         try:
-            output.write(key, value)
-        except BadPair as bad:  # the same on every attempt
+            encode_key(key), encode_value(value)  # a pair JSON cannot encode: every attempt
+        except BadPair as bad:
             raise CodeBroken(f"{name} gave {bad}") from None
+        output.write(key, value)
 
 
 def call_final(job, name, output):

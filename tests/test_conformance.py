@@ -22,6 +22,7 @@ import pytest
 import helper
 from conftest import (REPO, WORD_COUNT, assert_matches_sequential, free_port, partition_files,
                       session_members, wait_until, write_files)
+from support.localcluster import pid_alive
 from support.peers import (MESSAGE_TIMEOUT, FakeMaster, FakeWorkerPool, Receiver, TcpReceiver,
                            assert_same_message, parse_wire, poll, send_json)
 from support.programs import write_script
@@ -436,13 +437,13 @@ def foreign_master(make_cluster):
     """A factory: a FakeMaster and our worker.py started against it, in a scratch directory."""
     made = []
 
-    def start(heartbeat_interval=SPEC_HEARTBEAT_INTERVAL, worker_port=None):
+    def start(heartbeat_interval=SPEC_HEARTBEAT_INTERVAL, worker_port=None, extra=()):
         cluster = make_cluster(env={"MAPREDUCE_HEARTBEAT_INTERVAL": str(heartbeat_interval)},
                                start=False)
         master = FakeMaster(cluster.port, worker_port or free_port())
         made.append(master)
         master.workdir = cluster.workdir
-        master.worker = cluster.start_worker(port=master.worker_port, wait=False)
+        master.worker = cluster.start_worker(port=master.worker_port, wait=False, extra=extra)
         return master
 
     yield start
@@ -567,6 +568,38 @@ def test_a_repeated_cancel_of_an_ended_attempt_spares_the_next_attempt(registere
     master.send_datagram({"message_type": "cancel_task", "worker_pid": master.worker.pid,
                           "task_id": task, "attempt_id": 3})
     master.heartbeats_after(sent, 2)
+    go.touch()
+    assert master.next_message()["status"] == "finished"
+
+
+def test_a_cancel_stops_its_attempt_while_another_of_the_task_runs(foreign_master):
+    """With --slots 2 two attempts of one task can run on a worker at once (one sent
+    again after the worker was taken back): a cancel of one stops that one only."""
+    master = foreign_master(extra=("--slots", "2"))
+    master.ack(master.next_message())
+    write_files(master.workdir / "input", {"a.txt": b"one two\n"})
+    (master.workdir / MAP_DIR).mkdir(parents=True)
+    go = master.workdir / "go"  # each attempt writes its pid to go.ATTEMPT, then waits for go
+    waiting = write_script(master.workdir / "wait.sh", f"#!/bin/sh\necho $$ > {go}.$ATTEMPT\n"
+                           f"while [ ! -e {go} ]; do sleep 0.05; done\nexec cat\n")
+    job = worker_job(master, ["input/a.txt"], MAP_DIR, waiting)
+    for attempt_id in (5, 6):
+        master.send(dict(job, attempt_id=attempt_id,
+                         context={"env": {"ATTEMPT": str(attempt_id)}}))
+
+    def attempt_pids():
+        said = [path.read_text().strip() if path.exists() else ""
+                for path in (master.workdir / "go.5", master.workdir / "go.6")]
+        return [int(pid) for pid in said] if all(said) else None
+
+    pids = wait_until(attempt_pids, what="both attempts to run")
+    sent = time.monotonic()
+    master.send_datagram({"message_type": "cancel_task", "worker_pid": master.worker.pid,
+                          "task_id": helper.task_id([master.workdir / MAP_DIR / "a.txt"]),
+                          "attempt_id": 5})
+    master.heartbeats_after(sent, 2)  # read by now
+    assert master.next_message()["status"] == "failed"
+    assert not pid_alive(pids[0]) and pid_alive(pids[1]), "attempt 5 stopped, 6 not"
     go.touch()
     assert master.next_message()["status"] == "finished"
 

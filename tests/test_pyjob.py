@@ -965,6 +965,40 @@ def test_sys_exit_in_a_method_fails_the_task(tmp_path, phase, name, data, exit_c
     assert b"sys.exit" in result.stderr
 
 
+@pytest.mark.parametrize("name, exit_code", [("BadInitPair", pyjob.CODE_BROKEN_EXIT),
+                                              ("BadCombinerPair", 1)])
+def test_an_init_fails_the_job_but_what_takes_its_pairs_fails_the_task(tmp_path, name,
+                                                                       exit_code):
+    """mapper_init giving a pair JSON cannot encode is broken code (the job fails at
+    once); the combiner giving one while it combines mapper_init's pairs is the task's
+    failure, as it would be with the mapper's pairs."""
+    job = write_job(tmp_path, """
+        from mrlib import Job
+
+
+        class BadCombinerPair(Job):
+            combine_memory_mib = 0.0001  # combined while mapper_init's pairs are taken
+
+            def mapper_init(self):
+                yield from ((number, 1) for number in range(50))
+
+            def mapper(self, key, line):
+                yield line, 1
+
+            def combiner(self, key, counts):
+                yield key, {sum(counts)}  # a set
+
+
+        class BadInitPair(BadCombinerPair):
+            def mapper_init(self):
+                yield "k", {1}
+        """)
+    result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", "map", job, name], input=b"a\n",
+                            capture_output=True, cwd=REPO, timeout=JOB_TIMEOUT)
+    assert result.returncode == exit_code, result.stderr.decode()
+    assert b"is not JSON" in result.stderr
+
+
 def run_program(job, phase, name, data):
     result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", phase, job, name], input=data,
                             capture_output=True, cwd=REPO, timeout=JOB_TIMEOUT)
