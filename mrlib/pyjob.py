@@ -56,6 +56,7 @@ DEFAULT_COMBINE_MEMORY_MIB = 64
 VALUE_COST_BYTES = 10
 KEY_COST_BYTES = 160
 MEASURED, MEASURE_EVERY = 16, 2048
+SIZE_SAMPLE, SIZE_DEPTH = 8, 3  # items, and levels of lists and dicts, a value is judged by
 # Held memory full: the keys holding this many values are combined first (in word
 # count a few thousand keys hold most values), then, if that was not enough,
 # every key holding more than one.
@@ -424,7 +425,7 @@ class Combining:
 
     def measure(self):
         """What a held key and value cost, from a few of them: big ones fill memory sooner."""
-        sample = list(itertools.islice(self.held.items(), MEASURED))
+        sample = list(itertools.islice(reversed(self.held.items()), MEASURED))  # the newest
         if sample:
             self.key_cost = KEY_COST_BYTES + sum(
                 sys.getsizeof(slot if slot.__class__ is str else slot[1])
@@ -503,14 +504,22 @@ def key_of_slot(slot):
     return slot if slot.__class__ is str else json.loads(slot[1])
 
 
-def own_size(value):
+def own_size(value, depth=0):
     """The memory a held value adds: none for the objects Python shares (small ints,
-    None, True, False), its size otherwise."""
+    None, True, False), its size otherwise, with what a list or dict holds (judged by
+    SIZE_SAMPLE of its items, SIZE_DEPTH levels down)."""
     if value is None or value is True or value is False:
         return 0
-    if value.__class__ is int and -5 <= value <= 256:
+    kind = value.__class__
+    if kind is int and -5 <= value <= 256:
         return 0
-    return sys.getsizeof(value)
+    size = sys.getsizeof(value)
+    if depth < SIZE_DEPTH and value and (kind is list or kind is dict):
+        items = value if kind is list else itertools.chain.from_iterable(value.items())
+        sample = list(itertools.islice(items, SIZE_SAMPLE))
+        whole = len(value) * (1 if kind is list else 2)
+        size += sum(own_size(item, depth + 1) for item in sample) * whole // len(sample)
+    return size
 
 
 class CodeBroken(Exception):

@@ -999,6 +999,31 @@ def test_an_init_fails_the_job_but_what_takes_its_pairs_fails_the_task(tmp_path,
     assert b"is not JSON" in result.stderr
 
 
+def test_what_a_held_list_holds_counts_against_the_limit(tmp_path):
+    """A held value's memory is judged with what it holds: 60,000 lists of a 1 kB str
+    (60 MB) are not taken for 60,000 small lists under a 4 MiB limit."""
+    job = write_job(tmp_path, PEAK_KIB + """
+
+
+        class Held(Job):
+            combine_memory_mib = 4
+
+            def mapper(self, key, line):
+                for number in range(60_000):
+                    yield number % 7, [f"{number:01000d}"]
+
+            def combiner(self, key, values):  # frees nothing: held values are written
+                yield from ((key, value) for value in values)
+
+            def mapper_final(self):
+                yield "peak KiB", [peak_kib()]
+        """)
+    pairs = run_program(job, "map", "Held", b"x\n")
+    assert len(pairs) == 60_001
+    [[peak]] = [value for key, value in pairs if key == "peak KiB"]
+    assert peak < 48 * 1024  # all held at once: about 90 MB
+
+
 def run_program(job, phase, name, data):
     result = subprocess.run([PYTHON, "-m", "mrlib.pyjobrun", phase, job, name], input=data,
                             capture_output=True, cwd=REPO, timeout=JOB_TIMEOUT)
