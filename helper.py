@@ -151,7 +151,7 @@ OPTIONAL_FIELDS = {
     "status": {"output_files": STR_LIST, "output_file": STR, "exit_code": INT,
                "error": STR, "stderr_tail": STR, "input_file": STR,
                "counters": DICT, "task_status": STR, "sorted": BOOL, "unfit": BOOL,
-               "run_seconds": NUM},
+               "run_seconds": NUM, "attempt_id": INT},
     "job_status": {"after_version": INT, "wait": NUM},
     # Our worker: random per process, so a restart with the same pid at the
     # same address (pid 1 in a container) is told from a repeated register.

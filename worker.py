@@ -324,6 +324,8 @@ class Worker:
                 LOG.info("dropped %s: a task of the master before its restart", task.describe())
                 continue
             status = self.execute(task)
+            if task.attempt_id is not None:  # our master's: which attempt this was
+                status["attempt_id"] = task.attempt_id
             if self.stopping.is_set():
                 return
             if not self.current(task):  # the master restarted while it ran

@@ -83,9 +83,11 @@ class Attempts:
         """The attempts that count for `task`, oldest first."""
         return list(self.counting_by_task.get(task.key, {}).values())
 
-    def held_by(self, task, worker):
-        """The attempt of `task` that counts on `worker`, or None."""
-        return next((a for a in self.counting(task) if a.worker is worker), None)
+    def held_by(self, task, worker, attempt_id=None):
+        """The attempt of `task` that counts on `worker` (the one with `attempt_id`, if
+        the worker named it in its status), or None."""
+        return next((a for a in self.counting(task) if a.worker is worker
+                     and attempt_id in (None, a.id)), None)
 
     def on(self, worker):
         """Everything `worker` runs or may still run."""
@@ -142,13 +144,14 @@ class Attempts:
         while len(self.ended) > TIMELINES_KEPT:
             del self.ended[next(iter(self.ended))]
 
-    def reported(self, worker, key, now):
-        """`worker` reported the task with `key`: it no longer runs a leftover of it.
+    def reported(self, worker, key, now, attempt_id=None):
+        """`worker` reported the task with `key` (its attempt `attempt_id`, if the worker
+        named it): it no longer runs that leftover of it.
 
         True if that status was a leftover's."""
         found = False
         for attempt in self.leftovers(worker):
-            if attempt.task.key == key:
+            if attempt.task.key == key and attempt_id in (None, attempt.id):
                 self.end(attempt, REPORTED, now)
                 found = True
         return found

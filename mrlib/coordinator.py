@@ -384,7 +384,8 @@ class Coordinator:
         worker.last_result_at = self.now
         outputs = message.get("output_files") or [message.get("output_file", "")]
         key = task_key(outputs)
-        stopped_leftover = self.attempts.reported(worker, key, self.now)
+        stopped_leftover = self.attempts.reported(worker, key, self.now,
+                                                  message.get("attempt_id"))
         job = self.current
         task = job.tasks.get(key) if job is not None else None
         if task is None:

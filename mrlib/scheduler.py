@@ -154,7 +154,7 @@ class Scheduler:
     # --- results ---------------------------------------------------------------------
 
     def failed(self, job, task, worker, message):
-        attempt = self.attempts.held_by(task, worker)
+        attempt = self.attempts.held_by(task, worker, message.get("attempt_id"))
         if attempt is not None:
             attempt.run_seconds = message.get("run_seconds")
         if task.done or attempt is None:
@@ -170,7 +170,7 @@ class Scheduler:
         if task.done:
             LOG.info("job %d: duplicate finish of %s from %s ignored", job.id, task.name, worker)
             return False
-        attempt = self.attempts.held_by(task, worker)
+        attempt = self.attempts.held_by(task, worker, message.get("attempt_id"))
         if attempt is not None:
             attempt.run_seconds = message.get("run_seconds")
         missing = [path for path in task.outputs if not os.path.isfile(path)]

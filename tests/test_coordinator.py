@@ -464,6 +464,44 @@ def test_a_stopped_leftovers_failure_is_not_charged_to_a_new_attempt(sim):
     assert task.failures == 1 and sim.coordinator.attempts.counting(task)
 
 
+def test_a_leftovers_finish_is_its_own_and_the_new_attempt_is_stopped(sim):
+    """A worker holds a leftover and, sent again, a new attempt of the same task: the
+    leftover's finish, naming its attempt_id, completes the task as a late result, and
+    the new attempt (not taken for the one that finished) is told to stop."""
+    worker = sim.register(101)
+    job_id = sim.submit(mappers=1, reducers=1, task_timeout=5)
+    [old] = sim.tasks
+    sim.tasks.clear()
+    sim.pass_time(5 + TIMEOUT_GRACE + 1)  # timed out: a leftover, and sent again
+    [new] = sim.tasks
+    task = sim.job(job_id).tasks[tuple(sorted(new.outputs))]
+    for path in old.outputs:
+        open(path, "wb").close()
+    sim.report(old, worker, attempt_id=old.message["attempt_id"])
+    assert task.done
+    sim.datagrams.clear()
+    sim.advance_clock(0.5)
+    assert {m.get("attempt_id") for m in cancels(sim)} == {new.message["attempt_id"]}
+
+
+def test_a_new_attempts_failure_is_not_taken_for_its_leftovers(sim):
+    """The new attempt's failure, naming its attempt_id, counts as its own, and the
+    leftover is still told to stop."""
+    worker = sim.register(101)
+    job_id = sim.submit(mappers=1, reducers=1, task_timeout=5)
+    [old] = sim.tasks
+    sim.tasks.clear()
+    sim.pass_time(5 + TIMEOUT_GRACE + 1)  # timed out: a leftover, and sent again
+    [new] = sim.tasks
+    task = sim.job(job_id).tasks[tuple(sorted(new.outputs))]
+    failures = task.failures
+    sim.report(new, worker, helper.FAILED, error="boom", attempt_id=new.message["attempt_id"])
+    assert task.failures == failures + 1
+    sim.datagrams.clear()
+    sim.advance_clock(0.5)
+    assert old.message["attempt_id"] in {m.get("attempt_id") for m in cancels(sim)}
+
+
 def test_a_failure_that_was_recovered_is_not_given_as_the_cause(sim):
     """The job's "failure" names only the attempt that ended it: none for a cancel."""
     worker = sim.register(101)
