@@ -56,7 +56,6 @@ DEFAULT_COMBINE_MEMORY_MIB = 64
 VALUE_COST_BYTES = 10
 KEY_COST_BYTES = 160
 MEASURED, MEASURE_EVERY = 16, 2048
-SIZE_SAMPLE, SIZE_DEPTH = 8, 3  # items, and levels of lists and dicts, a value is judged by
 # Held memory full: the keys holding this many values are combined first (in word
 # count a few thousand keys hold most values), then, if that was not enough,
 # every key holding more than one.
@@ -398,7 +397,8 @@ class Combining:
         while True:
             held = self.held  # a new dict after a flush
             room = (self.limit - self.cost()) // (self.key_cost + self.value_cost)
-            wanted = max(1, min(MEASURE_EVERY, room))
+            # the first MEASURED pairs are measured before more are taken
+            wanted = max(1, min(MEASURE_EVERY if self.measured_at >= 0 else MEASURED, room))
             taken = 0
             for taken, (key, value) in enumerate(itertools.islice(pairs, wanted), 1):
                 held[key if key.__class__ is str else (None, encode_key(key))].append(
@@ -504,22 +504,18 @@ def key_of_slot(slot):
     return slot if slot.__class__ is str else json.loads(slot[1])
 
 
-def own_size(value, depth=0):
+def own_size(value):
     """The memory a held value adds: none for the objects Python shares (small ints,
-    None, True, False), its size otherwise, with what a list or dict holds (judged by
-    SIZE_SAMPLE of its items, SIZE_DEPTH levels down)."""
+    None, True, False), its size otherwise; a list or dict (held as JSON decodes, see
+    held_copy) adds the length of its JSON: what it holds at any depth, measured in C."""
     if value is None or value is True or value is False:
         return 0
     kind = value.__class__
     if kind is int and -5 <= value <= 256:
         return 0
-    size = sys.getsizeof(value)
-    if depth < SIZE_DEPTH and value and (kind is list or kind is dict):
-        items = value if kind is list else itertools.chain.from_iterable(value.items())
-        sample = list(itertools.islice(items, SIZE_SAMPLE))
-        whole = len(value) * (1 if kind is list else 2)
-        size += sum(own_size(item, depth + 1) for item in sample) * whole // len(sample)
-    return size
+    if kind is list or kind is dict:
+        return sys.getsizeof(value) + len(encode_value(value))
+    return sys.getsizeof(value)
 
 
 class CodeBroken(Exception):

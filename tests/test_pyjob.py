@@ -999,29 +999,58 @@ def test_an_init_fails_the_job_but_what_takes_its_pairs_fails_the_task(tmp_path,
     assert b"is not JSON" in result.stderr
 
 
-def test_what_a_held_list_holds_counts_against_the_limit(tmp_path):
-    """A held value's memory is judged with what it holds: 60,000 lists of a 1 kB str
-    (60 MB) are not taken for 60,000 small lists under a 4 MiB limit."""
+@pytest.mark.parametrize("name", ["Held", "HeldLast", "HeldDeep", "HeldInDict",
+                                  "HeldBigFirst"])
+def test_what_a_held_value_holds_counts_against_the_limit(tmp_path, name):
+    """A held value's memory is judged with all it holds, at any depth: 60,000 lists
+    holding a 1 kB str (60 MB) are not taken for small lists under a 4 MiB limit, nor
+    are the first pairs held unmeasured (1,500 dicts of 90 kB)."""
     job = write_job(tmp_path, PEAK_KIB + """
 
 
         class Held(Job):
             combine_memory_mib = 4
+            PAIRS = 60_000
+
+            def value(self, number):
+                return [f"{number:01000d}"]
 
             def mapper(self, key, line):
-                for number in range(60_000):
-                    yield number % 7, [f"{number:01000d}"]
+                for number in range(self.PAIRS):
+                    yield number % 7, self.value(number)
 
             def combiner(self, key, values):  # frees nothing: held values are written
                 yield from ((key, value) for value in values)
 
             def mapper_final(self):
                 yield "peak KiB", [peak_kib()]
+
+
+        class HeldLast(Held):
+            def value(self, number):
+                return [1, 2, 3, 4, 5, 6, 7, 8, f"{number:01000d}"]
+
+
+        class HeldDeep(Held):
+            def value(self, number):
+                return [[[[f"{number:01000d}"]]]]
+
+
+        class HeldInDict(Held):
+            def value(self, number):
+                return {"a": 1, "b": 2, "c": 3, "d": 4, "text": f"{number:01000d}"}
+
+
+        class HeldBigFirst(Held):
+            PAIRS = 1500
+
+            def value(self, number):
+                return {f"{number}-{item}": item for item in range(1000)}
         """)
-    pairs = run_program(job, "map", "Held", b"x\n")
-    assert len(pairs) == 60_001
+    pairs = run_program(job, "map", name, b"x\n")
     [[peak]] = [value for key, value in pairs if key == "peak KiB"]
-    assert peak < 48 * 1024  # all held at once: about 90 MB
+    assert len(pairs) == (1500 if name == "HeldBigFirst" else 60_000) + 1
+    assert peak < 48 * 1024  # all held at once: 90 MB or more
 
 
 def run_program(job, phase, name, data):
