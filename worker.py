@@ -48,8 +48,9 @@ INSTANCE_BYTES = 8
 REFUSAL_WAIT = 1.0
 # The master refusing our messages is logged at most this often.
 REFUSED_LOG_INTERVAL = 30.0
-# Cancels remembered for tasks not started yet (the master only cancels tasks
-# it delivered, so these are queued here, or already done).
+# Cancels remembered that matched no queued or running task: for one that
+# ended, or one whose message is not queued yet (the master only cancels
+# tasks it delivered).
 CANCELS_REMEMBERED = 1024
 
 
@@ -66,6 +67,7 @@ class Task:
         self.kind = message["message_type"]
         self.id = helper.task_id(self.outputs())
         self.attempt_id = message.get("attempt_id")  # our master's; None from another
+        self.cancelled = False  # while queued
 
     def outputs(self):
         if self.kind == "new_sort_job":
@@ -104,8 +106,10 @@ class Worker:
         self.refused_said_at = None  # when we last logged that the master refuses us
         self.instance = os.urandom(INSTANCE_BYTES).hex()  # this process, among same-pid ones
         # Task -> TaskGuard of each running attempt (with --slots, two attempts of a
-        # task may run here at once); (task id, attempt id) cancelled before they ran.
+        # task may run here at once); the tasks queued; (task id, attempt id) of
+        # cancels that matched neither (ended, or not here yet).
         self.running = {}
+        self.queued = {}  # task id -> the Tasks of that id queued
         self.cancelled = collections.deque(maxlen=CANCELS_REMEMBERED)
         # Bumped when the master turns out to have restarted: the tasks of its
         # earlier life are stopped, and no status of theirs is sent to the new
@@ -215,6 +219,7 @@ class Worker:
         task = Task(message)
         with self.lock:
             task.epoch = self.epoch
+            self.queued.setdefault(task.id, set()).add(task)
         LOG.info("queued %s", task.describe())
         self.tasks.put(task)
 
@@ -282,6 +287,7 @@ class Worker:
         with self.lock:
             self.epoch += 1
             self.cancelled.clear()
+            self.queued.clear()  # dropped as they come out of the queue
             guards = list(self.running.values())
         for guard in guards:
             guard.cancel()
@@ -298,16 +304,30 @@ class Worker:
         with self.lock:
             guards = [guard for task, guard in self.running.items()
                       if task.id == task_id and same_attempt(task.attempt_id, attempt_id)]
-            if not guards and (task_id, attempt_id) not in self.cancelled:
+            queued = [task for task in self.queued.get(task_id, ())
+                      if same_attempt(task.attempt_id, attempt_id)]
+            for task in queued:
+                task.cancelled = True
+            if not guards and not queued and (task_id, attempt_id) not in self.cancelled:
                 self.cancelled.append((task_id, attempt_id))
         for guard in guards:
             if not guard.cancelled:
                 LOG.info("task %s cancelled by the master: stopping it", task_id)
             guard.cancel()
 
+    def unqueue(self, task):
+        """(Under self.lock) the task is out of the queue."""
+        tasks = self.queued.get(task.id, set())
+        tasks.discard(task)
+        if not tasks:
+            self.queued.pop(task.id, None)
+
     def start(self, task):
         """The task's own guard, or None if it was cancelled before it started."""
         with self.lock:
+            self.unqueue(task)
+            if task.cancelled:
+                return None
             for cancel in self.cancelled:
                 if cancel[0] == task.id and same_attempt(cancel[1], task.attempt_id):
                     self.cancelled.remove(cancel)
@@ -322,6 +342,8 @@ class Worker:
                 return
             if not self.current(task):
                 LOG.info("dropped %s: a task of the master before its restart", task.describe())
+                with self.lock:
+                    self.unqueue(task)
                 continue
             status = self.execute(task)
             if task.attempt_id is not None:  # our master's: which attempt this was

@@ -26,6 +26,7 @@ from support.localcluster import pid_alive
 from support.peers import (MESSAGE_TIMEOUT, FakeMaster, FakeWorkerPool, Receiver, TcpReceiver,
                            assert_same_message, parse_wire, poll, send_json)
 from support.programs import write_script
+from worker import CANCELS_REMEMBERED
 
 SAMPLE = REPO / "input" / "sample1"
 MAPPER, REDUCER = WORD_COUNT
@@ -603,6 +604,35 @@ def test_a_cancel_stops_its_attempt_while_another_of_the_task_runs(foreign_maste
     assert not pid_alive(pids[0]) and pid_alive(pids[1]), "attempt 5 stopped, 6 not"
     go.touch()
     assert master.next_message()["status"] == "finished"
+
+
+def test_every_queued_task_cancelled_is_skipped_however_many(foreign_master):
+    """More tasks queued on a worker than it remembers cancels for (a big job killed):
+    each one cancelled is skipped when it comes out of the queue, none runs."""
+    master = foreign_master(heartbeat_interval=0.2)
+    master.ack(master.next_message())
+    (master.workdir / MAP_DIR).mkdir(parents=True)
+    go = master.workdir / "go"
+    blocker = write_script(master.workdir / "block.sh",
+                           f"#!/bin/sh\nwhile [ ! -e {go} ]; do sleep 0.05; done\nexec cat\n")
+    write_files(master.workdir / "input", {"block.txt": b"x\n"})
+    master.send(dict(worker_job(master, ["input/block.txt"], MAP_DIR, blocker), attempt_id=0))
+    queued = range(1, CANCELS_REMEMBERED + 101)
+    for number in queued:  # their inputs do not exist: any that ran would fail otherwise
+        master.send(dict(worker_job(master, [f"input/q{number}.txt"], MAP_DIR),
+                         attempt_id=number))
+    master.heartbeats_after(time.monotonic(), 2)
+    for first in range(0, len(queued), 100):  # a batch a read, none lost to a full buffer
+        for number in queued[first:first + 100]:
+            master.send_datagram({"message_type": "cancel_task",
+                                  "worker_pid": master.worker.pid, "attempt_id": number,
+                                  "task_id": helper.task_id([master.workdir / MAP_DIR /
+                                                             f"q{number}.txt"])})
+        master.heartbeats_after(time.monotonic(), 2)
+    go.touch()
+    statuses = [master.next_message() for _ in range(len(queued) + 1)]
+    errors = Counter(status.get("error") for status in statuses)
+    assert errors == {None: 1, "cancelled by the master before it started": len(queued)}
 
 
 def test_worker_sorts_bytewise(registered):
