@@ -556,8 +556,7 @@ def test_a_repeated_cancel_of_an_ended_attempt_spares_the_next_attempt(registere
     assert (status["status"], status.get("attempt_id")) == ("finished", 1)  # names its attempt
     for attempt_id, cancelled, outcome in [(2, 1, "finished"), (3, 3, "failed")]:
         sent = time.monotonic()
-        master.send_datagram({"message_type": "cancel_task", "worker_pid": master.worker.pid,
-                              "task_id": task, "attempt_id": cancelled})
+        master.send_cancel(task, cancelled)
         master.heartbeats_after(sent, 2)  # the worker reads datagrams between heartbeats
         master.send(dict(job, attempt_id=attempt_id))
         assert master.next_message()["status"] == outcome, attempt_id
@@ -567,8 +566,7 @@ def test_a_repeated_cancel_of_an_ended_attempt_spares_the_next_attempt(registere
     master.send(dict(worker_job(master, ["input/a.txt"], MAP_DIR, waiting), attempt_id=4))
     wait_until(started.exists, what="attempt 4 to run")
     sent = time.monotonic()
-    master.send_datagram({"message_type": "cancel_task", "worker_pid": master.worker.pid,
-                          "task_id": task, "attempt_id": 3})
+    master.send_cancel(task, 3)
     master.heartbeats_after(sent, 2)
     go.touch()
     assert master.next_message()["status"] == "finished"
@@ -596,9 +594,7 @@ def test_a_cancel_stops_its_attempt_while_another_of_the_task_runs(foreign_maste
 
     pids = wait_until(attempt_pids, what="both attempts to run")
     sent = time.monotonic()
-    master.send_datagram({"message_type": "cancel_task", "worker_pid": master.worker.pid,
-                          "task_id": helper.task_id([master.workdir / MAP_DIR / "a.txt"]),
-                          "attempt_id": 5})
+    master.send_cancel(helper.task_id([master.workdir / MAP_DIR / "a.txt"]), 5)
     master.heartbeats_after(sent, 2)  # read by now
     assert master.next_message()["status"] == "failed"
     assert not pid_alive(pids[0]) and pid_alive(pids[1]), "attempt 5 stopped, 6 not"
@@ -624,10 +620,8 @@ def test_every_queued_task_cancelled_is_skipped_however_many(foreign_master):
     master.heartbeats_after(time.monotonic(), 2)
     for first in range(0, len(queued), 100):  # a batch a read, none lost to a full buffer
         for number in queued[first:first + 100]:
-            master.send_datagram({"message_type": "cancel_task",
-                                  "worker_pid": master.worker.pid, "attempt_id": number,
-                                  "task_id": helper.task_id([master.workdir / MAP_DIR /
-                                                             f"q{number}.txt"])})
+            master.send_cancel(helper.task_id([master.workdir / MAP_DIR / f"q{number}.txt"]),
+                               number)
         master.heartbeats_after(time.monotonic(), 2)
     go.touch()
     statuses = [master.next_message() for _ in range(len(queued) + 1)]

@@ -451,16 +451,22 @@ def test_an_unfit_worker_keeps_no_leftover(sim):
     assert sim.coordinator.attempts.load(holder) == 0
 
 
-def test_a_stopped_leftovers_failure_is_not_charged_to_a_new_attempt(sim):
-    """A worker reporting the failure of a copy it was told to stop: the new attempt still counts."""
+def sent_again_beside_its_leftover(sim):
+    """A one-worker job's map task timed out: (worker, task, the leftover's message,
+    the new attempt's message), both held by the same worker."""
     worker = sim.register(101)
     job_id = sim.submit(mappers=1, reducers=1, task_timeout=5)
     [old] = sim.tasks
     sim.tasks.clear()
     sim.pass_time(5 + TIMEOUT_GRACE + 1)  # timed out: a leftover, and sent again
     [new] = sim.tasks
+    return worker, sim.job(job_id).tasks[tuple(sorted(new.outputs))], old, new
+
+
+def test_a_stopped_leftovers_failure_is_not_charged_to_a_new_attempt(sim):
+    """A worker reporting the failure of a copy it was told to stop: the new attempt still counts."""
+    worker, task, old, new = sent_again_beside_its_leftover(sim)
     sim.report(old, worker, helper.FAILED, error="cancelled by the master")
-    task = sim.job(job_id).tasks[tuple(sorted(new.outputs))]
     assert task.failures == 1 and sim.coordinator.attempts.counting(task)
 
 
@@ -468,13 +474,7 @@ def test_a_leftovers_finish_is_its_own_and_the_new_attempt_is_stopped(sim):
     """A worker holds a leftover and, sent again, a new attempt of the same task: the
     leftover's finish, naming its attempt_id, completes the task as a late result, and
     the new attempt (not taken for the one that finished) is told to stop."""
-    worker = sim.register(101)
-    job_id = sim.submit(mappers=1, reducers=1, task_timeout=5)
-    [old] = sim.tasks
-    sim.tasks.clear()
-    sim.pass_time(5 + TIMEOUT_GRACE + 1)  # timed out: a leftover, and sent again
-    [new] = sim.tasks
-    task = sim.job(job_id).tasks[tuple(sorted(new.outputs))]
+    worker, task, old, new = sent_again_beside_its_leftover(sim)
     for path in old.outputs:
         open(path, "wb").close()
     sim.report(old, worker, attempt_id=old.message["attempt_id"])
@@ -487,13 +487,7 @@ def test_a_leftovers_finish_is_its_own_and_the_new_attempt_is_stopped(sim):
 def test_a_new_attempts_failure_is_not_taken_for_its_leftovers(sim):
     """The new attempt's failure, naming its attempt_id, counts as its own, and the
     leftover is still told to stop."""
-    worker = sim.register(101)
-    job_id = sim.submit(mappers=1, reducers=1, task_timeout=5)
-    [old] = sim.tasks
-    sim.tasks.clear()
-    sim.pass_time(5 + TIMEOUT_GRACE + 1)  # timed out: a leftover, and sent again
-    [new] = sim.tasks
-    task = sim.job(job_id).tasks[tuple(sorted(new.outputs))]
+    worker, task, old, new = sent_again_beside_its_leftover(sim)
     failures = task.failures
     sim.report(new, worker, helper.FAILED, error="boom", attempt_id=new.message["attempt_id"])
     assert task.failures == failures + 1

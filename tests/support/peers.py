@@ -248,6 +248,11 @@ class FakeMaster:
         """A datagram from PORT-1 to where the heartbeats come from (as our master's)."""
         self.udp.sock.sendto(json.dumps(message).encode(), self.udp.sender)
 
+    def send_cancel(self, task_id, attempt_id):
+        """Our master's cancel_task (an extension) to the worker's heartbeat socket."""
+        self.send_datagram({"message_type": "cancel_task", "worker_pid": self.worker.pid,
+                            "task_id": task_id, "attempt_id": attempt_id})
+
     def heartbeats_after(self, moment, count):
         """Wait for `count` heartbeats sent after `moment` (time.monotonic())."""
         while count:
