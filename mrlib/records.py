@@ -24,6 +24,7 @@ for the error that data which is not whole records gets.
 """
 import bisect
 import os
+import signal
 import sys
 
 # A sorted run held in memory: at most this many bytes, and at most this many
@@ -314,3 +315,5 @@ if __name__ == "__main__":
     except RecordError as error:
         print(error, file=sys.stderr)
         sys.exit(NOT_RECORDS_EXIT)
+    except BrokenPipeError:  # the program after it stopped reading: exit as sort would
+        os._exit(128 + signal.SIGPIPE)

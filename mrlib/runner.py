@@ -670,6 +670,9 @@ class Pipeline:
         failed = _culprit(exit_codes)
         if failed is not None:
             stage = self.stages[failed]
+            if _died_of_sigpipe(exit_codes[failed]) and failed + 1 < len(self.stages):
+                raise TaskFailed(f"{self.stages[failed + 1].label} exited before reading all "
+                                 f"of its input", input_label)
             if exit_codes[failed] == stage.says_why and tails[failed].strip():
                 raise TaskFailed(tails[failed].strip().splitlines()[-1], input_label)
             raise TaskFailed(f"{stage.label} exited with code {exit_codes[failed]}",
@@ -726,8 +729,13 @@ def _culprit(exit_codes):
     A program dies of SIGPIPE when the one after it failed first.
     """
     failures = [n for n, code in enumerate(exit_codes) if code]
-    real = [n for n in failures if exit_codes[n] not in (-signal.SIGPIPE, 128 + signal.SIGPIPE)]
+    real = [n for n in failures if not _died_of_sigpipe(exit_codes[n])]
     return (real or failures or [None])[0]
+
+
+def _died_of_sigpipe(exit_code):
+    """Killed by SIGPIPE, or exited as a shell reports that (128 + the signal)."""
+    return exit_code in (-signal.SIGPIPE, 128 + signal.SIGPIPE)
 
 
 def _wait(process):

@@ -327,6 +327,25 @@ def test_map_output_that_is_not_whole_records_fails_the_job_with_its_length(
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("unit", ["records", "lines"])
+def test_a_combiner_that_stops_reading_is_named(workers, tmp_path, unit):
+    """A combiner that exits 0 before reading its input fails the job, and the cause names
+    that combiner: not the sort before it (killed by SIGPIPE, or a Python traceback of a
+    broken pipe in the records sort)."""
+    inputs = write_files(tmp_path / "in", {"data": (b"r" * 99 + b"\n") * 5000})
+    quitter = write_script(tmp_path / "quitter.sh", "#!/bin/sh\nexit 0\n")
+    cat = write_script(tmp_path / "cat.sh", CAT)
+    layout = ["--record-size", RECORD] if unit == "records" else []
+    for sequential in (False, True):
+        result = send_job(workers, "--input", inputs, "--output", tmp_path / f"out{sequential}",
+                          "--mapper", cat, "--reducer", cat, "--combiner", quitter, *layout,
+                          "--max-attempts", 1, sequential=sequential)
+        assert result.returncode == 1
+        error = result.stdout.decode() + result.stderr.decode()
+        assert f"{quitter} exited before reading all of its input" in error, error
+        assert "Traceback" not in error
+
+
 def test_the_jobs_output_is_checked_when_its_record_size_is_given(workers, tmp_path):
     """--output-record-size on a map-only job checks what it writes; without it, a map-only
     job's output is the program's business (the Hamming decoder halves its records)."""
