@@ -14,6 +14,7 @@ interleave, so --merge merges them (LC_ALL=C sort -m) instead; with
 import argparse
 import os
 import re
+import stat
 import sys
 
 from mrlib import grouping, names, records, runner
@@ -51,13 +52,40 @@ def _is_output_name(name):
                 or re.fullmatch(r".+_\d+", name, re.DOTALL))
 
 
+# What a destination that exists may not be: collect writes a new regular file in its place.
+NOT_REPLACED = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def why_not_written(destination):
+    """Why `destination` cannot be written (None if it can): the result replaces it, so
+    only a regular file (or nothing) may be there, and its directory must exist."""
+    try:
+        mode = os.lstat(destination).st_mode
+    except FileNotFoundError:
+        directory = os.path.dirname(destination) or "."
+        if not os.path.isdir(directory):
+            return f"its directory {directory} does not exist"
+        return None
+    except OSError as error:
+        return error.strerror
+    for test, kind in NOT_REPLACED:
+        if test(mode):
+            return f"it is {kind}, which the result would replace: name a regular file"
+    return None
+
+
 def concatenate(paths, destination):
     tmp = runner.temp_path(destination)
-    with open(tmp, "wb") as out:
-        for path in paths:
-            with open(path, "rb") as source:
-                grouping.copy_range(source, out, 0, os.fstat(source.fileno()).st_size)
-    os.replace(tmp, destination)
+    try:
+        with open(tmp, "wb") as out:
+            for path in paths:
+                with open(path, "rb") as source:
+                    grouping.copy_range(source, out, 0, os.fstat(source.fileno()).st_size)
+        os.replace(tmp, destination)
+    finally:
+        runner.discard(tmp)
 
 
 def main(argv=None):
@@ -76,6 +104,10 @@ def main(argv=None):
                      f"got {args.record_size}")
     layout = records.Layout(args.record_size, option=records.INPUT_OPTION) \
         if args.record_size else None
+    why_not = why_not_written(args.destination)
+    if why_not is not None:
+        print(f"collect: cannot write {args.destination}: {why_not}", file=sys.stderr)
+        return 2
     paths = partition_files(args.source)
     if any(_same_file(p, args.destination) for p in paths):
         if len(paths) > 1 and _is_output_name(os.path.basename(args.destination)):
@@ -93,7 +125,10 @@ def main(argv=None):
                               layout=layout)
         else:
             concatenate(paths, args.destination)
-    except (OSError, runner.TaskFailed) as error:
+    except OSError as error:  # the temporary file's name is collect's business
+        print(f"collect: cannot write {args.destination}: {error.strerror}", file=sys.stderr)
+        return 1
+    except runner.TaskFailed as error:
         print(f"collect: {error}", file=sys.stderr)
         return 1
     print(f"collected {len(paths)} file(s) into {args.destination}")

@@ -14,7 +14,7 @@ import time
 
 import helper
 from mrlib import names
-from mrlib.runner import FRAMEWORK
+from mrlib.runner import FRAMEWORK, discard
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 CANCELLED = "cancelled"
@@ -334,7 +334,7 @@ def publish_all(sources, destinations):
                                 f".{os.path.basename(d)}.tmp-{os.getpid()}") for d in destinations]
     try:
         for source, temporary in zip(sources, temporaries):
-            _discard(temporary)
+            discard(temporary)
             try:
                 os.link(source, temporary)
             except OSError:
@@ -343,11 +343,4 @@ def publish_all(sources, destinations):
             os.replace(temporary, destination)
     finally:
         for temporary in temporaries:
-            _discard(temporary)
-
-
-def _discard(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+            discard(temporary)

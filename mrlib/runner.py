@@ -466,7 +466,8 @@ def temp_path(final_path):
     return os.path.join(directory, f".{name}.tmp-{os.getpid()}-{next(_TEMP_COUNTER)}")
 
 
-def _discard(path):
+def discard(path):
+    """Remove a temporary file of ours if it is there."""
     try:
         os.unlink(path)
     except (FileNotFoundError, ValueError):  # ValueError: a NUL in the name, never created
@@ -765,7 +766,7 @@ def run_stages(stages, input_path, output_path, env=None, timeout=None, guard=No
     except (OSError, ValueError) as error:
         raise TaskFailed(f"cannot run {stages[0].label}: {error}", input_path) from None
     finally:
-        _discard(tmp)
+        discard(tmp)
 
 
 def run_program(executable, input_path, output_path, env=None, timeout=None, guard=None):
@@ -924,9 +925,9 @@ def sort_files(input_paths, output_path, merge=False, timeout=None, guard=None, 
     except (OSError, ValueError) as error:
         raise TaskFailed(f"cannot sort into {output_path}: {error}") from None
     finally:
-        _discard(tmp)
+        discard(tmp)
         if list_file:
-            _discard(list_file)
+            discard(list_file)
 
 
 def _line_sort(input_paths, tmp, merge, directory):

@@ -9,6 +9,7 @@ with old files unless told to overwrite them, and never removes anything else.
 import os
 import signal
 import socket
+import stat
 import subprocess
 from pathlib import Path
 
@@ -578,6 +579,55 @@ def test_collect_never_overwrites_an_output_and_joins_only_outputs(cluster, tmp_
                                      capture_output=True, check=True).stdout
                       for name in sorted(SMALL_INPUT))
     assert (map_only / "all").read_bytes() == mapped
+
+
+def test_collect_replaces_only_a_regular_file_and_leaves_nothing_behind(cluster, tmp_path):
+    """collect.py writes its result in place of DEST: a symlink, FIFO, device or directory
+    there is refused and left as it was (as root, `collect.py out /dev/null` replaced the
+    system's /dev/null with a file); a DEST in a missing directory is named as the user
+    typed it; a failed collect leaves no temporary file."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = tmp_path / "out"
+    cluster.run_job(*WORD_COUNT, inputs, output, 2, 2)
+    places = tmp_path / "places"
+    places.mkdir()
+    (places / "kept").write_bytes(PRECIOUS)
+    os.symlink(places / "kept", places / "link")
+    os.mkfifo(places / "fifo")
+    made = ["link", "fifo", "kept"]
+    if os.geteuid() == 0:  # a null device of our own, as /dev/null is
+        os.mknod(places / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        made.append("null")
+
+    def collect(destination):
+        return subprocess.run([PYTHON, str(REPO / "collect.py"), str(output), str(destination)],
+                              capture_output=True, timeout=JOB_TIMEOUT)
+
+    for name in ("link", "fifo", "null")[:len(made) - 1]:
+        before = os.lstat(places / name)
+        refused = collect(places / name)
+        assert refused.returncode == 2, refused.stdout.decode()
+        assert str(places / name) in refused.stderr.decode()
+        after = os.lstat(places / name)
+        assert (after.st_mode, after.st_ino, after.st_rdev) == \
+            (before.st_mode, before.st_ino, before.st_rdev)
+    assert (places / "kept").read_bytes() == PRECIOUS
+    for destination in (output, places / "missing" / "all"):
+        refused = collect(destination)
+        assert refused.returncode == 2
+        assert str(destination) in refused.stderr.decode()
+        assert ".tmp-" not in refused.stderr.decode()
+    assert sorted(os.listdir(places)) == sorted(made)
+    assert sorted(os.listdir(output)) == ["input_0", "input_1"]
+    broken = write_files(tmp_path / "broken", {"input_0": b"a\n"})
+    (broken / "input_1").mkdir()  # unreadable as a file: collect fails midway
+    failed = subprocess.run([PYTHON, str(REPO / "collect.py"), str(broken), str(places / "all")],
+                            capture_output=True, timeout=JOB_TIMEOUT)
+    assert failed.returncode == 1
+    assert sorted(os.listdir(places)) == sorted(made)
+    assert collect(places / "kept").returncode == 0  # a regular file is replaced
+    assert (places / "kept").read_bytes() == sequential(sorted(inputs.iterdir()), *WORD_COUNT)
 
 
 def test_a_killed_sequential_run_takes_its_programs_with_it(tmp_path):
