@@ -475,11 +475,16 @@ def outputs_to_replace(args, message):
         raise Refused(str(refusal)) from None
 
 
-def replace_outputs(args, output, names, var_directory=None):
-    """Remove an earlier job's outputs, once nothing stands in the way of the new job."""
+def replace_outputs(args, output, names, master=None):
+    """Remove an earlier job's outputs, once nothing stands in the way of the new job.
+    `master`: our master's cluster_status reply, if a master is asked (master_status)."""
+    master = master or {}
+    var_directory = master.get("var_directory")
     if var_directory and outputdir.within(output, var_directory):
         raise Refused(f"output directory {args.output} is inside the master's working "
                       f"directory {var_directory}")
+    for job in master.get("active_jobs") or ():
+        refuse_if_in_use(args, output, names, job)
     try:
         outputdir.remove(output, names)
     except OSError as error:
@@ -488,14 +493,43 @@ def replace_outputs(args, output, names, var_directory=None):
           f"{outputdir.show(names)}", flush=True)
 
 
-def master_var_directory(args):
-    """Our master's var/ (where no output may go); None for another implementation's master.
+def refuse_if_in_use(args, output, names, job):
+    """Refused if removing `names` from `output` takes what a queued or running job (one
+    of cluster_status's active_jobs) writes or has still to read."""
+    where = f"job {job.get('job_id')}'s, which is {job.get('state')}: wait for it, or " \
+            f"choose another --output"
+    if outputdir.same_directory(output, job.get("output_directory")):
+        raise Refused(f"output directory {args.output} is {where}")
+    if args.host not in LOCAL_HOSTS:
+        return  # its input paths are the master's, not ours
+    inputs = job_inputs(job)
+    used = [name for name in names
+            if any(outputdir.same_file(os.path.join(output, name), path) for path in inputs)]
+    if used:
+        raise Refused(f"--overwrite would remove {outputdir.show(used)} from {args.output}: "
+                      f"the input of {where}")
+
+
+def job_inputs(job):
+    """The input files of an active job, as listed now."""
+    try:
+        spec = JobSpec(job.get("input_directory") or "", job.get("output_directory") or "",
+                       "", "", 1, 1, input_file=job.get("input_file"),
+                       input_base_name=job.get("input_base_name"))
+        return spec.input_files()
+    except (OSError, TypeError, ValueError):
+        return []
+
+
+def master_status(args):
+    """Our master's cluster_status reply (its var/, where no output may go, and its active
+    jobs); None for another implementation's master.
 
     Asked before anything is removed, so that a master that cannot be
     reached (OSError, raised) costs the user no file.
     """
     try:
-        return helper.request(args.host, args.port, helper.cluster_status()).get("var_directory")
+        return helper.request(args.host, args.port, helper.cluster_status())
     except helper.NoReply:
         return None
 
@@ -628,7 +662,7 @@ def submit(args):
     try:
         names = outputs_to_replace(args, message)
         if names:
-            replace_outputs(args, message["output_directory"], names, master_var_directory(args))
+            replace_outputs(args, message["output_directory"], names, master_status(args))
     except Refused as refusal:
         print(f"send_job: {refusal}", file=sys.stderr)
         return 2

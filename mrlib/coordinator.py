@@ -208,7 +208,20 @@ class Coordinator:
         return {"message_type": "cluster_status_reply", "workers": workers,
                 "current_job": self.current.id if self.current else None,
                 "queued_jobs": [job.id for job in self.waiting],
-                "var_directory": self.var_path}
+                "var_directory": self.var_path,
+                "active_jobs": [self.paths_of(job) for job in self.active_jobs()]}
+
+    def active_jobs(self):
+        return ([self.current] if self.current else []) + list(self.waiting)
+
+    @staticmethod
+    def paths_of(job):
+        """Where a queued or running job reads and writes: a client's --overwrite must
+        not remove what such a job has still to read."""
+        spec = job.spec
+        return {"job_id": job.id, "state": job.state, "output_directory": spec.output_directory,
+                "input_directory": spec.input_directory, "input_file": spec.input_file,
+                "input_base_name": spec.input_base_name}
 
     def worker_status(self, worker):
         load, set_aside = self.attempts.load(worker), len(self.attempts.leftovers(worker))
@@ -246,7 +259,7 @@ class Coordinator:
     def check_output_free(self, spec):
         """Two jobs writing one output directory would leave a mix of both outputs."""
         mine = os.path.realpath(spec.output_directory)
-        for job in ([self.current] if self.current else []) + list(self.waiting):
+        for job in self.active_jobs():
             if os.path.realpath(job.spec.output_directory) == mine:
                 raise JobRejected(f"output_directory {spec.output_directory} is job {job.id}'s, "
                                   f"which is {job.state}: wait for it, or choose another")

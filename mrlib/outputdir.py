@@ -76,7 +76,7 @@ def check(directory, overwrite=False, output_base=None, inputs=list):
             f"--overwrite removes only earlier job outputs: move those away, or choose "
             f"another --output")
     listed = inputs()
-    used = [n for n in names if any(_same_file(os.path.join(directory, n), p) for p in listed)]
+    used = [n for n in names if any(same_file(os.path.join(directory, n), p) for p in listed)]
     if used:
         raise OutputDirectoryInUse(
             f"output directory {directory} holds this job's input ({show(used)}); "
@@ -93,11 +93,16 @@ def remove(directory, names):
             pass
 
 
-def _same_file(path, other):
+def same_file(path, other):
     try:
         return os.path.samefile(path, other)
     except OSError:
         return False
+
+
+def same_directory(path, other):
+    """True if both name one directory (links resolved)."""
+    return bool(path and other) and os.path.realpath(path) == os.path.realpath(other)
 
 
 def _is_plain_file(directory, name):

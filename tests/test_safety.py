@@ -534,6 +534,31 @@ def test_two_jobs_into_one_output_directory_are_not_mixed(cluster, tmp_path):
     assert sorted(os.listdir(output)) == [f"input_{n}" for n in range(4)]
 
 
+def test_overwrite_never_takes_what_a_queued_or_running_job_uses(cluster, tmp_path):
+    """--overwrite is refused, before anything is removed, when the files it would remove
+    are the input of a queued job (which then "succeeded" with no input); the queued job
+    then reads the files it was given."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    earlier = tmp_path / "earlier"
+    cluster.run_job(*WORD_COUNT, inputs, earlier, 2, 2)
+    kept = {name: (earlier / name).read_bytes() for name in os.listdir(earlier)}
+    slow = cluster.send_job("--input", inputs, "--output", tmp_path / "slow", "--mappers", 1,
+                            "--mapper", sleepy_mapper(tmp_path, 2))
+    assert slow.returncode == 0, slow.stderr.decode()
+    chained = cluster.send_job("--input", earlier, "--output", tmp_path / "chained",
+                               "--mapper", "/bin/cat", "--reducer", "/bin/cat")
+    assert chained.returncode == 0, chained.stderr.decode()
+    refused = cluster.send_job("--input", inputs, "--output", earlier, "--overwrite")
+    assert refused.returncode == SEND_JOB_INVALID, refused.stdout.decode()
+    assert "job 2" in one_line(refused.stderr.decode())
+    assert {name: (earlier / name).read_bytes() for name in os.listdir(earlier)} == kept
+    wait_until(lambda: b"succeeded" in cluster.send_job("--status", 2).stdout, JOB_TIMEOUT,
+               what="the chained job")
+    chained_out = b"".join(p.read_bytes() for p in partition_files(tmp_path / "chained"))
+    assert sorted(chained_out.splitlines()) == sorted(b"".join(kept.values()).splitlines())
+
+
 def test_publishing_is_all_or_nothing(cluster, tmp_path):
     """A job whose outputs do not all fit on the output's filesystem fails and leaves no partial output there."""
     mount_point = tmp_path / "small"
