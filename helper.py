@@ -7,6 +7,7 @@ the small TCP / UDP servers both roles run. master.py and worker.py never
 call json or recv themselves. With a shared secret (use_secret), every
 message is signed and checked here too (mrlib/auth.py).
 """
+import argparse
 import hashlib
 import json
 import logging
@@ -396,12 +397,14 @@ def _reply_object(data):
 
 
 def send_with_retry(host, port, message, deadline_seconds, pause=0.05, source=None,
-                    refusal_wait=None):
-    """Send, retrying refused connections until the deadline; True if sent.
+                    refusal_wait=None, stop=None):
+    """Send, retrying refused connections until the deadline, or until `stop` (an Event)
+    is set; True if sent.
 
     A NotAuthenticated refusal (see send_message) is raised at once."""
     deadline = time.monotonic() + deadline_seconds
-    while True:
+    stop = stop or threading.Event()
+    while not stop.is_set():
         try:
             send_message(host, port, message, source=source, refusal_wait=refusal_wait)
             return True
@@ -410,7 +413,8 @@ def send_with_retry(host, port, message, deadline_seconds, pause=0.05, source=No
                 LOG.warning("could not send %s to %s:%s: %s",
                             message.get("message_type"), host, port, error)
                 return False
-            time.sleep(pause)
+            stop.wait(pause)
+    return False
 
 
 # --- message constructors: the only place message dicts are spelled out ---
@@ -516,12 +520,25 @@ def normalize_path(path):
 
 
 def parse_address(text, default_host="localhost"):
-    """Parse PORT or HOST:PORT into (host, port); raise ValueError if bad."""
+    """Parse PORT, HOST:PORT or [IPv6]:PORT into (host, port); raise ValueError if bad."""
     host, _, port_text = text.rpartition(":")
     port = int(port_text)
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     return (host or default_host), port
+
+
+def port_number(text):
+    """An argparse type: a TCP port, 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1 to 65535)")
+    return port
 
 
 # --- servers ---------------------------------------------------------------

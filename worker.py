@@ -136,9 +136,12 @@ class Worker:
         for thread in self.executors:
             thread.start()
         if not self.register(REGISTER_DEADLINE):
-            LOG.error("could not reach the master at %s:%s", *self.master)
+            stopped = self.stopping.is_set()  # SIGTERM or Ctrl-C while registering
+            if not stopped:
+                LOG.error("could not reach the master at %s:%s", *self.master)
             self.stop()
-            return 1
+            self.close()
+            return 0 if stopped else 1
         self.keep_registered()
         self.close()
         return 0
@@ -149,7 +152,7 @@ class Worker:
                                           helper.register(self.host, self.port, self.pid,
                                                           self.instance),
                                           deadline, pause=0.2, source=self.source,
-                                          refusal_wait=REFUSAL_WAIT)
+                                          refusal_wait=REFUSAL_WAIT, stop=self.stopping)
         except helper.NotAuthenticated as error:
             self.refused(str(error))
             return False
@@ -508,7 +511,8 @@ def _failure_fields(failure):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="Run a MapReduce worker.")
     parser.add_argument("master", help="the master's TCP port, or HOST:PORT")
-    parser.add_argument("port", type=int, help="the TCP port this worker listens on")
+    parser.add_argument("port", type=helper.port_number,
+                        help="the TCP port this worker listens on")
     parser.add_argument("--host", default="localhost",
                         help="address to bind (default: localhost; 0.0.0.0 for all); "
                              "an IP address is also the one messages to the master leave from")
@@ -536,7 +540,11 @@ def main(argv=None):
     if not helper.setup_secret(args, args.host):
         return 2
     if args.workdir:
-        os.chdir(args.workdir)
+        try:
+            os.chdir(args.workdir)
+        except OSError as error:
+            LOG.error("cannot use --workdir %s: %s", args.workdir, error.strerror)
+            return 2
     try:
         worker = Worker(args.master_host, args.master_port, args.port, args.host,
                         args.advertise, args.slots)
