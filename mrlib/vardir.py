@@ -94,11 +94,26 @@ class VarDirectory:
     def _create_marker(self, marker, made):
         if not made and os.listdir(self.path):
             raise VarUnavailable(self._foreign())
+        # Written whole under a temporary name, then linked into place: a marker that
+        # could not be written (a full disk) is never left half made, or empty, to be
+        # taken for someone else's on the next start.
+        temporary = f"{marker}.tmp-{os.getpid()}"
         try:
-            fd = os.open(marker, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, f"{MAGIC}\n".encode())
+                os.fsync(fd)
+                os.link(temporary, marker)
+            except BaseException:
+                os.close(fd)
+                raise
         except FileExistsError:  # another master claimed it in the meantime
             return self._open_marker(made=False)
-        os.write(fd, f"{MAGIC}\n".encode())
+        except OSError as error:
+            raise VarUnavailable(f"cannot write {marker}: {error.strerror}") from None
+        finally:
+            remove_path(temporary)
         return fd
 
     def _foreign(self):
@@ -154,8 +169,14 @@ def remove_path(path):
 
 
 def _write_holder(fd, port):
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{MAGIC}\npid {os.getpid()} port {port}\n".encode(), 0)
+    """Say who holds the marker; written over its first line, never emptied first (a full
+    disk may refuse a block to a file truncated to nothing)."""
+    text = f"{MAGIC}\npid {os.getpid()} port {port}\n".encode()
+    try:
+        os.pwrite(fd, text, 0)
+        os.ftruncate(fd, len(text))
+    except OSError as error:  # the lock is held all the same; only the holder goes unsaid
+        LOG.warning("could not note this master in its var/ marker: %s", error.strerror)
 
 
 def _marker_lines(fd):

@@ -94,6 +94,52 @@ def test_a_marker_the_master_did_not_write_is_not_trusted(tmp_path):
     assert (tmp_path / "var" / vardir.MARKER).read_bytes() == b"someone else's file\n"
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs of our own (skipped where one cannot be mounted), unmounted after."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def fill(directory):
+    """Fill the filesystem of `directory` with one file; return it."""
+    filler = directory / "filler"
+    with open(filler, "wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_master_started_on_a_full_disk_does_not_block_the_next_start(small_disk):
+    """A master that cannot write its var/ marker (a full disk) says which file, and leaves
+    none behind: an empty marker was taken for someone else's, refusing every later start."""
+    workdir = small_disk / "wd"
+    workdir.mkdir()
+    filler = fill(small_disk)
+    refused = run_master(workdir, free_master_port())
+    assert refused.returncode != 0
+    assert str(workdir / "var" / vardir.MARKER) in one_line(refused.stderr.decode())
+    assert list((workdir / "var").iterdir()) == []
+    filler.unlink()
+    cluster = Cluster(workdir)
+    try:
+        cluster.start_master()
+    finally:
+        cluster.stop()
+
+
 @pytest.mark.parametrize("kind", ["file", "symlink to an empty directory"])
 def test_var_that_is_not_a_directory_is_left_alone(tmp_path, kind):
     """A var that is a file, or a link to some other (even empty) directory, is refused and left as it was."""
