@@ -12,6 +12,7 @@ be reached, 2 the job is invalid (checked here before sending).
 import argparse
 import os
 import re
+import select
 import signal
 import socket
 import sys
@@ -703,6 +704,24 @@ def submitted_without_reply(args):
     return 1
 
 
+def stdout_reader_gone():
+    """True if stdout is a pipe whose reader has closed it (poll says POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def quiet_after_broken_stdout():
+    """Exit as a program killed by SIGPIPE would, without Python's complaint on exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
 def main(argv=None):
     try:
         return run(parse_args(sys.argv[1:] if argv is None else argv))
@@ -770,6 +789,8 @@ def run(args):
             return 0 if status.get("state") != "unknown" else 1
         return submit(args)
     except (OSError, helper.ProtocolError) as error:
+        if isinstance(error, BrokenPipeError) and stdout_reader_gone():
+            return quiet_after_broken_stdout()  # `send_job.py ... | head`: not the master's
         hint = ""
         if isinstance(error, helper.NoReply):
             hint = (" (a master with a secret answers only messages signed with it: "

@@ -253,3 +253,26 @@ def test_the_cause_shows_control_characters_escaped():
                                      "exit_code": 3, "stderr_tail": "bad\x1b[2J\x00byte\n"})
     shown = "\n".join(lines)
     assert "\x1b" not in shown and "\x00" not in shown and "bad\\x1b[2J\\x00byte" in shown
+
+
+def test_output_piped_into_head_is_not_blamed_on_the_master(cluster, tmp_path):
+    """`send_job.py --wait | head -1`: once the reader is gone, send_job stops quietly, as a
+    program killed by SIGPIPE (exit 141); it said it could not talk to the master."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", {"part": b"one two three\n" * 100})
+    client = subprocess.Popen([PYTHON, str(REPO / "send_job.py"), str(cluster.port),
+                               "--input", str(inputs), "--output", str(tmp_path / "out"),
+                               "--mapper", str(script(tmp_path / "slow.sh", "sleep 1\ncat\n")),
+                               "--reducer", "/bin/cat", "--wait"],
+                              cwd=cluster.workdir, env=cluster.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert client.stdout.readline().startswith(b"job ")
+        client.stdout.close()  # as head does after its line
+        assert client.wait(timeout=JOB_TIMEOUT) == 141
+        assert client.stderr.read() == b""
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        client.stderr.close()
