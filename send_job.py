@@ -13,6 +13,7 @@ import argparse
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -260,6 +261,22 @@ def _resolve(path, local):
     return os.path.abspath(path)
 
 
+def check_program_name(option, typed, shipped=()):
+    """JobRejected with a hint for a program given as Hadoop Streaming takes one (a
+    command on PATH, or a command line), where a path to a file is wanted."""
+    if not typed or os.path.exists(typed) or any(os.path.basename(p) == typed for p in shipped):
+        return
+    words = typed.split()
+    found = shutil.which(words[0]) if words else None
+    if len(words) > 1:
+        raise JobRejected(f"--{option} {typed!r} does not exist: a program is one file, "
+                          f"run without arguments; put the command line in a script "
+                          f"(#!/bin/sh, then: exec {typed}) and give its path")
+    if found and os.sep not in typed:
+        raise JobRejected(f"--{option} {typed} does not exist here: programs are given by "
+                          f"path, PATH is not searched; did you mean --{option} {found}?")
+
+
 def parse_env(pairs):
     env = {}
     for pair in pairs:
@@ -293,6 +310,8 @@ def build_job(args):
         speculative=args.speculative, keep_intermediate=args.keep_intermediate)
     if args.input_base and args.input_base.endswith(os.sep):
         raise JobRejected(f"--input-base {args.input_base} names a directory; use --input")
+    for option in ("mapper", "reducer", "combiner"):
+        check_program_name(option, getattr(args, option), args.ship)
     ship(args, message)
     helper.validate(message)
     if local:

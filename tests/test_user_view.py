@@ -2,6 +2,7 @@
 cause of a failure, the queue, and options that cannot go together."""
 import os
 import pty
+import shutil
 import subprocess
 
 import pytest
@@ -118,6 +119,9 @@ def test_a_timeout_is_shown_as_the_time_limit(cluster, tmp_path):
     (("--timeout", "0"), "--timeout must be between 0 and"),
     (("--mappers", "0"), "--mappers must be at least 1"),
     (("--reducer", "/nonexistent/reduce"), "--reducer /nonexistent/reduce"),
+    # Hadoop Streaming's way of naming a program: a command on PATH, a command line
+    (("--mapper", "cat"), f"did you mean --mapper {shutil.which('cat')}?"),
+    (("--combiner", "python3 map.py"), "put the command line in a script"),
 ])
 def test_a_rejection_names_the_option_typed(cluster, tmp_path, arguments, says):
     inputs = write_files(tmp_path / "in", SMALL_INPUT)
