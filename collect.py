@@ -15,6 +15,7 @@ import argparse
 import os
 import re
 import stat
+import subprocess
 import sys
 
 from mrlib import grouping, names, records, runner
@@ -88,6 +89,13 @@ def concatenate(paths, destination):
         runner.discard(tmp)
 
 
+def sorted_lines(path):
+    """True if the file's lines are in bytewise order (LC_ALL=C sort -C): a partition of a
+    line job's output is; one of fixed-size records almost never."""
+    return subprocess.run(["sort", "-C", "--", path], env=dict(os.environ, **runner.SORT_ENV),
+                          stdin=subprocess.DEVNULL).returncode == 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Join a job's outputs into one ordered file.")
     parser.add_argument("source", help="an output directory, or a base name (output/count)")
@@ -118,6 +126,13 @@ def main(argv=None):
         paths = [p for p in paths if not _same_file(p, args.destination)]
     if not paths:
         print(f"collect: no output files found for {args.source}", file=sys.stderr)
+        return 2
+    unsorted = next((p for p in paths if args.merge and layout is None and not sorted_lines(p)),
+                    None)
+    if unsorted is not None:
+        print(f"collect: {unsorted} is not sorted as lines (LC_ALL=C), so --merge cannot "
+              f"merge it; if the job's outputs are fixed-size records, give --record-size",
+              file=sys.stderr)
         return 2
     try:
         if args.merge:

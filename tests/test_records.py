@@ -165,6 +165,13 @@ def test_hash_partitioned_records_keep_each_key_in_one_partition(workers, tmp_pa
     assert len(set(owner.values())) > 1
     merged = collect(tmp_path / "out", tmp_path / "all", "--merge", "--record-size", RECORD)
     assert merged == b"".join(sorted(made))
+    # Merged as lines (--record-size forgotten), they came out 3 bytes longer, mangled.
+    as_lines = subprocess.run([PYTHON, str(COLLECT), str(tmp_path / "out"),
+                               str(tmp_path / "lines"), "--merge"], capture_output=True,
+                              timeout=RUN_TIMEOUT)
+    assert as_lines.returncode == 2
+    assert "--record-size" in as_lines.stderr.decode()
+    assert not (tmp_path / "lines").exists()
 
 
 @pytest.mark.parametrize("combine", [False, True], ids=["plain", "combiner"])
