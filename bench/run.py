@@ -53,6 +53,8 @@ KILL_AFTER_SECONDS = 1.5
 OUT_OF_CORE_MIB = 4096
 WORKER_MEMORY_MIB = 512
 SPLIT_MIB = 64
+PUBLISHED_RESULTS = os.path.join(BENCH, "results.json")
+SMOKE_RESULTS = "smoke-results.json"
 
 # The placeholders of a case's command: {python} this interpreter, {peer}
 # bench/.venv's, {repo}, {input} the corpus directory, {files} its file
@@ -568,7 +570,9 @@ def parse_args(argv):
     parser.add_argument("--no-peers", action="store_true", help="skip mrjob, Dask and Spark")
     parser.add_argument("--data", default=os.path.join(BENCH, "data"),
                         help="where corpora and scratch files go (default bench/data)")
-    parser.add_argument("--results", default=os.path.join(BENCH, "results.json"))
+    parser.add_argument("--results", default=None,
+                        help="the results file (default bench/results.json, the published "
+                             "one; with --smoke, smoke-results.json in --data)")
     parser.add_argument("--update", action="store_true",
                         help="keep the other results already in --results; replace only "
                              "the suites, sizes and extras of this run")
@@ -582,6 +586,9 @@ def parse_args(argv):
     if args.smoke:
         args.sizes, args.runs, args.no_peers = str(SMOKE_MIB), 1, True
         args.extras, args.straggler_mib = "tiny,straggler", SMOKE_MIB
+    if args.results is None:  # a smoke run never replaces the published results
+        args.results = os.path.join(args.data, SMOKE_RESULTS) if args.smoke \
+            else PUBLISHED_RESULTS
     args.sizes = [float(size) for size in args.sizes.split(",") if size]
     args.suites = [suite for suite in args.suites.split(",") if suite]
     args.extras = [extra for extra in args.extras.split(",") if extra]

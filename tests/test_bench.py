@@ -1,6 +1,8 @@
 """A small run of the benchmark runner: every case of ours runs, is checked and tabled."""
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 from conftest import PYTHON, REPO
 
@@ -45,3 +47,15 @@ def test_the_python_job_floor_measures_each_case(tmp_path):
             if line.startswith("|")]
     assert len(rows) == 4 and rows[0][3].strip() == "1.00×"
     assert all(float(row[2]) > 0 for row in rows)
+
+
+def test_a_smoke_run_never_replaces_the_published_results(tmp_path):
+    """--smoke without --results writes into its --data directory, not bench/results.json."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import run as bench_run
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    smoke = bench_run.parse_args(["--smoke", "--data", str(tmp_path)])
+    assert Path(smoke.results).parent == tmp_path
+    assert bench_run.parse_args([]).results == str(REPO / "bench" / "results.json")
