@@ -567,7 +567,7 @@ class _Arriving:
         self.size += len(data)
 
 
-class _RateLog:
+class RateLog:
     """Warnings about bad messages: at most LOG_BURST lines per LIMIT_LOG_INTERVAL.
 
     The rest are counted, and the count said with the next line logged, so a
@@ -597,7 +597,7 @@ class _RateLog:
         return True
 
 
-class _DropLog:
+class DropLog:
     """Log connections closed for a limit: the first at once, then counts per interval."""
 
     def __init__(self, name):
@@ -649,8 +649,8 @@ class MessageServer:
         self.buffered = 0  # bytes held across self.arriving
         self.accept_failing = False
         self.accept_paused_until = None  # after a failed accept, a time.monotonic()
-        self.dropped = _DropLog(name)
-        self.bad = _RateLog()  # lines about bad messages
+        self.dropped = DropLog(name)
+        self.bad = RateLog()  # lines about bad messages
         self.slots = threading.BoundedSemaphore(MAX_HANDLERS)
         self.handling = set()  # running handler threads
         self.lock = threading.Lock()
@@ -918,7 +918,7 @@ class HeartbeatListener:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.sock.settimeout(STOP_POLL_INTERVAL)
-        self.bad = _RateLog()
+        self.bad = RateLog()
         self.thread = threading.Thread(target=self.serve, name=f"{name}-udp", daemon=True)
 
     def start(self):
@@ -988,7 +988,7 @@ def task_id(output_paths):
     return hashlib.sha1(os.fsencode(key)).hexdigest()[:20]
 
 
-_bad_datagrams = _RateLog()
+_bad_datagrams = RateLog()
 
 
 def receive_datagrams(sock):
