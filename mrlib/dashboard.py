@@ -11,7 +11,9 @@ It reads only what the master publishes (the job board) or answers through
 its event queue (`ask`): it never touches the coordinator's state. With a
 secret, every request needs `token` (in the query, or an X-Token header):
 an HMAC of the secret, printed in the master's log. Served by a threading
-HTTP server on its own threads, stopped and joined with the master.
+HTTP server on its own threads, stopped and joined with the master, within
+MAX_CONNECTIONS open connections and REQUEST_TIMEOUT per read of a request:
+whoever can reach the port can hold a few threads, never the master's.
 """
 import collections
 import hashlib
@@ -26,6 +28,7 @@ import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import helper
 from mrlib.display import counter_groups
 
 LOG = logging.getLogger("master")
@@ -36,6 +39,16 @@ JOB_PATH = re.compile(r"/(?:api/)?jobs/(-?\d{1,9})")
 LOG_PATH = re.compile(r"/logs/(\d{1,9})/([^/]+)")
 RUNNING_STATES = ("queued", "running")
 CACHED_PAGES = 32  # rendered pages of ended jobs kept: a page left open costs nothing
+# Connections served at once, each on a thread of its own. A browser opens a
+# few; more are closed as soon as they are accepted, without a thread, so
+# clients that never finish a request cannot pile up threads and files.
+MAX_CONNECTIONS = 32
+# How long a client may be silent while sending its request (each read); then
+# its connection is closed and its thread ends.
+REQUEST_TIMEOUT = 5.0
+# How long the reply may take to leave, once a request has been let in (a
+# log of 1 MiB to a slow client).
+REPLY_TIMEOUT = 60.0
 # The timeline's drawing: pixels.
 BAR_HEIGHT, LANE_GAP, ROW_GAP, LABEL_WIDTH, PLOT_WIDTH = 18, 2, 10, 190, 760
 AXIS_HEIGHT, LEGEND_HEIGHT, LEGEND_SPACING = 24, 30, 135
@@ -65,8 +78,7 @@ class Dashboard:
 
         class Handler(_Handler):
             owner = dashboard
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, name="dashboard",
                                        daemon=True)
@@ -123,9 +135,43 @@ class Dashboard:
         return os.path.join(self.job_root, f"job-{job_id}", "logs", name)
 
 
+class _Server(ThreadingHTTPServer):
+    """The standard threading server, within MAX_CONNECTIONS."""
+
+    daemon_threads = True
+    request_queue_size = helper.LISTEN_BACKLOG
+
+    def __init__(self, address, handler):
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = helper.DropLog("dashboard")
+
+    def process_request(self, request, client_address):
+        """Serve the connection on a thread of its own, or close it now if all are taken."""
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            self.refused.count(f"at the limit of {MAX_CONNECTIONS} open connections")
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: it will not give its slot back
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def service_actions(self):
+        self.refused.flush()  # a flood's count, once the interval has passed
+
+
 class _Handler(BaseHTTPRequestHandler):
     owner = None  # the Dashboard, set by a subclass per server
     server_version = "mapreduce-dashboard"
+    timeout = REQUEST_TIMEOUT  # set on the connection before the request is read
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
         LOG.debug("dashboard: %s", format % args)
@@ -137,10 +183,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_text(HTTPStatus.FORBIDDEN, "a token is needed: see the master's log for "
                                                  "the dashboard's address with its token\n")
             return
+        self.connection.settimeout(REPLY_TIMEOUT)
         try:
             self.route(url.path)
-        except BrokenPipeError:
-            pass
+        except (ConnectionError, TimeoutError) as error:  # the client left, or stopped reading
+            LOG.debug("dashboard: gave up answering %s: %s", url.path, error)
         except Exception:  # one bad request must never stop the dashboard
             LOG.exception("dashboard: error answering %s", url.path)
             self.send_text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")

@@ -8,8 +8,9 @@ import urllib.request
 
 import pytest
 
-from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, free_master_port, free_port,
-                      wait_until, write_files)
+from conftest import (JOB_TIMEOUT, PYTHON, REPO, START_TIMEOUT, WORD_COUNT, free_master_port,
+                      free_port, wait_until, write_files)
+from mrlib.dashboard import MAX_CONNECTIONS, REQUEST_TIMEOUT
 from support.programs import script
 
 pytestmark = pytest.mark.timeout(120)
@@ -17,6 +18,10 @@ pytestmark = pytest.mark.timeout(120)
 SMALL_INPUT = {f"part-{n}": b"the quick brown fox jumps over the lazy dog\n" * (n + 1)
                for n in range(4)}
 SECRET = "d" * 64
+UNFINISHED_REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n"  # no blank line: the headers go on
+FLOOD = 4 * MAX_CONNECTIONS
+# Threads a master may run besides the dashboard's (its listeners, ticker, a handler or two).
+OTHER_THREADS = 8
 
 
 def get(port, path, token=None):
@@ -29,6 +34,50 @@ def get(port, path, token=None):
             return response.status, response.read(), response.headers["Content-Type"]
     except urllib.error.HTTPError as error:
         return error.code, error.read(), error.headers["Content-Type"]
+
+
+def secret_dashboard(make_cluster, tmp_path):
+    """A master with a secret serving its dashboard; (cluster, the dashboard's token)."""
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    cluster = make_cluster(start=False, env={"MAPREDUCE_SECRET_FILE": str(secret)})
+    cluster.http_port = free_port()
+    cluster.start_master(extra=("--http-port", cluster.http_port))
+    token = wait_until(lambda: re.search(r"dashboard on http://\S+\?token=(\w+)",
+                                         cluster.master_log()), what="the dashboard's address")
+    return cluster, token.group(1)
+
+
+def threads_of(pid):
+    """The process's thread count, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+def unfinished_request(port):
+    """A connection that sent the start of a request and then nothing."""
+    sock = socket.create_connection(("localhost", port), timeout=5)
+    sock.sendall(UNFINISHED_REQUEST)
+    sock.setblocking(False)
+    return sock
+
+
+def closed_by_server(sock):
+    """True once the server has closed the connection (EOF or reset)."""
+    try:
+        return sock.recv(4096) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+def answered(port, path):
+    """Send a whole request and read to EOF: the server has accepted everyone before it."""
+    with socket.create_connection(("localhost", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        while sock.recv(65536):
+            pass
 
 
 def api(port, path, token=None):
@@ -104,18 +153,12 @@ def test_a_dashboard_port_in_use_stops_the_start_cleanly(make_cluster):
 
 
 def test_with_a_secret_the_dashboard_needs_its_token(make_cluster, tmp_path):
-    secret = tmp_path / "secret"
-    secret.write_text(SECRET)
-    cluster = make_cluster(start=False, env={"MAPREDUCE_SECRET_FILE": str(secret)})
-    http_port = free_port()
-    cluster.start_master(extra=("--http-port", http_port))
-    status, body, _ = get(http_port, "/api/jobs")
+    cluster, token = secret_dashboard(make_cluster, tmp_path)
+    status, body, _ = get(cluster.http_port, "/api/jobs")
     assert status == 403, body
-    token = wait_until(lambda: re.search(r"dashboard on http://\S+\?token=(\w+)",
-                                         cluster.master_log()), what="the dashboard's address")
-    assert get(http_port, "/api/jobs", "0" * 32)[0] == 403
-    assert get(http_port, "/api/jobs", token.group(1))[0] == 200
-    status, index, _ = get(http_port, "/", token.group(1))
+    assert get(cluster.http_port, "/api/jobs", "0" * 32)[0] == 403
+    assert get(cluster.http_port, "/api/jobs", token)[0] == 200
+    status, index, _ = get(cluster.http_port, "/", token)
     assert status == 200
 
 
@@ -184,3 +227,24 @@ def test_only_a_page_that_cannot_change_is_rendered_once(state, last_ended, rend
         assert shown.job_page(1, "html", lambda job: b"page") is None
     finally:
         shown.stop()
+
+
+def test_unfinished_requests_hold_few_threads_and_never_starve_the_master(make_cluster,
+                                                                          tmp_path):
+    """Many clients that never finish a request hold at most MAX_CONNECTIONS threads, the
+    master's own port answers meanwhile, and each silent one is closed after REQUEST_TIMEOUT."""
+    cluster, token = secret_dashboard(make_cluster, tmp_path)
+    baseline = threads_of(cluster.master.pid)
+    held = [unfinished_request(cluster.http_port) for _ in range(FLOOD)]
+    try:
+        answered(cluster.http_port, f"/api/jobs?token={token}")  # after every held one
+        assert threads_of(cluster.master.pid) <= baseline + MAX_CONNECTIONS + OTHER_THREADS
+        workers = cluster.send_job("--workers", timeout=10)
+        assert workers.returncode == 0, workers.stderr
+        wait_until(lambda: all(closed_by_server(sock) for sock in held),
+                   REQUEST_TIMEOUT + START_TIMEOUT, what="the server to close every connection")
+    finally:
+        for sock in held:
+            sock.close()
+    assert get(cluster.http_port, "/api/jobs", token)[0] == 200  # their slots are free again
+    assert "Traceback" not in cluster.master_log()
