@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import urllib.parse
 from http import HTTPStatus
@@ -136,7 +137,7 @@ class Dashboard:
 
 
 class _Server(ThreadingHTTPServer):
-    """The standard threading server, within MAX_CONNECTIONS."""
+    """The standard threading server, within MAX_CONNECTIONS, quiet about bad clients."""
 
     daemon_threads = True
     request_queue_size = helper.LISTEN_BACKLOG
@@ -145,6 +146,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.refused = helper.DropLog("dashboard")
+        self.errors = helper.RateLog()  # a flood of resets costs a few lines
 
     def process_request(self, request, client_address):
         """Serve the connection on a thread of its own, or close it now if all are taken."""
@@ -166,6 +168,12 @@ class _Server(ThreadingHTTPServer):
 
     def service_actions(self):
         self.refused.flush()  # a flood's count, once the interval has passed
+
+    def handle_error(self, request, client_address):
+        """One rate-limited line, not a traceback on stderr: any client can cause it."""
+        error = sys.exc_info()[1]
+        self.errors.warning("dashboard: dropped a connection from %s: %s",
+                            client_address[0], error if error is not None else "?")
 
 
 class _Handler(BaseHTTPRequestHandler):

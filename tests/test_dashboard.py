@@ -2,12 +2,14 @@
 import json
 import re
 import socket
+import struct
 import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 
+import helper
 from conftest import (JOB_TIMEOUT, PYTHON, REPO, START_TIMEOUT, WORD_COUNT, free_master_port,
                       free_port, wait_until, write_files)
 from mrlib.dashboard import MAX_CONNECTIONS, REQUEST_TIMEOUT
@@ -22,6 +24,9 @@ UNFINISHED_REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\n"  # no blank line: the head
 FLOOD = 4 * MAX_CONNECTIONS
 # Threads a master may run besides the dashboard's (its listeners, ticker, a handler or two).
 OTHER_THREADS = 8
+RESETS = 50
+# What 50 resets may add to the master's log: its burst of rate-limited lines.
+RESET_LOG_BYTES = helper.LOG_BURST * 200
 
 
 def get(port, path, token=None):
@@ -78,6 +83,13 @@ def answered(port, path):
         sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
         while sock.recv(65536):
             pass
+
+
+def reset_after_request_line(port):
+    """Send a request line, then reset the connection (SO_LINGER 0)."""
+    with socket.create_connection(("localhost", port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def api(port, path, token=None):
@@ -248,3 +260,18 @@ def test_unfinished_requests_hold_few_threads_and_never_starve_the_master(make_c
             sock.close()
     assert get(cluster.http_port, "/api/jobs", token)[0] == 200  # their slots are free again
     assert "Traceback" not in cluster.master_log()
+
+
+def test_resets_by_clients_cost_the_log_a_few_lines(dashboard):
+    """Connections reset after their request line leave no traceback, and a bounded log."""
+    baseline = threads_of(dashboard.master.pid)
+    before = len(dashboard.master_log())
+    for _ in range(RESETS):
+        reset_after_request_line(dashboard.http_port)
+    answered(dashboard.http_port, "/api/jobs")  # every reset connection was accepted before
+    wait_until(lambda: threads_of(dashboard.master.pid) <= baseline,
+               what="the dashboard's threads to end")
+    log = dashboard.master_log()
+    assert "Traceback" not in log, log[-3000:]
+    assert len(log) - before <= RESET_LOG_BYTES, log[before:]
+    assert get(dashboard.http_port, "/api/jobs")[0] == 200
