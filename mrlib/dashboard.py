@@ -40,6 +40,9 @@ JOB_PATH = re.compile(r"/(?:api/)?jobs/(-?\d{1,9})")
 LOG_PATH = re.compile(r"/logs/(\d{1,9})/([^/]+)")
 RUNNING_STATES = ("queued", "running")
 CACHED_PAGES = 32  # rendered pages of ended jobs kept: a page left open costs nothing
+# A file name that is not UTF-8 comes as surrogate escapes (\udce9): they are
+# shown as such, since strict UTF-8 cannot encode them.
+TEXT_ERRORS = "backslashreplace"
 # Connections served at once, each on a thread of its own. A browser opens a
 # few; more are closed as soon as they are accepted, without a thread, so
 # clients that never finish a request cannot pile up threads and files.
@@ -221,7 +224,7 @@ class _Handler(BaseHTTPRequestHandler):
             page = owner.job_page(
                 int(match.group(1)), "json" if api else "html",
                 lambda job: json.dumps(job).encode() if api else
-                render_job(job, suffix).encode())
+                encode_text(render_job(job, suffix)))
             if page is None:
                 self.send_text(HTTPStatus.NOT_FOUND, f"no job {match.group(1)}\n")
             else:
@@ -254,10 +257,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_bytes(HTTPStatus.OK, json.dumps(value).encode(), "application/json")
 
     def send_html(self, text):
-        self.send_bytes(HTTPStatus.OK, text.encode(), "text/html; charset=utf-8")
+        self.send_bytes(HTTPStatus.OK, encode_text(text), "text/html; charset=utf-8")
 
     def send_text(self, status, text):
-        self.send_bytes(status, text.encode(), "text/plain; charset=utf-8")
+        self.send_bytes(status, encode_text(text), "text/plain; charset=utf-8")
 
     def send_bytes(self, status, data, content_type):
         self.send_response(status)
@@ -267,6 +270,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(data)
+
+
+def encode_text(text):
+    """UTF-8 bytes of a page or message, whatever names it holds."""
+    return text.encode("utf-8", TEXT_ERRORS)
 
 
 # --- pages ---------------------------------------------------------------------------

@@ -275,3 +275,27 @@ def test_resets_by_clients_cost_the_log_a_few_lines(dashboard):
     assert "Traceback" not in log, log[-3000:]
     assert len(log) - before <= RESET_LOG_BYTES, log[before:]
     assert get(dashboard.http_port, "/api/jobs")[0] == 200
+
+
+def test_an_input_named_in_bytes_that_are_not_utf8_shows_on_every_page(dashboard, tmp_path):
+    """A failed job whose input's name is not UTF-8 leaves every page readable, the name
+    escaped."""
+    dashboard.start_worker()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with open(bytes(inputs) + b"/caf\xe9.txt", "wb") as handle:
+        handle.write(b"x\n")
+    mapper = script(tmp_path / "fail.sh", "cat >/dev/null\necho 'no good' >&2\nexit 1\n")
+    result = dashboard.send_job("--input", inputs, "--output", tmp_path / "out", "--mapper",
+                                mapper, "--reducer", "/bin/cat", "--max-attempts", 1, "--wait")
+    assert result.returncode == 1, result.stderr
+    for path in ("/", "/jobs/0", "/api/jobs", "/api/jobs/0"):
+        status, body, _ = get(dashboard.http_port, path)
+        assert status == 200, (path, body)
+        assert b"caf\\udce9.txt" in body, (path, body)
+    status, page, _ = get(dashboard.http_port, "/jobs/0")
+    links = re.findall(rb"href='(/logs/0/[^']+)'", page)
+    assert links, page
+    for link in links:
+        status, log, _ = get(dashboard.http_port, link.decode())
+        assert status == 200 and b"no good" in log, log
