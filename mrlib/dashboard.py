@@ -10,19 +10,25 @@
 It reads only what the master publishes (the job board) or answers through
 its event queue (`ask`): it never touches the coordinator's state. With a
 secret, every request needs `token` (in the query, or an X-Token header):
-an HMAC of the secret, printed in the master's log. Served by a threading
+an HMAC of the secret, printed in the master's log. Without one, only a
+request whose Host is an address, localhost, the bound host or this
+machine's name is answered, so no page elsewhere can read the dashboard
+through a DNS name it points at us (DNS rebinding). Served by a threading
 HTTP server on its own threads, stopped and joined with the master, within
 MAX_CONNECTIONS open connections and REQUEST_TIMEOUT per read of a request:
 whoever can reach the port can hold a few threads, never the master's.
 """
 import collections
 import hashlib
+import functools
 import hmac
 import html
+import ipaddress
 import json
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 import urllib.parse
@@ -53,6 +59,8 @@ REQUEST_TIMEOUT = 5.0
 # How long the reply may take to leave, once a request has been let in (a
 # log of 1 MiB to a slow client).
 REPLY_TIMEOUT = 60.0
+# Host names a page elsewhere cannot make point at us (besides the bound one).
+LOOPBACK_NAMES = ("localhost",)
 # The timeline's drawing: pixels.
 BAR_HEIGHT, LANE_GAP, ROW_GAP, LABEL_WIDTH, PLOT_WIDTH = 18, 2, 10, 190, 760
 AXIS_HEIGHT, LEGEND_HEIGHT, LEGEND_SPACING = 24, 30, 135
@@ -76,6 +84,7 @@ class Dashboard:
         self.ask = ask  # ask(message) -> the coordinator's answer, or None
         self.job_root = job_root
         self.token = token
+        self.names = {host_name(host), *LOOPBACK_NAMES}  # Hosts answered without a token
         self.cache = collections.OrderedDict()  # (job, version, kind) -> bytes, ended jobs
         self.cache_lock = threading.Lock()
         dashboard = self
@@ -131,6 +140,16 @@ class Dashboard:
                 while len(self.cache) > CACHED_PAGES:
                     self.cache.popitem(last=False)
         return page
+
+    def answers_host(self, header):
+        """Whether a request with this Host header may be answered. With a token, any: a
+        page elsewhere cannot know it. Without, only a name no page elsewhere can point at
+        us: an address, ours, or this machine's name. A request without Host (HTTP/1.0)
+        comes from no browser."""
+        if self.token is not None or header is None:
+            return True
+        name = host_name(header)
+        return is_address(name) or name in self.names or name in machine_names()
 
     def log_path(self, job_id, name):
         """The attempt log's path, or None unless `name` is one our master gives."""
@@ -190,6 +209,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (the base class's name)
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
+        if not self.owner.answers_host(self.headers.get("Host")):
+            self.send_text(HTTPStatus.FORBIDDEN,
+                           f"not answered for Host {self.headers['Host']}: without a secret "
+                           f"the dashboard answers only localhost, an IP address or this "
+                           f"machine's name, so that no web page elsewhere can read it\n")
+            return
         if not self.allowed(query):
             self.send_text(HTTPStatus.FORBIDDEN, "a token is needed: see the master's log for "
                                                  "the dashboard's address with its token\n")
@@ -270,6 +295,31 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         self.wfile.write(data)
+
+
+def host_name(header):
+    """The name or address a Host header gives, without its port, in lower case."""
+    host = header.strip().lower()
+    if host.startswith("["):  # [::1]:8080
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def is_address(name):
+    """True for an IP address: a browser sends one only when the user typed it."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.cache
+def machine_names():
+    """This machine's names (looked up once, and only if a Host needs them)."""
+    return {host_name(socket.gethostname()), host_name(socket.getfqdn())}
 
 
 def encode_text(text):

@@ -1,4 +1,5 @@
 """The master's dashboard (--http-port): JSON API, pages and the timeline, over real HTTP."""
+import http.client
 import json
 import re
 import socket
@@ -90,6 +91,17 @@ def reset_after_request_line(port):
     with socket.create_connection(("localhost", port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\n")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def ask_as(port, host, path="/api/jobs", method="GET"):
+    """(status, body, headers) of a request that names `host` in its Host header."""
+    connection = http.client.HTTPConnection("localhost", port, timeout=10)
+    try:
+        connection.request(method, path, headers={"Host": host})
+        response = connection.getresponse()
+        return response.status, response.read(), response.headers
+    finally:
+        connection.close()
 
 
 def api(port, path, token=None):
@@ -299,3 +311,28 @@ def test_an_input_named_in_bytes_that_are_not_utf8_shows_on_every_page(dashboard
     for link in links:
         status, log, _ = get(dashboard.http_port, link.decode())
         assert status == 200 and b"no good" in log, log
+
+
+@pytest.mark.parametrize("host, status", [
+    ("localhost", 200), ("LOCALHOST.:{port}", 200), ("127.0.0.1:{port}", 200),
+    ("[::1]:{port}", 200), ("{hostname}", 200),
+    ("evil.example:{port}", 403), ("localhost.evil.example", 403), ("127.0.0.1.nip.io", 403),
+])
+def test_without_a_secret_only_hosts_no_other_site_can_name_are_answered(dashboard, host,
+                                                                        status):
+    """Without a secret, a Host that a page elsewhere could point at us (DNS rebinding) is
+    refused with a 403 that says why."""
+    host = host.format(port=dashboard.http_port, hostname=socket.gethostname())
+    answer, body, _ = ask_as(dashboard.http_port, host)
+    assert answer == status, body
+    if status == 403:
+        assert b"without a secret the dashboard answers only localhost" in body, body
+    else:
+        assert json.loads(body) == {"jobs": []}
+
+
+def test_with_a_secret_any_host_is_answered_with_the_token(make_cluster, tmp_path):
+    """With a secret the token is what counts: a proxy's or a LAN name is answered."""
+    cluster, token = secret_dashboard(make_cluster, tmp_path)
+    assert ask_as(cluster.http_port, "mapreduce.example")[0] == 403
+    assert ask_as(cluster.http_port, "mapreduce.example", f"/api/jobs?token={token}")[0] == 200
