@@ -228,6 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
             LOG.exception("dashboard: error answering %s", url.path)
             self.send_text(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error\n")
 
+    def do_HEAD(self):  # noqa: N802 (the base class's name)
+        self.do_GET()  # send_bytes leaves the body out
+
     def allowed(self, query):
         token = self.owner.token
         if token is None:
@@ -294,7 +297,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
 
 def host_name(header):

@@ -336,3 +336,16 @@ def test_with_a_secret_any_host_is_answered_with_the_token(make_cluster, tmp_pat
     cluster, token = secret_dashboard(make_cluster, tmp_path)
     assert ask_as(cluster.http_port, "mapreduce.example")[0] == 403
     assert ask_as(cluster.http_port, "mapreduce.example", f"/api/jobs?token={token}")[0] == 200
+
+
+@pytest.mark.parametrize("path, status", [("/", 200), ("/api/jobs", 200), ("/nope", 404)])
+def test_head_answers_as_get_without_a_body(dashboard, path, status):
+    """HEAD gives GET's status and headers, and no body."""
+    with socket.create_connection(("localhost", dashboard.http_port), timeout=10) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        reply = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.0 {status} ".encode()) and body == b"", reply
+    got, page, kind = get(dashboard.http_port, path)
+    assert f"Content-Type: {kind}\r\n".encode() in head, head
+    assert f"Content-Length: {len(page)}\r\n".encode() in head + b"\r\n", head
