@@ -34,6 +34,7 @@ import operator
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -174,7 +175,8 @@ def run_job(cls, input, output, master, sequential, options):
         if output is None:
             scratch = tempfile.mkdtemp(prefix="mapreduce-job-output-")
             output = os.path.join(scratch, "output")
-        submit(argv + ["--output", str(output)])
+        submit(argv + ["--output", str(output)], None if sequential else master,
+               options.get("secret_file"))
         if scratch is None:
             return read_output(output)
         return iter(list(read_output(output)))  # read before its directory goes
@@ -183,15 +185,48 @@ def run_job(cls, input, output, master, sequential, options):
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def submit(argv):
+SEND_JOB = os.path.join(LIBRARY, "send_job.py")
+SUBMITTED = re.compile(rb"^job (\d+) submitted", re.MULTILINE)  # send_job's first line
+CANCEL_WAIT = 30.0  # the longest an interrupted run() waits for send_job, and to cancel
+
+
+def submit(argv, master=None, secret_file=None):
     """send_job.py with these options, in a process of its own (the project's top-level
-    modules, helper and send_job, never meet the caller's own modules of those names)."""
-    result = subprocess.run([sys.executable, os.path.join(LIBRARY, "send_job.py"), *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    sys.stderr.write(result.stderr.decode("utf-8", "replace"))
-    if result.returncode != 0:
-        said = (result.stdout + result.stderr).decode("utf-8", "replace").strip()
-        raise JobFailed(f"the job failed (send_job exit code {result.returncode}): {said}")
+    modules, helper and send_job, never meet the caller's own modules of those names).
+    Interrupted (Ctrl-C), it cancels the job it submitted to `master`: run() is the job,
+    and nobody else would read its output."""
+    process = subprocess.Popen([sys.executable, SEND_JOB, *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = process.communicate()
+    except KeyboardInterrupt:
+        cancel_submitted(process, master, secret_file)
+        raise
+    sys.stderr.write(stderr.decode("utf-8", "replace"))
+    if process.returncode != 0:
+        said = (stdout + stderr).decode("utf-8", "replace").strip()
+        raise JobFailed(f"the job failed (send_job exit code {process.returncode}): {said}")
+
+
+def cancel_submitted(process, master, secret_file):
+    """After Ctrl-C: stop send_job (it stops following, or a sequential run cleans up),
+    then cancel the job it had submitted, if it had."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C would
+    try:
+        stdout, _ = process.communicate(timeout=CANCEL_WAIT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, _ = process.communicate()
+    submitted = SUBMITTED.search(stdout)
+    if master is None or submitted is None:
+        return
+    secret = ["--secret-file", str(secret_file)] if secret_file else []
+    cancelled = subprocess.run([sys.executable, SEND_JOB, str(master), *secret, "--kill",
+                                submitted.group(1).decode()], capture_output=True,
+                               timeout=CANCEL_WAIT)
+    sys.stderr.write(f"interrupted: job {submitted.group(1).decode()} "
+                     f"{'cancelled' if cancelled.returncode == 0 else 'not cancelled'}\n")
 
 
 def read_output(directory):

@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -316,6 +317,45 @@ if __name__ == "__main__":
     want = sorted(([k, v] for k, v in counts.items()), key=lambda p: pyjob.encode_key(p[0]))
     assert sorted(on_cluster, key=lambda p: pyjob.encode_key(p[0])) == want
     assert here == on_cluster  # both in partition order: the same bytes
+
+
+def test_an_interrupted_run_cancels_its_job_and_leaves_no_files(cluster, tmp_path):
+    """Ctrl-C (SIGINT) in run() cancels the job it submitted: nobody else would read its
+    output (it ran on, and the master wrote it into the removed temporary directory)."""
+    cluster.start_worker()
+    inputs = write_files(tmp_path / "in", {"a": b"one two\n" * 5, "b": b"three\n"})
+    script = write_job(tmp_path, """
+        import sys, time
+        from mrlib import Job
+
+
+        class Slow(Job):
+            def mapper(self, key, line):
+                time.sleep(0.5)
+                yield line, 1
+
+
+        if __name__ == "__main__":
+            list(Slow().run(input=sys.argv[1], master=sys.argv[2]))
+        """, name="slow.py")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    run = subprocess.Popen([PYTHON, script, inputs, f"localhost:{cluster.port}"],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=dict(cluster.env, PYTHONPATH=str(REPO), TMPDIR=str(scratch)))
+    try:
+        wait_until(lambda: b"running" in cluster.send_job("--status", 0).stdout, JOB_TIMEOUT,
+                   what="the job to run")
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=JOB_TIMEOUT)
+        assert run.returncode != 0
+        assert b"KeyboardInterrupt" in stderr
+        assert b"cancelled" in cluster.send_job("--status", 0).stdout
+        assert list(scratch.iterdir()) == []
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
 
 
 def test_a_shipped_program_runs_from_the_snapshot(cluster, tmp_path):
