@@ -13,7 +13,7 @@ import shutil
 import time
 
 import helper
-from mrlib import names
+from mrlib import names, outputdir
 from mrlib.runner import FRAMEWORK, discard
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
@@ -339,6 +339,7 @@ def publish_all(sources, destinations):
                 os.link(source, temporary)
             except OSError:
                 shutil.copyfile(source, temporary)
+            outputdir.mark(temporary)  # --overwrite's proof that it is a job's output
         for temporary, destination in zip(temporaries, destinations):
             os.replace(temporary, destination)
     finally:

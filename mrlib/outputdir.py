@@ -6,6 +6,7 @@ call, made in the client, as in Hadoop and Spark: a non-empty directory is
 refused unless `--overwrite`, which removes only files named as our jobs
 name their outputs, and refuses if anything else is there.
 """
+import errno
 import os
 import re
 
@@ -19,6 +20,12 @@ from mrlib import names
 # A publishing master that was killed may leave its temporary link behind.
 TEMPORARY = re.compile(r"\.(.+)\.tmp-\d+", re.DOTALL)
 SHOWN_NAMES = 5
+# Our proof that a file is a job's output: an extended attribute every output is
+# published with (not a file: the output directory holds exactly the outputs). Where
+# the filesystem keeps no extended attributes, the names alone decide.
+OWNER_ATTRIBUTE = "user.mapreduce.output"
+OWNER_VALUE = b"1"
+NO_ATTRIBUTES = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 class OutputDirectoryInUse(Exception):
@@ -50,6 +57,29 @@ def earlier_outputs(names, output_base=None):
     return ours
 
 
+def mark(path):
+    """Mark a file as a job's output (see OWNER_ATTRIBUTE); a filesystem that keeps no
+    extended attributes is let be."""
+    try:
+        os.setxattr(path, OWNER_ATTRIBUTE, OWNER_VALUE, follow_symlinks=False)
+    except OSError as error:
+        if error.errno not in NO_ATTRIBUTES + (errno.EPERM, errno.EACCES):
+            raise
+
+
+def unmarked(directory, names):
+    """The names among `names` whose files lack our mark where their filesystem keeps
+    extended attributes: written by a user, or another implementation, not by our jobs."""
+    found = []
+    for name in names:
+        try:
+            os.getxattr(os.path.join(directory, name), OWNER_ATTRIBUTE, follow_symlinks=False)
+        except OSError as error:
+            if error.errno not in NO_ATTRIBUTES:
+                found.append(name)  # ENODATA: no mark
+    return found
+
+
 def check(directory, overwrite=False, output_base=None, inputs=list):
     """The names --overwrite would remove from `directory` (none if it is empty or new).
 
@@ -69,11 +99,13 @@ def check(directory, overwrite=False, output_base=None, inputs=list):
             f"output directory {directory} is not empty ({show(names)}); add --overwrite to "
             f"replace an earlier job's output files, or choose another --output")
     ours = earlier_outputs(names, output_base)
+    ours -= set(unmarked(directory, sorted(ours)))
     others = [n for n in names if n not in ours or not _is_plain_file(directory, n)]
     if others:
         raise OutputDirectoryInUse(
             f"output directory {directory} holds files no job wrote ({show(others)}); "
-            f"--overwrite removes only earlier job outputs: move those away, or choose "
+            f"--overwrite removes only earlier job outputs (named as ours are, and marked "
+            f"as ours by the master that wrote them): move those away, or choose "
             f"another --output")
     listed = inputs()
     used = [n for n in names if any(same_file(os.path.join(directory, n), p) for p in listed)]

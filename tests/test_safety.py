@@ -548,6 +548,34 @@ def test_overwrite_keeps_a_user_file_named_like_an_output(cluster, tmp_path, nam
     assert (output / name).read_bytes() == PRECIOUS
 
 
+@pytest.mark.parametrize("names", [("000000_wedding.jpg", "000001_honeymoon.jpg"),
+                                   ("input_0", "input_1")])
+def test_overwrite_keeps_a_users_whole_set_of_files_named_like_outputs(cluster, tmp_path,
+                                                                        names):
+    """A user's files that form a whole set of output names (numbered photos; files a
+    user made) are not taken for a job's: only files our master published carry its mark."""
+    if not xattrs_kept(tmp_path):
+        pytest.skip("this filesystem keeps no extended attributes: names alone decide")
+    inputs = write_files(tmp_path / "in", SMALL_INPUT)
+    output = write_files(tmp_path / "photos", {name: PRECIOUS for name in names})
+    result = cluster.send_job("--input", inputs, "--output", output, "--overwrite")
+    assert result.returncode == SEND_JOB_INVALID
+    assert names[0] in one_line(result.stderr.decode())
+    assert all((output / name).read_bytes() == PRECIOUS for name in names)
+
+
+def xattrs_kept(directory):
+    probe = directory / ".probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+
+
 def test_overwrite_never_removes_an_input(cluster, tmp_path):
     """An input that is a link to an old output is not removed by --overwrite."""
     cluster.start_worker()
