@@ -93,7 +93,7 @@ class Worker:
         self.pid = os.getpid()
         self.stopping = threading.Event()
         self.tasks = queue.Queue()
-        self.guard = runner.ProgramGuard()
+        self.guard = runner.ProgramGuard(adopt_orphans=True)
         self.server = helper.MessageServer(host, port, self.handle, "worker")
         self.host = advertise or host
         # What we send leaves from the address we listen on, when that is one

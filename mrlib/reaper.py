@@ -9,6 +9,7 @@ which the kernel's parent-death signal alone would not.
 import os
 import signal
 import sys
+import time
 
 # In every program's environment: which attempt started it (mrlib/runner.py
 # sets it). A program that leaves its process group (setsid, a daemonising
@@ -17,6 +18,8 @@ ATTEMPT_VARIABLE = "MAPREDUCE_ATTEMPT"
 # A bound on kill_tagged's passes over /proc, for a process SIGKILL cannot
 # end (one stuck in the kernel): it would be found in every pass.
 MAX_SWEEPS = 100
+# How long kill_children waits for a killed child to exit: REAP_TRIES looks, REAP_PAUSE apart.
+REAP_TRIES, REAP_PAUSE = 50, 0.01
 
 
 def main():
@@ -76,6 +79,48 @@ def _kill_tagged_once(tag, whole):
             except OSError:
                 pass
     return found
+
+
+def children_of(parent, known=()):
+    """(pid, state) of each child of `parent` not in `known`, from /proc/PID/stat (state
+    b"Z": a zombie, waiting to be reaped)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in known:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()  # after the name, which may hold spaces
+        if len(fields) > 1 and fields[1] == str(parent).encode():
+            found.append((int(entry), fields[0]))
+    return found
+
+
+def kill_children(known):
+    """SIGKILL and reap this process's children not in `known`: orphans it adopted as a
+    subreaper, and theirs as they in turn are orphaned. What SIGKILL cannot end at once
+    (stuck in the kernel) is left for a later call."""
+    for _ in range(MAX_SWEEPS):
+        children = children_of(os.getpid(), known)
+        if not children:
+            return
+        for pid, state in children:
+            if state != b"Z":
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        for pid, _ in children:
+            for _ in range(REAP_TRIES):
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:
+                        break
+                except ChildProcessError:  # not ours after all, or reaped already
+                    break
+                time.sleep(REAP_PAUSE)
 
 
 if __name__ == "__main__":

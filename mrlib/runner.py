@@ -25,7 +25,7 @@ import sh
 
 from mrlib import records
 from mrlib.attemptlog import MAX_LOG_BYTES, PROGRAM
-from mrlib.reaper import ATTEMPT_VARIABLE, kill_tagged
+from mrlib.reaper import ATTEMPT_VARIABLE, kill_children, kill_tagged
 from mrlib.pyjob import FRAMEWORK
 from mrlib.shipping import LIBRARY_VARIABLE, PYTHON_VARIABLE
 
@@ -38,6 +38,7 @@ STATUS_PREFIX = b"reporter:status:"
 # Hadoop Streaming's convention: a program sets a task status or bumps a
 # counter by writing these lines to stderr; they are not errors.
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36  # orphaned descendants are re-parented to this process
 # Past this many inputs, sort reads its file list from a file instead of argv.
 MAX_SORT_ARGS = 256
 SORT_ENV = {"LC_ALL": "C"}
@@ -355,10 +356,17 @@ class ProgramGuard:
     SIGKILLed, the reaper sees its stdin close and kills what is left.
     """
 
-    def __init__(self, use_reaper=True):
+    def __init__(self, use_reaper=True, adopt_orphans=False):
         self.lock = threading.Lock()
         self.groups = set()
         self.reaper = None
+        # With adopt_orphans, this process is a subreaper: what a program leaves running
+        # when its parent exits (a daemon, double-forked, setsid, even one whose tag is
+        # gone or whose environment cannot be read) becomes this process's child, and is
+        # killed once no attempt runs (kill_orphans).
+        self.adopts = adopt_orphans and _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+        self.attempts_lock = threading.Lock()
+        self.open_attempts = 0
         # Unique to this guard, even when the pid is reused: every attempt's
         # tag starts with it, so all that this process started can be found.
         self.prefix = f"{os.getpid()}-{os.urandom(4).hex()}-"
@@ -409,8 +417,32 @@ class ProgramGuard:
     def attempt_tag(self):
         return f"{self.prefix}{next(self.attempts)}"
 
+    def attempt_opened(self):
+        with self.attempts_lock:  # never while kill_orphans looks for strangers
+            self.open_attempts += 1
+
+    def attempt_closed(self):
+        with self.attempts_lock:
+            self.open_attempts -= 1
+            if self.open_attempts == 0:
+                self.kill_orphans()
+
+    def kill_orphans(self):
+        """Kill the orphans this process adopted. Only while no attempt is open (its lock
+        held): then no program is being started, so every child of ours that is not a
+        program's group leader or the reaper is an orphan."""
+        if not self.adopts:
+            return
+        with self.lock:
+            known = set(self.groups)
+        if self.reaper is not None:
+            known.add(self.reaper.pid)
+        kill_children(known)
+
     def close(self):
         self.kill_all()
+        with self.attempts_lock:
+            self.kill_orphans()
         if self.reaper is not None:
             try:
                 self.reaper.stdin.close()
@@ -433,6 +465,8 @@ class TaskGuard:
         self.lock = threading.Lock()
         self.groups = set()
         self.cancelled = False
+        self.closed = False
+        guard.attempt_opened()
 
     def started(self, group):
         self.guard.started(group)
@@ -453,11 +487,16 @@ class TaskGuard:
             groups = list(self.groups)
         for group in groups:
             _kill_group(group)
-        self.close()
+        kill_tagged(self.tag)  # closed by its own thread, once it has stopped starting programs
 
     def close(self):
-        """The attempt is over: kill whatever it started that still runs (setsid ones too)."""
+        """The attempt is over: kill whatever it started that still runs (setsid ones too),
+        and, if no other attempt runs, every orphan the worker adopted."""
         kill_tagged(self.tag)
+        with self.lock:
+            closed, self.closed = self.closed, True
+        if not closed:
+            self.guard.attempt_closed()
 
 
 def temp_path(final_path):

@@ -11,6 +11,7 @@ import helper
 
 from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, assert_matches_sequential,
                       kill_session, partition_files, pid_alive, wait_until, write_files)
+from mrlib.reaper import ATTEMPT_VARIABLE
 from support.peers import FakeWorkerPool
 from support.programs import WORD_COUNT_MAP, script, sleepy_mapper, stop
 
@@ -253,11 +254,14 @@ def test_a_failed_jobs_other_attempts_are_stopped(cluster, tmp_path):
     wait_until(lambda: not any(pid_alive(pid) for pid in pids), what=f"programs {pids} to stop")
 
 
-def escaping_mapper(tmp_path, then="exec " + str(WORD_COUNT[0])):
-    """A map that leaves a `setsid` grandchild behind (a daemonising script), recording its pid."""
+def escaping_mapper(tmp_path, then="exec " + str(WORD_COUNT[0]), untagged=False):
+    """A map that leaves a `setsid` grandchild behind (a daemonising script), recording its
+    pid; `untagged`: the grandchild drops the attempt's tag from its environment too."""
     pids = tmp_path / "escaped"
+    unset = f"env -u {ATTEMPT_VARIABLE} " if untagged else ""
     return script(tmp_path / "escaping-map.sh",
-                  f"setsid sh -c 'echo $$ >> \"{pids}\"; exec sleep 60' </dev/null >/dev/null 2>&1 &\n"
+                  f"{unset}setsid sh -c 'echo $$ >> \"{pids}\"; exec sleep 60' </dev/null "
+                  f">/dev/null 2>&1 &\n"
                   f'while [ ! -s "{pids}" ]; do sleep 0.01; done\n{then}\n')
 
 
@@ -279,12 +283,15 @@ def escapes(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
-def test_a_setsid_grandchild_dies_with_its_task(cluster, tmp_path, escapes):
-    """A program's child that calls setsid is gone once its task has ended."""
+@pytest.mark.parametrize("untagged", [False, True], ids=["tagged", "untagged"])
+def test_a_setsid_grandchild_dies_with_its_task(cluster, tmp_path, escapes, untagged):
+    """A program's child that calls setsid is gone once its task has ended; also one that
+    drops the attempt's tag from its environment (found as an orphan the worker adopted:
+    as a non-root worker finds one whose environment it may not read)."""
     cluster.start_worker()
     inputs = write_files(tmp_path / "in", SMALL_INPUT)
-    outputs = cluster.run_job(escaping_mapper(tmp_path), WORD_COUNT[1], inputs, tmp_path / "out",
-                              1, 2)
+    outputs = cluster.run_job(escaping_mapper(tmp_path, untagged=untagged), WORD_COUNT[1],
+                              inputs, tmp_path / "out", 1, 2)
     assert_matches_sequential(outputs, inputs, *WORD_COUNT, 2)
     escaped = escaped_pids(tmp_path)
     assert escaped
