@@ -8,7 +8,7 @@ import dataclasses
 import os
 import re
 
-from mrlib import pyjob, records, shipping
+from mrlib import pyjob, records, runner, shipping
 from mrlib.outputdir import within
 
 DEFAULT_TASK_TIMEOUT = 600.0  # seconds; a task running longer is a failed attempt
@@ -311,6 +311,9 @@ def check_executable(field, path):
         raise JobRejected(f"{field} {path} is not a file")
     if not os.access(path, os.X_OK):
         raise JobRejected(f"{field} {path} is not executable (chmod +x it)")
+    problem = runner.shebang_problem(path)
+    if problem:
+        raise JobRejected(f"{field} {path} cannot start: {problem}")
 
 
 def check_writable_directory(path):

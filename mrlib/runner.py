@@ -729,16 +729,44 @@ def why_not_started(stage, error):
     code = int(code.group(1)) if code else None
     first = first_line(path) if os.path.isfile(path) else b""
     if code == errno.ENOEXEC:
-        if first.startswith(UTF8_BOM + b"#!"):
-            return "it starts with a UTF-8 byte-order mark before its #! line: save it without"
-        length = len(first.rstrip(b"\n"))
-        if first.startswith(b"#!") and length >= MAX_KERNEL_SHEBANG:
-            return (f"its #! line is {length} bytes long: the kernel reads at most "
-                    f"{MAX_KERNEL_SHEBANG - 1}")
-        return ("it is neither a program nor a script starting with a #! line "
-                "(add one, e.g. #!/bin/sh)")
+        return _shebang_layout_problem(first) or (
+            "it is neither a program nor a script starting with a #! line "
+            "(add one, e.g. #!/bin/sh)")
     if code not in (errno.ENOENT, errno.EACCES) or not first.startswith(b"#!"):
         return text
+    return _interpreter_problem(first, missing=code == errno.ENOENT)
+
+
+def shebang_problem(path):
+    """What in a script's #! line keeps it from starting (None if nothing seen): checked
+    before a job is sent, so it is refused once, not retried on every task."""
+    first = first_line(path)
+    problem = _shebang_layout_problem(first)
+    if problem or not first.startswith(b"#!"):
+        return problem
+    words = first[2:].split()
+    interpreter = os.fsdecode(words[0]) if words else ""
+    if (first.rstrip(b"\n").endswith(b"\r") or not words
+            or (os.path.isabs(interpreter) and not os.path.isfile(interpreter))):
+        return _interpreter_problem(first, missing=True)
+    if os.path.isabs(interpreter) and not os.access(interpreter, os.X_OK):
+        return _interpreter_problem(first, missing=False)
+    return None
+
+
+def _shebang_layout_problem(first):
+    """A #! line the kernel cannot read: behind a byte-order mark, or too long."""
+    if first.startswith(UTF8_BOM + b"#!"):
+        return "it starts with a UTF-8 byte-order mark before its #! line: save it without"
+    length = len(first.rstrip(b"\n"))
+    if first.startswith(b"#!") and length >= MAX_KERNEL_SHEBANG:
+        return (f"its #! line is {length} bytes long: the kernel reads at most "
+                f"{MAX_KERNEL_SHEBANG - 1}")
+    return None
+
+
+def _interpreter_problem(first, missing):
+    """What is wrong with the interpreter a #! line names (missing, or not executable)."""
     if first.rstrip(b"\n").endswith(b"\r"):
         return WINDOWS_LINES
     words = first[2:].split()
@@ -747,7 +775,7 @@ def why_not_started(stage, error):
     interpreter = os.fsdecode(words[0])
     if not (interpreter.isascii() and interpreter.isprintable()):
         interpreter = ascii(interpreter)  # a non-breaking space or the like, made visible
-    if code == errno.ENOENT:
+    if missing:
         return f"its interpreter {interpreter} (on its #! line) does not exist"
     return f"its interpreter {interpreter} (on its #! line) is not an executable program"
 

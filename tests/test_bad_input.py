@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -563,13 +564,22 @@ UNSTARTABLE_JOBS = {
 
 @pytest.mark.parametrize("case", sorted(UNSTARTABLE_JOBS))
 def test_unstartable_program_fails_the_job_visibly(cluster, tmp_path, case):
-    """A program that cannot even be started fails its job with a reason, and the worker goes on working."""
+    """A program that cannot even be started is refused at submission; one that became so
+    after (edited before its task ran) fails its job with a reason, and the worker goes on
+    working."""
+    fields = UNSTARTABLE_JOBS[case](tmp_path)
+    reply = helper.request("localhost", cluster.port, good_job(tmp_path, **fields))
+    assert reply.get("message_type") == "job_rejected", reply
+    assert "cannot start" in reply["error"]
+    unstartable = Path(fields["mapper_executable"]).read_bytes()
+    Path(fields["mapper_executable"]).write_bytes(b"#!/bin/sh\ncat\n")
+    reply = helper.request("localhost", cluster.port, good_job(tmp_path, max_attempts=1, **fields))
+    job_id = reply.get("job_id")
+    assert job_id is not None, reply
+    Path(fields["mapper_executable"]).write_bytes(unstartable)  # before any worker runs it
     worker = cluster.start_worker()
     log_name = f"worker-{worker.worker_port}.log"
-    message = good_job(tmp_path, max_attempts=1, **UNSTARTABLE_JOBS[case](tmp_path))
-    reply = helper.request("localhost", cluster.port, message)
-    assert reply.get("job_id") == 0, reply
-    status = wait_for_end_or_traceback(cluster, 0, log_name)
+    status = wait_for_end_or_traceback(cluster, job_id, log_name)
     assert "Traceback" not in cluster.log(log_name), cluster.log(log_name)[-3000:]
     assert status["state"] == "failed" and "map task" in status["error"], status
     assert_alive(cluster, worker)
