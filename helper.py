@@ -162,6 +162,12 @@ OPTIONAL_FIELDS = {
     "cancel_task": {"attempt_id": INT},
 }
 
+# The longest time limit a task message's `timeout` (and so a job's
+# task_timeout) may give: a week; longer is a mistake, and past
+# threading.TIMEOUT_MAX a timer thread dies of OverflowError with no limit.
+MAX_TASK_TIMEOUT = 7 * 24 * 3600.0
+TIMED_MESSAGES = ("new_worker_job", "new_sort_job")
+
 # Status values on the wire. "finished" is the spec's; "failed" is ours.
 FINISHED = "finished"
 FAILED = "failed"
@@ -209,6 +215,10 @@ def validate(message):
     port = message.get("worker_port")
     if kind in ("register", "register_ack") and not 0 < port < 65536:
         raise ProtocolError(f"{kind}: field 'worker_port' out of range 1..65535: {port}")
+    timeout = message.get("timeout")
+    if kind in TIMED_MESSAGES and timeout is not None and not 0 < timeout <= MAX_TASK_TIMEOUT:
+        raise ProtocolError(f"{kind}: field 'timeout' out of range: {timeout!r:.40} s, not "
+                            f"above 0 and at most {MAX_TASK_TIMEOUT:g}")
     return message
 
 
@@ -281,8 +291,8 @@ def refusal_reason(data):
     if auth.is_signed(data) or not data.startswith(b"{") or REFUSAL_TYPE.encode() not in data:
         return None
     try:
-        message = json.loads(data)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        message = parse_json(data)
+    except ProtocolError:
         return None
     if not isinstance(message, dict) or message.get("message_type") != REFUSAL_TYPE:
         return None
@@ -290,18 +300,27 @@ def refusal_reason(data):
 
 
 
+def _refuse_constant(name):
+    """json's hook for NaN, Infinity and -Infinity, which JSON itself does not have."""
+    raise ProtocolError(f"non-finite number {name}: JSON has no NaN, Infinity or -Infinity")
+
+
+def parse_json(data, what="JSON"):
+    """The value of received JSON bytes; ProtocolError if malformed or holding NaN or
+    Infinity (which would reach timeouts and waits as numbers)."""
+    try:
+        return json.loads(data, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ProtocolError(f"malformed {what}: {error}") from None
+    except RecursionError:
+        raise ProtocolError(f"malformed {what}: nested too deeply") from None
+
+
 def decode(data):
     """Parse and validate one message from raw bytes."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageTooLarge(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    data = unseal(data)
-    try:
-        message = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ProtocolError(f"malformed JSON: {error}") from None
-    except RecursionError:
-        raise ProtocolError("malformed JSON: nested too deeply") from None
-    return validate(message)
+    return validate(parse_json(unseal(data)))
 
 
 def read_until_eof(sock, limit=MAX_MESSAGE_BYTES, deadline=None):
@@ -387,10 +406,7 @@ def request(host, port, message, timeout=CONNECT_TIMEOUT, reply_timeout=READ_TIM
 
 
 def _reply_object(data):
-    try:
-        reply = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ProtocolError(f"malformed reply: {error}") from None
+    reply = parse_json(data, "reply")
     if not isinstance(reply, dict):
         raise ProtocolError("reply is not a JSON object")
     return reply

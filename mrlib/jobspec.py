@@ -8,12 +8,12 @@ import dataclasses
 import os
 import re
 
+from helper import MAX_TASK_TIMEOUT  # the largest a task message may carry
 from mrlib import pyjob, records, runner, shipping
 from mrlib.outputdir import within
 
 DEFAULT_TASK_TIMEOUT = 600.0  # seconds; a task running longer is a failed attempt
 DEFAULT_MAX_ATTEMPTS = 4      # Hadoop's default: a task may fail 3 times and still pass
-MAX_TASK_TIMEOUT = 7 * 24 * 3600.0  # a week; longer is a mistake (and overflows timers)
 MAX_TASKS = 100_000  # per phase; more is a mistake (millions of files and messages)
 PATH_FIELDS = ("input_directory", "output_directory", "mapper_executable",
                "reducer_executable", "input_file", "input_base_name", "combiner_executable")

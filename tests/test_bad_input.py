@@ -17,6 +17,7 @@ import pytest
 import helper
 from conftest import (JOB_TIMEOUT, WORD_COUNT, assert_matches_sequential, partition_files,
                       wait_until, write_files)
+from support.localcluster import thread_count
 from support.programs import script
 
 # No real process has these pids (Linux pid_max is at most 2**22).
@@ -615,13 +616,74 @@ def test_nul_in_output_directory_does_not_wedge_the_master(cluster, tmp_path):
     run_good_job(cluster, tmp_path)
 
 
-@pytest.mark.parametrize("timeout", [float("nan"), float("inf")], ids=["NaN", "Infinity"])
-def test_non_finite_task_timeout_is_rejected(cluster, tmp_path, timeout):
-    """A job whose task_timeout is NaN or Infinity is rejected, naming task_timeout."""
-    reply = helper.request("localhost", cluster.port, good_job(tmp_path, task_timeout=timeout))
+@pytest.mark.parametrize("timeout", ["NaN", "Infinity"])
+def test_non_finite_task_timeout_is_dropped(cluster, tmp_path, timeout):
+    """A job whose task_timeout is NaN or Infinity is dropped as malformed, naming the number."""
+    since = log_size(cluster)
+    cluster.send_raw(with_number(good_job(tmp_path), "task_timeout", timeout))
+    wait_for_new_line(cluster, since, ("dropped a message", f"non-finite number {timeout}"))
+    assert job_state(cluster, 0)["state"] == "unknown"
+    assert_alive(cluster)
+
+
+def test_a_huge_task_timeout_is_rejected(cluster, tmp_path):
+    """A job whose task_timeout is finite but past the limit is rejected, naming task_timeout."""
+    reply = helper.request("localhost", cluster.port, good_job(tmp_path, task_timeout=1e308))
     assert reply.get("message_type") == "job_rejected", reply
     assert "task_timeout" in reply.get("error", ""), reply
     assert_alive(cluster)
+
+
+def with_number(message, field, literal):
+    """A message's JSON bytes with `field` set to a number spelled `literal` (NaN, 1e308 ...)."""
+    return helper.encode(dict(message, **{field: 0}))[:-1] + f',"{field}":{literal}}}'.encode()
+
+
+NAN_WAITS = 20  # past the master's MAX_STATUS_WAITERS (16)
+NO_NEWS_VERSION = 999_999_999
+
+
+def test_nan_status_waits_hold_no_thread_or_slot(cluster, tmp_path):
+    """job_status messages whose wait is NaN are dropped at once: no handler thread waits
+    for ever, and a job still runs."""
+    cluster.wait_for_log("listening on")
+    threads = thread_count(cluster.master.pid)
+    nan_wait = with_number(helper.job_status(0, NO_NEWS_VERSION), "wait", "NaN")
+    polls = [socket.create_connection(("localhost", cluster.port), timeout=LOG_TIMEOUT)
+             for _ in range(NAN_WAITS)]
+    try:
+        for poll in polls:
+            poll.sendall(nan_wait)
+            poll.shutdown(socket.SHUT_WR)
+        for poll in polls:  # closed unanswered: a timeout here is a request still waiting
+            assert poll.recv(1) == b"", "a NaN wait must not be answered as a job_status"
+    finally:
+        for poll in polls:
+            poll.close()
+    assert "non-finite number NaN" in cluster.master_log()
+    wait_until(lambda: thread_count(cluster.master.pid) <= threads, LOG_TIMEOUT,
+               what=f"the master back to {threads} threads")
+    cluster.start_worker()
+    run_good_job(cluster, tmp_path)
+
+
+@pytest.mark.parametrize("timeout", ["1e308", "NaN", "Infinity"])
+def test_worker_refuses_a_task_timeout_it_cannot_keep(cluster, tmp_path, timeout):
+    """A task whose timeout is NaN, Infinity or past any timer's range is dropped with a line
+    naming it: no traceback, no task run without a limit, and the worker goes on working."""
+    worker = cluster.start_worker()
+    log_name = f"worker-{worker.worker_port}.log"
+    inputs = write_files(tmp_path / "task-in", {"f": b"a b\n"})
+    task = helper.new_worker_job([str(inputs / "f")], str(WORD_COUNT[0]),
+                                 str(tmp_path), worker.pid)
+    since = log_size(cluster, log_name)
+    cluster.send_raw(with_number(task, "timeout", timeout), port=worker.worker_port)
+    wait_for_new_line(cluster, since, ("dropped a message", "timeout" if timeout == "1e308"
+                                       else f"non-finite number {timeout}"), name=log_name)
+    assert not (tmp_path / "f").exists(), "the task must not run"
+    assert "Traceback" not in cluster.log(log_name), cluster.log(log_name)[-3000:]
+    assert_alive(cluster, worker)
+    run_good_job(cluster, tmp_path)
 
 
 @pytest.mark.parametrize("port", [70_000, 10**30], ids=["70000", "10**30"])

@@ -21,7 +21,7 @@ import pytest
 
 import helper
 from conftest import WORD_COUNT, assert_matches_sequential, wait_until, write_files
-from support.localcluster import memory_bytes
+from support.localcluster import memory_bytes, thread_count
 
 MiB = 1024 * 1024
 # The numbers: 1,000 idle connections gave the master 1,006 threads
@@ -76,11 +76,6 @@ def open_file_limit():
 
 
 # --- measuring a process -------------------------------------------------------
-
-def thread_count(pid):
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
-
 
 def open_files(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))

@@ -147,6 +147,12 @@ def memory_bytes(pid):
     return values.get(b"VmRSS", 0), values.get(b"VmHWM", 0)
 
 
+def thread_count(pid):
+    """How many threads a live process runs."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
 def command_name(pid):
     try:
         with open(f"/proc/{pid}/comm", "rb") as handle:
