@@ -25,6 +25,15 @@ LOG = logging.getLogger("helper")
 # (the largest is a task listing a few thousand paths), and the cap keeps a
 # misbehaving peer from making us buffer without bound.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# A message may hold at most this many JSON items (each `[`, `{` and `,` in
+# its bytes, in strings too, counted in C before it is parsed). Parsing costs
+# up to ~100 bytes of memory an item ([[],[],...] is 3 bytes an item on the
+# wire and 64 in memory), so the count, not the size, bounds what a message
+# costs: a 16 MiB one of empty lists took a process from 35 to 470 MB. This
+# is one item per 16 bytes at MAX_MESSAGE_BYTES, and parses in at most ~100
+# MB; our densest messages (lists of paths, a map task's per-file context)
+# take 30 bytes or more an item, so none that fits the size cap comes near it.
+MAX_MESSAGE_ITEMS = MAX_MESSAGE_BYTES // 16
 RECV_CHUNK = 64 * 1024
 # How long a peer may take to deliver one message before we give up on it.
 READ_TIMEOUT = 30.0
@@ -92,7 +101,7 @@ class NotAuthenticated(ProtocolError):
 
 
 class MessageTooLarge(ProtocolError):
-    """A message over MAX_MESSAGE_BYTES."""
+    """A message over MAX_MESSAGE_BYTES, or holding over MAX_MESSAGE_ITEMS items."""
 
 
 # Field name -> expected type, per message type. The spec's fields are
@@ -306,8 +315,13 @@ def _refuse_constant(name):
 
 
 def parse_json(data, what="JSON"):
-    """The value of received JSON bytes; ProtocolError if malformed or holding NaN or
-    Infinity (which would reach timeouts and waits as numbers)."""
+    """The value of received JSON bytes; ProtocolError if malformed, holding NaN or
+    Infinity (which would reach timeouts and waits as numbers), or MessageTooLarge
+    if it holds too many items to parse within bounded memory."""
+    items = data.count(b"[") + data.count(b"{") + data.count(b",")
+    if items > MAX_MESSAGE_ITEMS:
+        raise MessageTooLarge(f"{len(data)} bytes of {what} hold {items} items (brackets, "
+                              f"braces and commas); at most {MAX_MESSAGE_ITEMS} are parsed")
     try:
         return json.loads(data, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as error:

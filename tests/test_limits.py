@@ -48,6 +48,12 @@ LONG_POLLS = 150
 LONG_POLL_WAIT = 2.0
 # A job id no job has, so that each long poll waits its full time.
 NO_SUCH_JOB = 999_999
+# A message of empty lists as large as the size cap lets it be: 5.6 million
+# items, which parsed took a process from 35 to 470 MB. Refused unparsed, it
+# costs about its bytes.
+NESTED_SENDS = 6
+EMPTY_LIST = b"[],"
+PARSED_LIMIT = 150 * MiB  # far below what parsing one would take
 # Sent in large pieces, so that 1.8 GB over loopback takes seconds, not minutes.
 FLOOD_PIECE = memoryview(b"x" * MiB)
 # How long one flooding send may block before the test calls the server hung.
@@ -189,6 +195,24 @@ def log_lines(cluster, name="master.log"):
     return cluster.log(name).splitlines()
 
 
+def nested_lists(message):
+    """`message`'s JSON with an extra field of empty lists, just within MAX_MESSAGE_BYTES."""
+    head = json.dumps(message)[:-1].encode() + b', "x": ['
+    count = (helper.MAX_MESSAGE_BYTES - len(head) - 4) // len(EMPTY_LIST)
+    return head + EMPTY_LIST * count + b"[]]}"
+
+
+def send_each(port, data, count):
+    """Send `data` `count` times, each once the server is done with the one before."""
+    for _ in range(count):
+        with connect(port) as sock:
+            sock.settimeout(SEND_TIMEOUT)
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(MiB):  # to EOF: the server has parsed or refused it
+                pass
+
+
 # --- tests ----------------------------------------------------------------------------
 
 def test_idle_connections_leave_the_master_bounded_and_working(cluster, tmp_path):
@@ -276,3 +300,21 @@ def test_endless_messages_leave_a_worker_bounded_and_working(cluster, tmp_path):
                    what="the flooded worker to finish a task")
         assert flooded.poll() is None
         assert_bounded(flooded.pid, "worker after the job")
+
+
+def test_messages_of_millions_of_items_are_refused_unparsed(cluster, tmp_path):
+    """16 MiB job_status messages of empty lists to the master, and such a heartbeat to a
+    worker, are dropped without parsing, with a line saying why: both stay far under what
+    parsing takes, and a job runs."""
+    cluster.start_workers(2)
+    flooded = cluster.workers[0]
+    send_each(cluster.port, nested_lists(helper.job_status(0)), NESTED_SENDS)
+    send_each(flooded.worker_port, nested_lists(helper.heartbeat(flooded.pid)), 1)
+    for pid, log_name, count in ((cluster.master.pid, "master.log", NESTED_SENDS),
+                                 (flooded.pid, f"worker-{flooded.worker_port}.log", 1)):
+        peak = peak_memory(pid)
+        print(f"{log_name}: peak {peak / MiB:.1f} MiB")
+        assert peak < PARSED_LIMIT, f"{log_name}: peak resident memory {peak / MiB:.0f} MiB"
+        refusals = cluster.log(log_name).count("items (brackets, braces and commas)")
+        assert refusals == count, cluster.log(log_name)[-2000:]
+    run_word_count(cluster, tmp_path)
