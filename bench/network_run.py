@@ -26,7 +26,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(BENCH))
 sys.path.insert(0, os.path.join(os.path.dirname(BENCH), "tests"))
 
-from support import netns  # noqa: E402
+from support import localcluster, netns  # noqa: E402
 from support.localcluster import wait_until  # noqa: E402
 
 import run as bench_run  # noqa: E402
@@ -42,8 +42,7 @@ SLEEPY_SECONDS = 3
 
 def new_cluster(scratch, name):
     secret = os.path.join(scratch, "secret")
-    with open(secret, "w") as handle:
-        handle.write(os.urandom(32).hex())
+    localcluster.write_secret(secret, os.urandom(32).hex())
     network = netns.Network()
     cluster = netns.NetCluster(network, Path(scratch, name), secret)
     cluster.start_master()

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import ipaddress
 import os
+import shlex
 import socket
 import stat
 import threading
@@ -39,6 +40,10 @@ MIN_SECRET_BYTES = 16
 MAX_SECRET_BYTES = 4096  # a secret file is a few dozen bytes; more is the wrong file
 # A time stamp: milliseconds since the epoch, in plain digits.
 MAX_STAMP_DIGITS = 16
+# Permission bits a secret file may not have: read, write or execute for its
+# group or others. Like ssh with a private key, we refuse such a file rather
+# than sign with a secret others may read (or replace).
+SHARED_MODE_BITS = 0o077
 # Messages stamped this long before the process started are refused: its
 # nonce cache is new, so it could not tell a replay of them.
 START_SLACK = 1.0
@@ -62,6 +67,7 @@ def read_secret(path):
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             raise SecretError(f"the secret file {path} is not a regular file")
+        refuse_shared(path, status.st_mode)
         if status.st_size > MAX_SECRET_BYTES:
             raise SecretError(f"the secret file {path} is {status.st_size} bytes; a secret "
                               f"is at most {MAX_SECRET_BYTES} (is it the right file?)")
@@ -76,6 +82,14 @@ def read_secret(path):
         raise SecretError(f"the secret in {path} is {len(secret)} bytes; "
                           f"use at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)")
     return secret
+
+
+def refuse_shared(path, mode):
+    """SecretError if a secret file's mode lets its group or others at it."""
+    if mode & SHARED_MODE_BITS:
+        raise SecretError(f"the secret file {path} has mode {stat.S_IMODE(mode):04o}: its group "
+                          f"or others have access to it. Make it its owner's only: "
+                          f"chmod 600 {shlex.quote(str(path))}")
 
 
 def secret_path(given):

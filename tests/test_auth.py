@@ -5,6 +5,7 @@ import pytest
 
 import helper
 from mrlib import auth
+from support.localcluster import SECRET_MODE
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -81,6 +82,7 @@ def test_without_a_secret_the_wire_is_the_specs_and_signed_messages_are_refused(
 def test_unusable_secret_files_are_named(tmp_path, content, reason):
     path = tmp_path / "secret"
     path.write_bytes(content)
+    path.chmod(SECRET_MODE)
     with pytest.raises(auth.SecretError, match=reason) as raised:
         auth.read_secret(path)
     assert str(path) in str(raised.value)
@@ -105,6 +107,7 @@ def test_a_secret_file_that_is_no_regular_file_or_too_big_is_refused_at_once(tmp
     os.mkfifo(fifo)
     big = tmp_path / "big"
     big.write_bytes(b"x" * (auth.MAX_SECRET_BYTES + 1))
+    big.chmod(SECRET_MODE)
     for path, reason in ((fifo, "not a regular file"), (tmp_path, "not a regular file"),
                          (big, "at most")):
         with pytest.raises(auth.SecretError, match=reason):

@@ -14,6 +14,7 @@ import helper
 from conftest import (JOB_TIMEOUT, PYTHON, REPO, START_TIMEOUT, WORD_COUNT, free_master_port,
                       free_port, wait_until, write_files)
 from mrlib.dashboard import MAX_CONNECTIONS, REQUEST_TIMEOUT
+from support.localcluster import write_secret
 from support.programs import script
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,8 +45,7 @@ def get(port, path, token=None):
 
 def secret_dashboard(make_cluster, tmp_path):
     """A master with a secret serving its dashboard; (cluster, the dashboard's token)."""
-    secret = tmp_path / "secret"
-    secret.write_text(SECRET)
+    secret = write_secret(tmp_path / "secret", SECRET)
     cluster = make_cluster(start=False, env={"MAPREDUCE_SECRET_FILE": str(secret)})
     cluster.http_port = free_port()
     cluster.start_master(extra=("--http-port", cluster.http_port))

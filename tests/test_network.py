@@ -14,6 +14,7 @@ import pytest
 
 from conftest import WORD_COUNT, assert_matches_sequential, partition_files, wait_until
 from support import netns
+from support.localcluster import write_secret
 from support.programs import WORD_COUNT_MAP, script, stop
 
 pytestmark = pytest.mark.timeout(240)
@@ -33,8 +34,7 @@ def cluster(tmp_path):
     reason = netns.unavailable()
     if reason:
         pytest.skip(reason)
-    secret = tmp_path / "secret"
-    secret.write_text(SECRET)
+    secret = write_secret(tmp_path / "secret", SECRET)
     network = netns.Network()
     cluster = netns.NetCluster(network, tmp_path / "cluster", secret)
     try:

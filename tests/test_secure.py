@@ -9,8 +9,9 @@ import pytest
 
 import helper
 from conftest import (JOB_TIMEOUT, PYTHON, REPO, WORD_COUNT, assert_matches_sequential,
-                      free_master_port, partition_files, wait_until, write_files)
+                      free_master_port, partition_files, tcp_free, wait_until, write_files)
 from mrlib import auth
+from support.localcluster import write_secret
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,9 +25,7 @@ QUIET_WINDOW = 1.0
 
 @pytest.fixture
 def secret_file(tmp_path):
-    path = tmp_path / "secret"
-    path.write_text(SECRET + "\n")
-    return path
+    return write_secret(tmp_path / "secret", SECRET + "\n")
 
 
 @pytest.fixture
@@ -71,8 +70,7 @@ def test_a_job_runs_signed_and_the_wire_carries_the_signature(secure, secret_fil
 def test_without_the_secret_nothing_gets_in(secure, tmp_path, secret_file):
     """Unsigned or wrongly signed: no job, no status, no shutdown, no worker."""
     inputs = write_files(tmp_path / "in", SMALL_INPUT)
-    other = tmp_path / "other-secret"
-    other.write_text(OTHER_SECRET)
+    other = write_secret(tmp_path / "other-secret", OTHER_SECRET)
     for secret in (None, other):
         refused = send_job(secure, "--input", inputs, "--output", tmp_path / "out",
                            secret_file=secret)
@@ -122,17 +120,22 @@ def test_a_replayed_job_is_dropped(make_cluster, secret_file, tmp_path):
 
 
 @pytest.mark.parametrize("program", ["master", "worker"])
-@pytest.mark.parametrize("case", ["missing", "empty", "fifo", "0.0.0.0 without a secret"])
+@pytest.mark.parametrize("case", ["missing", "empty", "fifo", "0.0.0.0 without a secret",
+                                  "mode 666", "mode 640", "mode 604"])
 def test_unusable_secret_settings_stop_the_start(tmp_path, program, case):
     """A clear line naming the problem, exit 2, nothing listening."""
-    empty = tmp_path / "empty"
-    empty.write_text("\n")
+    empty = write_secret(tmp_path / "empty", "\n")
     os.mkfifo(tmp_path / "fifo")  # reading it would wait for a writer for ever
     port = free_master_port()
     arguments = {"missing": ["--secret-file", tmp_path / "nope"],
                  "empty": ["--secret-file", empty],
                  "fifo": ["--secret-file", tmp_path / "fifo"],
-                 "0.0.0.0 without a secret": ["--host", "0.0.0.0"]}[case]
+                 "0.0.0.0 without a secret": ["--host", "0.0.0.0"]}.get(case)
+    expected = {"missing": "nope", "empty": "is empty", "fifo": "not a regular file",
+                "0.0.0.0 without a secret": "--insecure"}.get(case)
+    if case.startswith("mode "):
+        shared = shared_secret(tmp_path, case.split()[1])
+        arguments, expected = ["--secret-file", shared], f"chmod 600 {shared}"
     argv = [REPO / "master.py", port] if program == "master" else \
         [REPO / "worker.py", port, port + 1]
     result = subprocess.run([str(a) for a in (PYTHON, *argv, *arguments)], cwd=tmp_path,
@@ -141,9 +144,27 @@ def test_unusable_secret_settings_stop_the_start(tmp_path, program, case):
     text = result.stderr.decode()
     assert result.returncode == BAD_CONFIG, text
     assert "Traceback" not in text
-    assert {"missing": "nope", "empty": "is empty", "fifo": "not a regular file",
-            "0.0.0.0 without a secret": "--insecure"}[case] in text
+    assert expected in text
     assert not (tmp_path / "var").exists()
+    assert tcp_free(port), "nothing may listen"
+
+
+def shared_secret(tmp_path, mode):
+    """A good secret in a file its group or others may reach: `mode` is octal, e.g. 644."""
+    path = write_secret(tmp_path / f"secret-{mode}", SECRET)
+    path.chmod(int(mode, 8))
+    return path
+
+
+@pytest.mark.parametrize("mode", ["666", "644", "660"])
+def test_send_job_refuses_a_secret_file_others_can_reach(secure, tmp_path, mode):
+    """send_job.py names the file, its mode and the chmod that fixes it, and sends nothing."""
+    shared = shared_secret(tmp_path, mode)
+    result = send_job(secure, "--workers", secret_file=shared)
+    text = result.stderr.decode()
+    assert result.returncode == BAD_CONFIG, text
+    assert str(shared) in text and f"mode 0{mode}" in text and f"chmod 600 {shared}" in text
+    assert "Traceback" not in text and result.stdout == b""
 
 
 def test_insecure_listens_anywhere_with_a_warning(make_cluster):
@@ -154,8 +175,7 @@ def test_insecure_listens_anywhere_with_a_warning(make_cluster):
 
 
 def test_a_worker_with_another_secret_says_so_and_stops(secure, tmp_path):
-    other = tmp_path / "other-secret"
-    other.write_text(OTHER_SECRET)
+    other = write_secret(tmp_path / "other-secret", OTHER_SECRET)
     worker = secure.start_worker(wait=False, env=dict(secure.env, MAPREDUCE_SECRET_FILE=str(other)))
     assert worker.wait(30) == 1
     log = secure.log(f"worker-{worker.worker_port}.log")
@@ -166,8 +186,7 @@ def test_workers_of_a_master_restarted_with_another_secret_say_so(make_cluster, 
                                                                     tmp_path):
     """The master comes back with another secret: its workers' heartbeats are refused, and
     each worker's log says why, instead of the worker believing it is registered."""
-    other = tmp_path / "other-secret"
-    other.write_text(OTHER_SECRET)
+    other = write_secret(tmp_path / "other-secret", OTHER_SECRET)
     helper.use_secret(SECRET.encode())
     try:
         cluster = make_cluster(env={auth.SECRET_FILE_VARIABLE: str(secret_file)})

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import (PYTHON, REPO, assert_matches_sequential, free_port, partition_files,
                       pid_alive, session_members, tcp_free, udp_free, wait_until)
+from support.localcluster import write_secret
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="start.sh and these tests read /proc")
@@ -563,8 +564,7 @@ def test_a_cluster_with_a_new_secret_runs_jobs_for_its_holders_only(checkout):
                          text=True, timeout=JOB_DEADLINE)
     assert job.returncode == 0, job.stdout + job.stderr
     # stop finds the recorded secret even with another one in the environment
-    other = checkout.root / "other-secret"
-    other.write_text("f" * 64)
+    other = write_secret(checkout.root / "other-secret", "f" * 64)
     stopped = checkout.run("stop", port, env=dict(checkout.env, MAPREDUCE_SECRET_FILE=str(other)))
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert "did not exit" not in stopped.stderr, "the signed shutdown message stops it"

@@ -81,6 +81,19 @@ def listening(port):
         return False
 
 
+# --- files ---------------------------------------------------------------------
+
+SECRET_MODE = 0o600  # what the programs accept: the owner's only, as ssh wants of a key
+
+
+def write_secret(path, text):
+    """Write a secret file the way a user must: readable by its owner only."""
+    path = Path(path)
+    path.write_text(text)
+    path.chmod(SECRET_MODE)
+    return path
+
+
 # --- processes, read from /proc ----------------------------------------------
 
 def _stat_fields(pid):
