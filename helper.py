@@ -1049,9 +1049,43 @@ def send_heartbeat(sock, host, port, pid):
     sock.sendto(encode(heartbeat(pid)), (host, port))
 
 
+def printable(text):
+    """Text made safe for a terminal or a log line: control characters (newlines, escape
+    sequences, bidi overrides) as Python escapes, e.g. \\x1b; tabs kept."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
+# A traceback's lines follow its record indented by this: every line that
+# starts at the margin starts a record, whatever an exception's text says.
+TRACEBACK_INDENT = "    "
+
+
+class PrintableFormatter(logging.Formatter):
+    """One line per record: what the message carries from peers and users (paths,
+    programs' stderr) cannot end the line, forge another or drive the terminal."""
+
+    def formatMessage(self, record):
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei):
+        return self.indented(super().formatException(ei))
+
+    def formatStack(self, stack_info):
+        return self.indented(super().formatStack(stack_info))
+
+    @staticmethod
+    def indented(text):
+        return "\n".join(TRACEBACK_INDENT + printable(line) for line in text.split("\n"))
+
+
 def configure_logging(name, level=None):
-    """Log to stderr with timestamps; level from MAPREDUCE_LOG_LEVEL."""
+    """Log to stderr with timestamps, one line per record; level from MAPREDUCE_LOG_LEVEL."""
     level = level or os.environ.get("MAPREDUCE_LOG_LEVEL", "INFO")
-    logging.basicConfig(level=level,
-                        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(PrintableFormatter(
+        f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     logging.getLogger("sh").setLevel(logging.WARNING)  # it logs every process start

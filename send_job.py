@@ -54,6 +54,8 @@ LOST_CONTACT_LIMIT = 60.0
 STDERR_LINES_SHOWN = 10
 # How long --shutdown listens for a refusal before taking silence for yes.
 SHUTDOWN_WAIT = 2.0
+# Reply fields shown line by line, each line made printable where it is printed.
+LINE_BY_LINE = ("stderr_tail",)
 
 
 def parse_args(argv):
@@ -387,14 +389,13 @@ class Contact:
     def ask(self, message, reply_timeout):
         """The reply, or None after a failure that may pass (raised once it lasts too long)."""
         try:
-            reply = helper.request(self.args.host, self.args.port, message,
-                                   reply_timeout=reply_timeout)
+            reply = ask(self.args, message, reply_timeout=reply_timeout)
         except (OSError, helper.ProtocolError) as error:
             now = time.monotonic()
             if self.lost_since is None:
                 self.lost_since = now
-                print(f"send_job: lost contact with the master ({error}); still trying for "
-                      f"{LOST_CONTACT_LIMIT:g} s", file=sys.stderr, flush=True)
+                print(f"send_job: lost contact with the master ({helper.printable(str(error))}); "
+                      f"still trying for {LOST_CONTACT_LIMIT:g} s", file=sys.stderr, flush=True)
             elif now - self.lost_since > LOST_CONTACT_LIMIT:
                 raise
             time.sleep(BUSY_MASTER_PAUSE)
@@ -425,11 +426,6 @@ def summarize(status, stream=sys.stderr):
     if status.get("job_directory"):
         print(f"  intermediate files kept in {status['job_directory']}", file=stream)
     return 1
-
-
-def printable(text):
-    """A program's text made safe for a terminal: control characters as escapes."""
-    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
 
 
 def probable_cause(failure):
@@ -463,7 +459,8 @@ def attempt_lines(failure):
     tail = (failure.get("stderr_tail") or "").rstrip("\n")
     if tail:
         lines.append("  stderr (last lines):")
-        lines.extend(f"    {printable(line)}" for line in tail.splitlines()[-STDERR_LINES_SHOWN:])
+        lines.extend(f"    {helper.printable(line)}"
+                     for line in tail.splitlines()[-STDERR_LINES_SHOWN:])
     if failure.get("log_file"):
         lines.append(f"  log:       {failure['log_file']}")
     return lines
@@ -513,6 +510,24 @@ def replace_outputs(args, output, names, master=None):
           f"{outputdir.show(names)}", flush=True)
 
 
+def ask(args, message, **options):
+    """The master's reply, to be shown: see shown()."""
+    return shown(helper.request(args.host, args.port, message, **options))
+
+
+def shown(value):
+    """A reply with every string (keys too) made printable, so that a path or a message
+    cannot drive the terminal or forge a line; LINE_BY_LINE fields keep their newlines."""
+    if isinstance(value, str):
+        return helper.printable(value)
+    if isinstance(value, list):
+        return [shown(item) for item in value]
+    if isinstance(value, dict):
+        return {shown(key): item if key in LINE_BY_LINE and isinstance(item, str)
+                else shown(item) for key, item in value.items()}
+    return value
+
+
 def refuse_if_in_use(args, output, names, job):
     """Refused if removing `names` from `output` takes what a queued or running job (one
     of cluster_status's active_jobs) writes or has still to read."""
@@ -556,7 +571,7 @@ def master_status(args):
 
 def kill(args):
     """Cancel a job; 0 if it is now cancelled, 1 if it had ended, was unknown or publishing."""
-    status = helper.request(args.host, args.port, helper.cancel_job(args.kill))
+    status = ask(args, helper.cancel_job(args.kill))
     state = status.get("state")
     if state == "cancelled":  # now, or by an earlier --kill
         print(f"job {args.kill} cancelled; its files are kept in {status.get('job_directory')}")
@@ -687,7 +702,7 @@ def submit(args):
         print(f"send_job: {refusal}", file=sys.stderr)
         return 2
     try:
-        reply = helper.request(args.host, args.port, message)
+        reply = ask(args, message)
     except helper.NoReply:
         return submitted_without_reply(args)
     if reply.get("message_type") == "job_rejected":
@@ -752,7 +767,7 @@ def main(argv=None):
 def shut_down(args):
     """Say what stops, send shutdown; a master that refuses it says so (ours, with a secret)."""
     try:
-        cluster = helper.request(args.host, args.port, helper.cluster_status())
+        cluster = ask(args, helper.cluster_status())
     except (OSError, helper.ProtocolError):
         cluster = None  # another implementation's master: it only takes shutdown
     if cluster is not None and "current_job" in cluster:
@@ -785,7 +800,7 @@ def run(args):
         if args.shutdown:
             return shut_down(args)
         if args.workers:
-            reply = helper.request(args.host, args.port, helper.cluster_status())
+            reply = ask(args, helper.cluster_status())
             for worker in reply.get("workers", []):
                 aside = worker.get("set_aside")
                 print(f"worker {worker['pid']} {worker['host']}:{worker['port']} "
@@ -801,7 +816,7 @@ def run(args):
         if args.kill is not None:
             return kill(args)
         if args.status is not None:
-            status = helper.request(args.host, args.port, helper.job_status(args.status))
+            status = ask(args, helper.job_status(args.status))
             if status.get("state") in ("succeeded", "failed", "cancelled"):
                 return summarize(status, sys.stdout)  # counters and timings, or the cause
             print(describe(status))
@@ -815,7 +830,8 @@ def run(args):
             hint = (" (a master with a secret answers only messages signed with it: "
                     "--secret-file)" if not helper.has_secret() else
                     " (is it another secret than the master's?)")
-        print(f"send_job: cannot talk to the master at {args.host}:{args.port}: {error}{hint}",
+        print(f"send_job: cannot talk to the master at {args.host}:{args.port}: "
+              f"{helper.printable(str(error))}{hint}",
               file=sys.stderr)
         return 1
 

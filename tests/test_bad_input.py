@@ -5,6 +5,7 @@ its reason and dropped; every impossible job is rejected with one clear line;
 a failing program fails its job visibly. Afterwards the same master (and
 worker) still runs a real job whose output equals the sequential pipeline.
 """
+import re
 import resource
 import socket
 import stat
@@ -697,3 +698,46 @@ def test_register_with_out_of_range_port_is_dropped(cluster, tmp_path, port):
                       LOG_TIMEOUT, what="the register to be handled")
     assert "dropped a message" in line and "worker_port" in line, cluster.master_log()[since:]
     assert_alive(cluster)
+
+
+# --- control characters in what users send ----------------------------------------
+
+# The review's output directory: a terminal title, a bell, a screen clear, a
+# carriage return and a newline that would forge a log line of its own.
+TERMINAL_TRICKS = "x\x1b]0;pwned\x07\x1b[2J\rX\nforged"
+RAW_CONTROLS = ("\x1b", "\x07", "\r")
+LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (master|worker)\[\d+\] [A-Z]+ ")
+
+
+def run_tricky_job(cluster, tmp_path):
+    """Submit a job whose output directory holds TERMINAL_TRICKS; wait for it to end."""
+    cluster.start_worker()
+    message = good_job(tmp_path, output_directory=str(tmp_path / TERMINAL_TRICKS))
+    reply = helper.request("localhost", cluster.port, message)
+    if reply.get("message_type") != "job_rejected":
+        wait_until(lambda: job_state(cluster, reply["job_id"])["state"] in END_STATES,
+                   JOB_TIMEOUT, what="the job to end")
+    return reply.get("job_id")
+
+
+def test_control_characters_in_a_job_do_not_reach_the_log(cluster, tmp_path):
+    """A path full of escape sequences and a newline leaves one log line per record, with
+    every control character escaped."""
+    run_tricky_job(cluster, tmp_path)
+    for name in ("master.log", f"worker-{cluster.workers[0].worker_port}.log"):
+        text = cluster.log(name)
+        assert not any(c in text for c in RAW_CONTROLS), f"{name}: {text[-2000:]!r}"
+        for line in text.splitlines():
+            assert LOG_RECORD.match(line) or line.startswith(helper.TRACEBACK_INDENT), \
+                f"{name}: a line that is no record: {line!r}"
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\rX\\nforged" in cluster.master_log()
+
+
+def test_send_job_status_escapes_control_characters(cluster, tmp_path):
+    """send_job.py --status shows such a job's paths with its control characters escaped."""
+    job_id = run_tricky_job(cluster, tmp_path)
+    result = cluster.send_job("--status", job_id)
+    text = result.stdout.decode() + result.stderr.decode()
+    assert not any(c in text for c in RAW_CONTROLS), repr(text)
+    assert "\\x1b]0;pwned" in text and "forged" in text, repr(text)
+    assert not any(line.startswith("forged") for line in text.splitlines()), repr(text)
