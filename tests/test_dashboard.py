@@ -54,6 +54,19 @@ def secret_dashboard(make_cluster, tmp_path):
     return cluster, token.group(1)
 
 
+def settled_threads(cluster):
+    """The master's thread count once it has served the dashboard and started all its
+    threads (one may start after its port listens): the same in two looks in a row."""
+    answered(cluster.http_port, "/api/jobs")
+    looks = []
+
+    def settled():
+        looks.append(threads_of(cluster.master.pid))
+        return len(looks) > 1 and looks[-1] == looks[-2]
+    wait_until(settled, what="the master's threads to settle")
+    return looks[-1]
+
+
 def threads_of(pid):
     """The process's thread count, from /proc."""
     with open(f"/proc/{pid}/status") as status:
@@ -258,7 +271,7 @@ def test_unfinished_requests_hold_few_threads_and_never_starve_the_master(make_c
     """Many clients that never finish a request hold at most MAX_CONNECTIONS threads, the
     master's own port answers meanwhile, and each silent one is closed after REQUEST_TIMEOUT."""
     cluster, token = secret_dashboard(make_cluster, tmp_path)
-    baseline = threads_of(cluster.master.pid)
+    baseline = settled_threads(cluster)
     held = [unfinished_request(cluster.http_port) for _ in range(FLOOD)]
     try:
         answered(cluster.http_port, f"/api/jobs?token={token}")  # after every held one
@@ -276,7 +289,7 @@ def test_unfinished_requests_hold_few_threads_and_never_starve_the_master(make_c
 
 def test_resets_by_clients_cost_the_log_a_few_lines(dashboard):
     """Connections reset after their request line leave no traceback, and a bounded log."""
-    baseline = threads_of(dashboard.master.pid)
+    baseline = settled_threads(dashboard)
     before = len(dashboard.master_log())
     for _ in range(RESETS):
         reset_after_request_line(dashboard.http_port)

@@ -420,13 +420,16 @@ def test_the_same_overwrite_command_twice_works(cluster, tmp_path):
 def test_sequential_mode_refuses_a_used_output_too(tmp_path):
     """send_job.py --sequential refuses a non-empty output directory unless --overwrite."""
     inputs = write_files(tmp_path / "in", SMALL_INPUT)
-    output = write_files(tmp_path / "out", {"input_0": b"old\n", "input_1": b"old\n",
-                                            "input_2": b"older\n"})
+    output = tmp_path / "out"
     arguments = [PYTHON, str(REPO / "send_job.py"), "--sequential", "--input", str(inputs),
                  "--output", str(output)]
+    earlier = subprocess.run(arguments + ["--reducers", "3"], capture_output=True,
+                             timeout=JOB_TIMEOUT)
+    assert earlier.returncode == 0, earlier.stderr.decode()
+    older = (output / "input_2").read_bytes()
     refused = subprocess.run(arguments, capture_output=True, timeout=JOB_TIMEOUT)
     assert refused.returncode == SEND_JOB_INVALID
-    assert (output / "input_2").read_bytes() == b"older\n"
+    assert (output / "input_2").read_bytes() == older
     done = subprocess.run(arguments + ["--overwrite"], capture_output=True, timeout=JOB_TIMEOUT)
     assert done.returncode == 0, done.stderr.decode()
     assert sorted(os.listdir(output)) == ["input_0", "input_1"]
