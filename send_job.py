@@ -23,7 +23,8 @@ import helper
 from mrlib import auth, display, hadoopcmd, outputdir, pyjob, records, shipping, sparkrun
 from mrlib.display import describe
 from mrlib.grouping import raise_open_file_limit
-from mrlib.jobspec import ENV_NAME, JobRejected, JobSpec, in_option_terms
+from mrlib.jobspec import (DEFAULT_MAX_ATTEMPTS, DEFAULT_TASK_TIMEOUT, ENV_NAME, JobRejected,
+                           JobSpec, in_option_terms)
 from mrlib.runner import TaskFailed
 from mrlib.sequential import SequentialRun
 from mrlib.splits import TooManySplits
@@ -65,7 +66,8 @@ def parse_args(argv):
     parser.add_argument("--input", help=f"input directory (default: {DEFAULT_INPUT})")
     parser.add_argument("--input-file", help="a single input file instead of a directory")
     parser.add_argument("--input-base", help="a base name: every file starting with it, "
-                                             "in name order (input/book_ -> book_0, book_1 ...)")
+                                             "numbers in numeric order (input/book_ -> book_0, "
+                                             "book_1 ... book_10)")
     parser.add_argument("--output", default=DEFAULT_OUTPUT,
                         help=f"output directory (default: {DEFAULT_OUTPUT}); must be empty "
                              f"or new, unless --overwrite")
@@ -95,8 +97,10 @@ def parse_args(argv):
                         help="a record's key is its first K bytes (default: the whole record)")
     parser.add_argument("--partitioner", choices=("range", "hash"), default=None,
                         help="range (ordered output, default) or hash of the key")
-    parser.add_argument("--timeout", type=float, help="per-task time limit in seconds")
-    parser.add_argument("--max-attempts", type=int, help="attempts per task before the job fails")
+    parser.add_argument("--timeout", type=float,
+                        help=f"per-task time limit in seconds (default: {DEFAULT_TASK_TIMEOUT:g})")
+    parser.add_argument("--max-attempts", type=int,
+                        help=f"attempts per task before the job fails (default: {DEFAULT_MAX_ATTEMPTS})")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment variable for the programs (repeatable)")
     parser.add_argument("--output-base", help="name outputs BASE_00, BASE_01 ... ")
