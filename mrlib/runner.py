@@ -272,9 +272,9 @@ def parse_stderr(stream, log=None, report=None):
     tail = collections.deque()
     tail_size = 0
     for line, starts in bounded_lines(stream):
-        if starts and line.startswith(COUNTER_PREFIX):
-            _parse_counter(report, line[len(COUNTER_PREFIX):])
-            continue
+        if starts and line.startswith(COUNTER_PREFIX) \
+                and _parse_counter(report, line[len(COUNTER_PREFIX):]):
+            continue  # a malformed one is kept as a plain line: the user sees it
         if starts and line.startswith(STATUS_PREFIX):
             report.status = line[len(STATUS_PREFIX):].strip().decode("utf-8", "replace")
             continue
@@ -333,15 +333,17 @@ class _StderrReader(threading.Thread):
 
 
 def _parse_counter(report, body):
+    """Add a `group,name,amount` counter line to the report; False if it is not one."""
     fields = body.strip().split(b",")
     if len(fields) != 3:
-        return
+        return False
     try:
         amount = int(fields[2])
     except ValueError:
-        return
+        return False
     group, name = (f.decode("utf-8", "replace") for f in fields[:2])
     report.add_counter(group, name, amount)
+    return True
 
 
 def _die_with_parent():

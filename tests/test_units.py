@@ -244,6 +244,18 @@ def test_stderr_is_read_in_bounded_pieces():
     assert len(report.stderr_tail) <= runner.STDERR_TAIL_BYTES
 
 
+@pytest.mark.parametrize("line", [b"reporter:counter:bad", b"reporter:counter:g,n,many",
+                                  b"reporter:counter:a,b,c,1"])
+def test_a_malformed_counter_line_is_kept_as_said(line):
+    """A reporter:counter: line that is not group,name,amount counts nothing and stays in
+    the program's stderr for the user to see (it vanished)."""
+    kept = io.BytesIO()
+    report = runner.parse_stderr(io.BytesIO(line + b"\nreporter:counter:g,n,2\n"), kept)
+    assert report.counters == {"g": {"n": 2}}
+    assert kept.getvalue() == line + b"\n"
+    assert report.stderr_tail == line.decode() + "\n"
+
+
 def test_stderr_is_read_while_the_program_runs_and_never_held_whole(tmp_path):
     """30 MB of stderr: no file of this process ever holds it; the log keeps its
     first MAX_LOG_BYTES and says how much more there was; the reporter line counts."""
