@@ -552,7 +552,10 @@ def normalize_path(path):
 def parse_address(text, default_host="localhost"):
     """Parse PORT, HOST:PORT or [IPv6]:PORT into (host, port); raise ValueError if bad."""
     host, _, port_text = text.rpartition(":")
-    port = int(port_text)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{port_text!r} is not a port number") from None
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
     if host.startswith("[") and host.endswith("]"):

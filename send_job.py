@@ -262,7 +262,7 @@ def refuse_runner_conflicts(parser, args, queries):
 
 def _resolve(path, local):
     """Send absolute paths to a local master, so its working directory doesn't matter."""
-    if path is None or not local:
+    if not path or not local:  # "" stays "": the checks name it, not the directory it means
         return path
     return os.path.abspath(path)
 

@@ -122,6 +122,7 @@ def test_a_timeout_is_shown_as_the_time_limit(cluster, tmp_path):
     # Hadoop Streaming's way of naming a program: a command on PATH, a command line
     (("--mapper", "cat"), f"did you mean --mapper {shutil.which('cat')}?"),
     (("--combiner", "python3 map.py"), "put the command line in a script"),
+    (("--output", ""), "--output '' is not a usable path"),  # it meant the current directory
 ])
 def test_a_rejection_names_the_option_typed(cluster, tmp_path, arguments, says):
     inputs = write_files(tmp_path / "in", SMALL_INPUT)
@@ -286,3 +287,11 @@ def test_output_piped_into_head_is_not_blamed_on_the_master(cluster, tmp_path):
             client.kill()
             client.wait()
         client.stderr.close()
+
+
+def test_a_master_address_that_is_not_one_is_named():
+    """A mistyped master address is named, not an int() error."""
+    result = subprocess.run([PYTHON, str(REPO / "send_job.py"), "6000x", "--workers"],
+                            capture_output=True, timeout=JOB_TIMEOUT)
+    assert result.returncode == 2
+    assert "'6000x' is not a port number" in result.stderr.decode()
