@@ -90,9 +90,11 @@ def concatenate(paths, destination):
 
 
 def sorted_lines(path):
-    """True if the file's lines are in bytewise order (LC_ALL=C sort -C): a partition of a
-    line job's output is; one of fixed-size records almost never."""
-    return subprocess.run(["sort", "-C", "--", path], env=dict(os.environ, **runner.SORT_ENV),
+    """True if the file's lines are in bytewise order of their keys (what precedes the
+    first tab; LC_ALL=C sort -C): a partition of a line job's output is, whatever order
+    the reducer gave one key's lines; one of fixed-size records almost never."""
+    return subprocess.run(["sort", "-C", "-s", "-t", "\t", "-k1,1", "--", path],
+                          env=dict(os.environ, **runner.SORT_ENV),
                           stdin=subprocess.DEVNULL).returncode == 0
 
 
@@ -130,7 +132,7 @@ def main(argv=None):
     unsorted = next((p for p in paths if args.merge and layout is None and not sorted_lines(p)),
                     None)
     if unsorted is not None:
-        print(f"collect: {unsorted} is not sorted as lines (LC_ALL=C), so --merge cannot "
+        print(f"collect: {unsorted} is not sorted by key as lines (LC_ALL=C), so --merge cannot "
               f"merge it; if the job's outputs are fixed-size records, give --record-size",
               file=sys.stderr)
         return 2

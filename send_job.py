@@ -317,7 +317,8 @@ def build_job(args):
     if args.input_base and args.input_base.endswith(os.sep):
         raise JobRejected(f"--input-base {args.input_base} names a directory; use --input")
     for option in ("mapper", "reducer", "combiner"):
-        check_program_name(option, getattr(args, option), args.ship)
+        if local:  # a remote master's paths are not ours to look at
+            check_program_name(option, getattr(args, option), args.ship)
     ship(args, message)
     helper.validate(message)
     if local:
@@ -535,10 +536,10 @@ def shown(value):
 def refuse_if_in_use(args, output, names, job):
     """Refused if removing `names` from `output` takes what a queued or running job (one
     of cluster_status's active_jobs) writes or has still to read."""
-    where = f"job {job.get('job_id')}'s, which is {job.get('state')}: wait for it, or " \
+    where = f"job {job.get('job_id')}, which is {job.get('state')}: wait for it, or " \
             f"choose another --output"
     if outputdir.same_directory(output, job.get("output_directory")):
-        raise Refused(f"output directory {args.output} is {where}")
+        raise Refused(f"output directory {args.output} is the output of {where}")
     if args.host not in LOCAL_HOSTS:
         return  # its input paths are the master's, not ours
     inputs = job_inputs(job)

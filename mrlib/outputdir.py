@@ -103,7 +103,8 @@ def check(directory, overwrite=False, output_base=None, inputs=list):
     others = [n for n in names if n not in ours or not _is_plain_file(directory, n)]
     if others:
         raise OutputDirectoryInUse(
-            f"output directory {directory} holds files no job wrote ({show(others)}); "
+            f"output directory {directory} holds files not known as a job's outputs "
+            f"({show(others)}); "
             f"--overwrite removes only earlier job outputs (named as ours are, and marked "
             f"as ours by the master that wrote them): move those away, or choose "
             f"another --output")

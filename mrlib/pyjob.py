@@ -211,6 +211,18 @@ def submit(argv, master=None, secret_file=None):
 def cancel_submitted(process, master, secret_file):
     """After Ctrl-C: stop send_job (it stops following, or a sequential run cleans up),
     then cancel the job it had submitted, if it had."""
+    try:  # a second Ctrl-C must not stop the cancel half-way
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: no signal reaches this code
+        previous = None
+    try:
+        _cancel_submitted(process, master, secret_file)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _cancel_submitted(process, master, secret_file):
     if process.poll() is None:
         process.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C would
     try:

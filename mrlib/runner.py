@@ -25,7 +25,7 @@ import sh
 
 from mrlib import records
 from mrlib.attemptlog import MAX_LOG_BYTES, PROGRAM
-from mrlib.reaper import ATTEMPT_VARIABLE, kill_children, kill_tagged
+from mrlib.reaper import ATTEMPT_VARIABLE, children_of, kill_children, kill_tagged
 from mrlib.pyjob import FRAMEWORK
 from mrlib.shipping import LIBRARY_VARIABLE, PYTHON_VARIABLE
 
@@ -367,6 +367,9 @@ class ProgramGuard:
         # gone or whose environment cannot be read) becomes this process's child, and is
         # killed once no attempt runs (kill_orphans).
         self.adopts = adopt_orphans and _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+        # Children this process had before (a launcher's `tee` for its log, inherited
+        # when it exec'd us) are not orphans of ours.
+        self.inherited = {pid for pid, _ in children_of(os.getpid())} if self.adopts else set()
         self.attempts_lock = threading.Lock()
         self.open_attempts = 0
         # Unique to this guard, even when the pid is reused: every attempt's
@@ -436,7 +439,7 @@ class ProgramGuard:
         if not self.adopts:
             return
         with self.lock:
-            known = set(self.groups)
+            known = set(self.groups) | self.inherited
         if self.reaper is not None:
             known.add(self.reaper.pid)
         kill_children(known)

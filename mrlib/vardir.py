@@ -92,7 +92,9 @@ class VarDirectory:
         return fd
 
     def _create_marker(self, marker, made):
-        if not made and os.listdir(self.path):
+        # A master killed while writing the marker leaves only its temporary copy.
+        if not made and any(not name.startswith(f"{MARKER}.tmp-")
+                            for name in os.listdir(self.path)):
             raise VarUnavailable(self._foreign())
         # Written whole under a temporary name, then linked into place: a marker that
         # could not be written (a full disk) is never left half made, or empty, to be

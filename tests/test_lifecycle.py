@@ -432,3 +432,23 @@ def test_wait_prints_every_event_past_the_masters_history(cluster, tmp_path):
         pool.close()
     text = printed.read_text()
     assert all(f"worker {fake.pid} registered" in text for fake in pool.workers), text
+
+
+def test_the_workers_inherited_children_are_not_taken_for_orphans(tmp_path):
+    """A child the worker had before its guard (a launcher's `tee` for its log, inherited
+    through exec) survives the end of an attempt; it was killed as an orphan."""
+    probe = f"""
+import subprocess, sys
+sys.path.insert(0, {str(REPO)!r})
+from mrlib import runner
+child = subprocess.Popen(["sleep", "60"])
+guard = runner.ProgramGuard(use_reaper=False, adopt_orphans=True)
+assert guard.adopts
+runner.TaskGuard(guard).close()  # no attempt runs now: orphans are killed
+alive = child.poll() is None
+child.kill()
+child.wait()
+print(alive)
+"""
+    result = subprocess.run([PYTHON, "-c", probe], capture_output=True, timeout=JOB_TIMEOUT)
+    assert result.stdout.strip() == b"True", result.stderr.decode()

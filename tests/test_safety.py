@@ -764,3 +764,27 @@ def test_master_keep_intermediate_keeps_failed_jobs_too(tmp_path):
         assert sorted(os.listdir(tmp_path / "var")) == [vardir.MARKER, "job-0", "job-1"]
     finally:
         cluster.stop()
+
+
+def test_a_var_holding_only_a_half_written_marker_is_taken(tmp_path):
+    """A master killed while writing its marker leaves only the marker's temporary copy:
+    the next master takes var/ (every later start was refused)."""
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / f"{vardir.MARKER}.tmp-12345").write_bytes(b"")
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_master()
+    finally:
+        cluster.stop()
+    assert not (tmp_path / "var" / f"{vardir.MARKER}.tmp-12345").exists()
+
+
+def test_collect_merges_partitions_sorted_by_key_whatever_each_keys_line_order(tmp_path):
+    """A hash-partitioned top-N job writes each key's lines best first: keys in order, the
+    lines not; --merge takes them (only the keys' order matters to it)."""
+    out = write_files(tmp_path / "out", {"input_0": b"a\t9\na\t10\nc\t1\n",
+                                         "input_1": b"b\t5\nb\t50\n"})
+    result = subprocess.run([PYTHON, str(REPO / "collect.py"), str(out), str(tmp_path / "all"),
+                             "--merge"], capture_output=True, timeout=JOB_TIMEOUT)
+    assert result.returncode == 0, result.stderr.decode()
+    assert (tmp_path / "all").read_bytes() == b"a\t9\na\t10\nb\t5\nb\t50\nc\t1\n"
