@@ -6,6 +6,7 @@ job's outputs and nothing else; a successful job's intermediates are removed,
 failed jobs' kept up to a bound; the client refuses to mix a new job's outputs
 with old files unless told to overwrite them, and never removes anything else.
 """
+import contextlib
 import os
 import signal
 import socket
@@ -94,19 +95,27 @@ def test_a_marker_the_master_did_not_write_is_not_trusted(tmp_path):
     assert (tmp_path / "var" / vardir.MARKER).read_bytes() == b"someone else's file\n"
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB tmpfs of our own (skipped where one cannot be mounted), unmounted after."""
+@contextlib.contextmanager
+def small_tmpfs(tmp_path, size):
+    """A tmpfs of `size` (mount's size=) of our own at tmp_path/small (the test is
+    skipped where one cannot be mounted), unmounted after."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-                             capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                              str(mount_point)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
     try:
         yield mount_point
     finally:
         subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs of our own."""
+    with small_tmpfs(tmp_path, "1m") as mount_point:
+        yield mount_point
 
 
 def fill(directory):
@@ -638,13 +647,7 @@ def test_overwrite_never_takes_what_a_queued_or_running_job_uses(cluster, tmp_pa
 
 def test_publishing_is_all_or_nothing(cluster, tmp_path):
     """A job whose outputs do not all fit on the output's filesystem fails and leaves no partial output there."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path, "2m") as mount_point:  # one output fits, not both
         cluster.start_worker()
         words = b" ".join(b"w%07d" % n for n in range(300_000))  # ~3.3 MB of output
         inputs = write_files(tmp_path / "in", {"words": words + b"\n"})
@@ -654,8 +657,6 @@ def test_publishing_is_all_or_nothing(cluster, tmp_path):
         assert result.returncode == 1, result.stdout.decode()
         assert "No space left" in result.stderr.decode(), result.stderr.decode()
         assert os.listdir(output) == []
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def test_collect_never_overwrites_an_output_and_joins_only_outputs(cluster, tmp_path):
